@@ -1,0 +1,66 @@
+# clipserve — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# Cache for expensive, version-keyed builds (helm, control-plane binaries); outside the repo
+# so a second run is fast while a fresh machine still builds from scratch.
+export CLIPSERVE_CACHE ?= $(HOME)/.cache/clipserve
+
+PORT  ?= 3000
+MODEL ?= ViT-B-32:openai
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.runtime: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(VENV)/.runtime $@
+
+.PHONY: install
+install: $(VENV)/.runtime ## create .venv and install the service
+
+.PHONY: dev
+dev: $(VENV)/.dev ## create .venv and install everything needed for the tests
+
+.PHONY: serve
+serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on PORT (3000)
+	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
+
+.PHONY: tools
+tools: ## fetch/build the real test parts: helm, control plane, prometheus (cached)
+	bash scripts/install-helm.sh
+	bash scripts/install-prometheus.sh
+	bash scripts/build-k8s.sh
+
+.PHONY: test
+test: dev tools ## install everything and run every test
+	$(PY) -m pytest
+
+.PHONY: lint
+lint: dev ## ruff
+	$(VENV)/bin/ruff check service operator tests scripts
+
+.PHONY: cluster
+cluster: dev ## start the local control plane with simulated GPU nodes (prints KUBECONFIG)
+	bash scripts/build-k8s.sh
+	$(PY) -m tests.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane
+	$(PY) -m tests.cluster down
+
+.PHONY: bench
+bench: $(VENV)/.runtime ## benchmark a served random-weights ViT-B-32 against the raw model
+	$(VENV)/bin/clipserve bench --spawn --model ViT-B-32:random
