@@ -1,0 +1,1 @@
+"""Fixtures shared across test areas (each area adds its own in its folder's conftest.py)."""
