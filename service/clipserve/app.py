@@ -1,0 +1,72 @@
+"""The litestar app factory and its lifespan: load models, serve, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from clipserve import __version__
+from clipserve.api import EXCEPTION_HANDLERS, ROUTES
+from clipserve.embedder import Embedder
+from clipserve.lifecycle import Lifecycle
+from clipserve.metrics import Metrics
+from clipserve.middleware import bearer_auth, default_model_header, request_metrics
+from clipserve.models import ModelLoadError, add_model_configs, parse_spec
+from clipserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litestar:
+    """Build the app; models load in the background once it starts (see /readyz)."""
+    if settings.model_config_dir:
+        add_model_configs(settings.model_config_dir)
+    specs = [parse_spec(s) for s in settings.model]
+    lifecycle = lifecycle or Lifecycle()
+    metrics = Metrics()
+    embedder = Embedder(settings, specs, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(embedder, lifecycle))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.to_thread(embedder.stop)
+            await embedder.aclose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        state={"embedder": embedder, "lifecycle": lifecycle, "metrics": metrics,
+               "settings": settings},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[
+            request_metrics(metrics),
+            default_model_header(lambda: embedder.default_model),
+            bearer_auth(settings.api_keys(), settings.open_paths),
+        ],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="clipserve", version=__version__,
+            description="CLIP embeddings and ranking; /encode and /rank are wire-compatible "
+                        "with BentoML's CLIP-API-service.",
+            path="/schema", render_plugins=[SwaggerRenderPlugin()]),
+    )
+
+
+async def _load(embedder: Embedder, lifecycle: Lifecycle) -> None:
+    try:
+        await asyncio.to_thread(embedder.load)
+    except ModelLoadError as exc:
+        lifecycle.fail_start(str(exc))
+    except Exception as exc:  # anything else is a bug, but must still stop start-up loudly
+        log.exception("model loading crashed")
+        lifecycle.fail_start(f"{type(exc).__name__}: {exc}")

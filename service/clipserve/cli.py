@@ -1,0 +1,134 @@
+"""`clipserve serve | models | encode`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from clipserve import __version__
+from clipserve.lifecycle import Lifecycle
+from clipserve.settings import Settings, add_arguments, from_args
+
+log = logging.getLogger("clipserve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that, on the first SIGTERM/SIGINT, fails readiness but keeps serving for a grace
+    period (so endpoints can be removed), then stops: it waits for in-flight requests, and the
+    lifespan drains the batch queues. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_s: float) -> None:
+        super().__init__(config)
+        self._lifecycle = lifecycle
+        self._grace_s = grace_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._lifecycle.draining or self._grace_s <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._lifecycle.draining = True
+        log.info("%s: readiness off, still serving for %.1fs, then draining",
+                 signal.Signals(sig).name, self._grace_s)
+        timer = threading.Timer(self._grace_s, lambda: setattr(self, "should_exit", True))
+        timer.daemon = True
+        timer.start()
+
+
+def serve(settings: Settings) -> int:
+    """Run the HTTP server until stopped; 1 if start-up failed."""
+    from clipserve.app import create_app  # imports torch/open_clip: keep `--help` fast
+
+    lifecycle = Lifecycle()
+    try:
+        app = create_app(settings, lifecycle)
+    except ValueError as exc:  # a malformed model spec
+        print(f"clipserve: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        lifespan="on")
+    server = DrainingServer(config, lifecycle, settings.drain_grace_s)
+    lifecycle.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if lifecycle.load_error:
+        print(f"clipserve: start-up failed: {lifecycle.load_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def list_models() -> int:
+    """Print every ARCH:TAG open_clip can download, one per line."""
+    from clipserve.models import available_specs
+
+    print("\n".join(available_specs()))
+    return 0
+
+
+def encode_once(settings: Settings, text: str | None, image: Path | None) -> int:
+    """Load the first model here (no server) and print one embedding as JSON."""
+    from clipserve.images import ImageLimits, prepare_image
+    from clipserve.models import ModelLoadError, add_model_configs, load_model, parse_spec
+
+    if settings.model_config_dir:
+        add_model_configs(settings.model_config_dir)
+    try:
+        model = load_model(parse_spec(settings.model[0]), device=settings.device,
+                           dtype=settings.dtype, cache_dir=settings.cache_dir)
+    except (ModelLoadError, ValueError) as exc:
+        print(f"clipserve: {exc}", file=sys.stderr)
+        return 1
+    if image is not None:
+        limits = ImageLimits(max_bytes=settings.max_image_bytes,
+                             max_pixels=settings.max_image_pixels)
+        pixels = prepare_image(image.read_bytes(), model.image_size, limits)
+        vector = model.encode_image(pixels.unsqueeze(0))[0]
+    else:
+        vector = model.encode_text(model.tokenize([text or ""]))[0]
+    print(json.dumps(vector.tolist()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; `serve`'s flags come from Settings, each also a CLIPSERVE_* variable."""
+    parser = argparse.ArgumentParser(prog="clipserve", description="CLIP embeddings over HTTP.")
+    parser.add_argument("--version", action="version", version=f"clipserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="serve the HTTP API (port 3000)",
+                             description="Serve /encode, /rank, /v1/embeddings, /models, "
+                                         "/healthz, /readyz and /metrics.")
+    add_arguments(serve_p)
+    sub.add_parser("models", help="list every ARCH:TAG open_clip can download")
+    enc = sub.add_parser("encode", help="print one embedding (loads the model locally)")
+    enc.add_argument("text", nargs="?", help="text to embed")
+    enc.add_argument("--image", type=Path, help="image file to embed instead of text")
+    add_arguments(enc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `clipserve` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        return list_models()
+    settings = from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "encode":
+        if (args.text is None) == (args.image is None):
+            print("clipserve encode: give a text or --image PATH (one of them)", file=sys.stderr)
+            return 2
+        return encode_once(settings, args.text, args.image)
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

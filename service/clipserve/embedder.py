@@ -1,0 +1,160 @@
+"""The served models and the work behind every endpoint: items in, embeddings and scores out.
+
+Handlers call one method here. Models load in a worker thread at start-up (so /healthz answers
+while weights download); each model gets a batcher whose compute thread runs its forward passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from clipserve.batching import ModelBatcher
+from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from clipserve.fetch import FetchPolicy, ImageFetcher
+from clipserve.images import ImageLimits
+from clipserve.inputs import IMAGE, TEXT, InputDecoder
+from clipserve.metrics import Metrics
+from clipserve.models import ClipModel, ModelSpec, load_model, normalize
+from clipserve.schemas import Item
+from clipserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """Owns models, batchers, the preprocessing pool and the image fetcher."""
+
+    def __init__(self, settings: Settings, specs: list[ModelSpec], metrics: Metrics) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.metrics = metrics
+        self.models: dict[str, ClipModel] = {}
+        self.batchers: dict[str, ModelBatcher] = {}
+        self._pool = ThreadPoolExecutor(settings.preprocess_threads,
+                                        thread_name_prefix="preprocess")
+        self._fetcher = ImageFetcher(FetchPolicy(
+            connect_timeout_s=settings.fetch_connect_timeout_s,
+            read_timeout_s=settings.fetch_timeout_s,
+            total_timeout_s=settings.fetch_timeout_s,
+            max_bytes=settings.max_image_bytes,
+            max_redirects=settings.fetch_max_redirects,
+            allow=settings.fetch_allow))
+        self._decoder = InputDecoder(
+            fetcher=self._fetcher,
+            limits=ImageLimits(max_bytes=settings.max_image_bytes,
+                               max_pixels=settings.max_image_pixels),
+            max_text_chars=settings.max_text_chars, pool=self._pool)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load and warm every model, then start its batcher (blocking; run in a thread)."""
+        s = self.settings
+        if s.compute_threads > 0:
+            torch.set_num_threads(s.compute_threads)
+        for spec in self.specs:
+            model = load_model(spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir)
+            batch = s.batch_size_for(model.device.type)
+            _warm_up(model, batch)
+            self.metrics.model_info.labels(spec.raw, spec.arch, spec.tag or "", str(model.device),
+                                           model.precision).set(1)
+            batcher = ModelBatcher(
+                spec.raw, _encoders(model), max_batch_size=batch,
+                max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue, metrics=self.metrics)
+            batcher.start()
+            self.models[spec.raw] = model
+            self.batchers[spec.raw] = batcher
+            log.info("%s ready on %s (%s), max batch %d", spec.raw, model.device,
+                     model.precision, batch)
+
+    @property
+    def loaded(self) -> bool:
+        """Every model is loaded and warm."""
+        return len(self.models) == len(self.specs)
+
+    @property
+    def healthy(self) -> bool:
+        """No compute thread has died."""
+        return all(b.alive for b in self.batchers.values())
+
+    def stop(self) -> None:
+        """Let batchers finish their queues, then release threads (blocking)."""
+        for batcher in self.batchers.values():
+            batcher.stop(timeout=self.settings.drain_timeout_s)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """Release network resources."""
+        await self._fetcher.aclose()
+
+    # -- work ------------------------------------------------------------------------------
+
+    @property
+    def default_model(self) -> str:
+        return self.specs[0].raw
+
+    def model(self, name: str | None) -> ClipModel:
+        """The model a request names (full spec or unambiguous architecture); default first."""
+        if name is None:
+            name = self.default_model
+        if name in self.models:
+            return self.models[name]
+        by_arch = [m for m in self.models.values() if m.spec.arch == name]
+        if len(by_arch) == 1:
+            return by_arch[0]
+        served = ", ".join(self.models) or "none loaded yet"
+        raise UnknownModel(f"model: {name!r} is not served here (served: {served})")
+
+    def check_count(self, count: int, where: str) -> None:
+        """Reject empty and oversized item lists before any work is done."""
+        if count == 0:
+            raise InvalidInput(f"{where}: is empty; give at least one item")
+        if count > self.settings.max_items:
+            raise PayloadTooLarge(
+                f"{where}: {count} items; the limit is {self.settings.max_items} per request")
+
+    async def embed(self, model: ClipModel, items: list[Item], where: str) -> torch.Tensor:
+        """Embeddings [n, dim] for items, in order."""
+        prepared = await self._decoder.prepare(items, model.image_size, where)
+        batcher = self.batchers[model.spec.raw]
+        groups = {m: [i for i, p in enumerate(prepared) if p.modality == m] for m in (TEXT, IMAGE)}
+        groups = {m: idx for m, idx in groups.items() if idx}
+        results = await asyncio.gather(*(
+            batcher.submit(m, [prepared[i].payload for i in idx]) for m, idx in groups.items()))
+        out = torch.empty(len(items), model.embed_dim)
+        for (_, idx), rows in zip(groups.items(), results, strict=True):
+            out[idx] = torch.stack(rows)
+        return out
+
+    async def rank(self, model: ClipModel, queries: list[Item],
+                   candidates: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, cosine similarities), each [queries, candidates]."""
+        q, c = await asyncio.gather(self.embed(model, queries, "queries"),
+                                    self.embed(model, candidates, "candidates"))
+        cosine = normalize(q) @ normalize(c).T
+        probs = torch.softmax(model.logit_scale * cosine, dim=-1)
+        return probs, cosine
+
+    def token_count(self, model: ClipModel, texts: list[str]) -> int:
+        """Tokens the texts use (for /v1/embeddings usage), counting start/end tokens."""
+        tokens = model.tokenize(texts)
+        return int((tokens != 0).sum())
+
+
+def _encoders(model: ClipModel) -> dict[str, Callable[[list], torch.Tensor]]:
+    return {
+        TEXT: lambda texts: model.encode_text(model.tokenize(texts)),
+        IMAGE: lambda pixels: model.encode_image(torch.stack(pixels)),
+    }
+
+
+def _warm_up(model: ClipModel, batch: int) -> None:
+    """One pass per modality (at full batch on GPU, to settle kernels and memory) before ready."""
+    n = batch if model.device.type == "cuda" else 1
+    model.encode_text(model.tokenize(["warm up"] * n))
+    model.encode_image(torch.zeros(n, 3, model.image_size, model.image_size, dtype=torch.uint8))

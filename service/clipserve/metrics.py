@@ -1,0 +1,61 @@
+"""Every Prometheus metric clipserve exports, on a per-app registry (tests run several apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+# Power-of-two buckets: batch sizes are what the batcher forms, so these show its behaviour.
+BATCH_BUCKETS = tuple(float(2**i) for i in range(9))  # 1 .. 256
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The service's collectors; label values stay low-cardinality (model, modality, endpoint)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "clipserve_requests", "HTTP requests by endpoint and status code",
+            ["endpoint", "status"], registry=r)
+        self.request_duration = Histogram(
+            "clipserve_request_duration_seconds", "HTTP request latency", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.items = Counter(
+            "clipserve_items", "Items embedded", ["model", "modality"], registry=r)
+        self.batch_size = Histogram(
+            "clipserve_batch_size", "Items per forward pass", ["model", "modality"],
+            buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "clipserve_queue_depth", "Items waiting for a forward pass", ["model", "modality"],
+            registry=r)
+        self.queue_wait = Histogram(
+            "clipserve_queue_wait_seconds", "Time an item waited before its forward pass",
+            ["model", "modality"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute = Histogram(
+            "clipserve_compute_seconds", "Duration of one forward pass", ["model", "modality"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.item_errors = Counter(
+            "clipserve_item_errors", "Items rejected or failed, by reason", ["reason"],
+            registry=r)
+        self.model_info = Gauge(
+            "clipserve_model_info", "Loaded models (value 1)",
+            ["model", "architecture", "pretrained", "device", "dtype"], registry=r)
+        self.gpu_memory = Gauge(
+            "clipserve_gpu_memory_allocated_bytes", "GPU memory allocated by torch", ["device"],
+            registry=r)
+        self.ready = Gauge("clipserve_ready", "1 while /readyz answers 200", registry=r)
+
+    def render(self) -> bytes:
+        """The exposition text for /metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,97 @@
+"""ASGI middleware: request metrics, bearer-key auth, and the X-Clip-Model header."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Iterable
+
+import msgspec
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from clipserve.metrics import Metrics
+
+MODEL_HEADER = b"x-clip-model"
+
+
+def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
+    """Count and time requests by route template (bounded cardinality) and status."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            endpoint = scope.get("path_template") or scope["path"]
+            status = 500
+            start = time.perf_counter()
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                metrics.requests.labels(endpoint, str(status)).inc()
+                metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
+
+        return wrapped
+
+    return middleware
+
+
+def default_model_header(model: Callable[[], str]) -> Callable[[ASGIApp], ASGIApp]:
+    """Add X-Clip-Model (the default model) to responses that did not set it themselves."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = list(message.get("headers", []))
+                    if not any(k.lower() == MODEL_HEADER for k, _ in headers):
+                        headers.append((MODEL_HEADER, model().encode("latin-1", "replace")))
+                        message = {**message, "headers": headers}
+                await send(message)
+
+            await app(scope, receive, send_wrapper if scope["type"] == "http" else send)
+
+        return wrapped
+
+    return middleware
+
+
+def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[ASGIApp], ASGIApp]:
+    """Require `Authorization: Bearer <key>` except on open paths; no keys means no auth."""
+    open_set = frozenset(open_paths)
+    encoded = [k.encode() for k in keys]
+    body = msgspec.json.encode({"status_code": 401, "detail": "missing or invalid API key"})
+
+    def allowed(scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                # compare against every key so timing says nothing about which one matched
+                return scheme.lower() == b"bearer" and any(
+                    [hmac.compare_digest(token.strip(), k) for k in encoded])
+        return False
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        if not keys:
+            return app
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or scope["path"] in open_set or allowed(scope):
+                await app(scope, receive, send)
+                return
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"),
+                (b"www-authenticate", b'Bearer realm="clipserve"'),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        return wrapped
+
+    return middleware

@@ -1,0 +1,263 @@
+"""Model specs and the one wrapper around open_clip: load a model, encode text and images.
+
+Nothing else in clipserve imports open_clip. A spec is `ARCH:TAG` where TAG is an open_clip
+pretrained tag (weights from the HF hub), a path to a checkpoint file, or `random`; the
+`hf-hub:org/repo` and `local-dir:/path` forms of open_clip are accepted as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+RANDOM_TAG = "random"
+_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec; `raw` is what the user wrote and what the API reports."""
+
+    raw: str
+    arch: str
+    tag: str | None  # pretrained tag, checkpoint path, "random", or None for hf-hub/local-dir
+
+    @property
+    def kind(self) -> str:
+        """One of `schema`, `random`, `checkpoint`, `pretrained`."""
+        if self.tag is None:
+            return "schema"
+        if self.tag == RANDOM_TAG:
+            return "random"
+        if _looks_like_path(self.tag):
+            return "checkpoint"
+        return "pretrained"
+
+
+def _looks_like_path(tag: str) -> bool:
+    return tag.startswith(("/", "./", "../", "~")) or os.sep in tag or Path(tag).suffix in {
+        ".pt", ".pth", ".bin", ".safetensors"}
+
+
+def parse_spec(raw: str) -> ModelSpec:
+    """Parse `ARCH:TAG`, `hf-hub:org/repo` or `local-dir:/path`; raise ValueError if malformed."""
+    raw = raw.strip()
+    if raw.startswith(_SCHEMAS):
+        return ModelSpec(raw=raw, arch=raw, tag=None)
+    arch, sep, tag = raw.partition(":")
+    if not sep or not arch or not tag:
+        raise ValueError(
+            f"model spec {raw!r} must be ARCH:TAG (e.g. ViT-B-32:openai, ViT-B-32:/path/ckpt.pt, "
+            "ViT-B-32:random) or hf-hub:org/repo")
+    return ModelSpec(raw=raw, arch=arch, tag=tag)
+
+
+def available_specs() -> list[str]:
+    """Every `ARCH:TAG` open_clip knows a download for."""
+    return [f"{arch}:{tag}" for arch, tag in open_clip.list_pretrained()]
+
+
+def add_model_configs(path: str) -> None:
+    """Register extra open_clip architecture configs (a JSON file or a folder of them)."""
+    open_clip.add_model_config(path)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks cuda when available; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(dtype: str, device: torch.device) -> str:
+    """fp16 on CUDA, fp32 on CPU, unless the user chose; half precision is refused on CPU."""
+    if dtype == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if dtype not in ("fp32", "fp16", "bf16"):
+        raise ModelLoadError(f"dtype {dtype!r} is not one of auto, fp32, fp16, bf16")
+    return dtype
+
+
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ClipModel:
+    """A loaded CLIP model with the few operations the service needs.
+
+    encode_* run in the batcher's compute thread; they take CPU tensors and return float32
+    CPU embeddings (not normalized).
+    """
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    precision: str
+    image_size: int
+    context_length: int
+    logit_scale: float
+    embed_dim: int
+    quick_gelu: bool
+    # uint8 pixels -> normalized input in one multiply-add: (x/255 - mean)/std = x*scale - shift
+    _scale: torch.Tensor = field(repr=False)
+    _shift: torch.Tensor = field(repr=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _TORCH_DTYPES[self.precision]
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [n, context_length]; longer texts are truncated as CLIP does (EOT kept)."""
+        return self.tokenizer(texts)
+
+    @torch.inference_mode()
+    def encode_text(self, tokens: torch.Tensor, *, trim: bool = True) -> torch.Tensor:
+        """Embed token ids; with `trim`, compute only up to the batch's longest sequence."""
+        tokens = tokens.to(self.device, non_blocking=True)
+        if trim and self._can_trim():
+            out = self._encode_text_trimmed(tokens)
+        else:
+            out = self.model.encode_text(tokens)
+        return out.float().cpu()
+
+    def _can_trim(self) -> bool:
+        # Exact only for open_clip's own text tower with a causal mask and EOT/argmax pooling:
+        # no token before the EOT attends to the padding after it, so dropping padding columns
+        # that every row has changes nothing.
+        m = self.model
+        return (isinstance(m, open_clip.CLIP) and getattr(m, "attn_mask", None) is not None
+                and getattr(m, "text_pool_type", "argmax") in ("argmax", "eos"))
+
+    def _encode_text_trimmed(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        nonpad = (tokens != 0).int()
+        # last non-padding position + 1, over the whole batch
+        length = int((nonpad * torch.arange(1, tokens.shape[1] + 1, device=tokens.device)).max())
+        length = max(length, 1)
+        tokens = tokens[:, :length]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:length].to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        x = m.ln_final(x)
+        x = open_clip.transformer.text_global_pool(
+            x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        proj = m.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return x
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed uint8 images [n, 3, S, S]; scaling and normalization happen on the device."""
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        x = pixels.to(self.device, non_blocking=True).to(self.dtype)
+        x = x * self._scale - self._shift
+        return self.model.encode_image(x).float().cpu()
+
+    def info(self) -> dict[str, object]:
+        """What /models reports about this model."""
+        return {
+            "spec": self.spec.raw,
+            "architecture": self.spec.arch,
+            "pretrained": self.spec.tag,
+            "random_weights": self.spec.kind == "random",
+            "embedding_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "context_length": self.context_length,
+            "quick_gelu": self.quick_gelu,
+            "logit_scale": self.logit_scale,
+            "device": str(self.device),
+            "dtype": self.precision,
+        }
+
+
+def _quick_gelu_for(spec: ModelSpec) -> bool:
+    """Tags trained with QuickGELU (openai, laion400m_*, metaclip_*) must be built with it."""
+    if spec.kind != "pretrained":
+        return False
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+    return bool(cfg.get("quick_gelu", False))
+
+
+def load_model(spec: ModelSpec, *, device: str = "auto", dtype: str = "auto",
+               cache_dir: str | None = None) -> ClipModel:
+    """Build the model for `spec` with its weights; raise ModelLoadError with a way forward."""
+    dev = resolve_device(device)
+    precision = resolve_precision(dtype, dev)
+    if precision != "fp32" and dev.type == "cpu":
+        raise ModelLoadError(f"dtype {precision} is not supported on CPU; use fp32")
+    if spec.kind == "pretrained" and not open_clip.get_pretrained_cfg(spec.arch, spec.tag):
+        known = open_clip.list_pretrained_tags_by_model(spec.arch)
+        raise ModelLoadError(
+            f"{spec.raw}: unknown pretrained tag {spec.tag!r} for {spec.arch} "
+            f"(known: {', '.join(known) or 'none'}); or give a checkpoint path, or 'random'")
+    if spec.kind == "checkpoint" and not Path(spec.tag).expanduser().is_file():
+        raise ModelLoadError(f"{spec.raw}: checkpoint file {spec.tag} does not exist")
+    quick_gelu = _quick_gelu_for(spec)
+    name, pretrained = (spec.arch, None) if spec.kind in ("schema", "random") else (
+        spec.arch, str(Path(spec.tag).expanduser()) if spec.kind == "checkpoint" else spec.tag)
+    try:
+        model = open_clip.create_model(
+            name, pretrained=pretrained, precision=precision, device=dev, cache_dir=cache_dir,
+            force_quick_gelu=quick_gelu, pretrained_text=False, require_pretrained=spec.kind != "random")
+    except RuntimeError as exc:
+        if "not found in built-ins" in str(exc):
+            raise ModelLoadError(
+                f"{spec.raw}: unknown architecture {spec.arch!r}; `clipserve models` lists them") from exc
+        raise ModelLoadError(
+            f"{spec.raw}: could not load weights ({_first_line(exc)}). Offline? Point "
+            f"CLIPSERVE_CACHE_DIR at a cache that holds them, give a local checkpoint "
+            f"({spec.arch}:/path/to/ckpt.pt), or use {spec.arch}:random for a smoke test") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{spec.raw}: could not load ({_first_line(exc)})") from exc
+    model.eval()
+    if spec.kind == "random":
+        log.warning("%s: serving RANDOM weights; embeddings are meaningless", spec.raw)
+    return _wrap(spec, model, dev, precision, quick_gelu)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _wrap(spec: ModelSpec, model: torch.nn.Module, dev: torch.device, precision: str,
+          quick_gelu: bool) -> ClipModel:
+    pcfg = open_clip.get_model_preprocess_cfg(model)
+    size = pcfg["size"]
+    size = size if isinstance(size, int) else size[0]
+    dtype = _TORCH_DTYPES[precision]
+    mean = torch.tensor(pcfg["mean"], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(pcfg["std"], device=dev).view(1, 3, 1, 1)
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    embed_dim = int(getattr(model, "embed_dim", 0) or _probe_embed_dim(model, tokenizer, dev))
+    return ClipModel(
+        spec=spec, model=model, tokenizer=tokenizer, device=dev, precision=precision,
+        image_size=int(size), context_length=int(tokenizer.context_length),
+        logit_scale=float(model.logit_scale.exp().item()), embed_dim=embed_dim,
+        quick_gelu=quick_gelu,
+        _scale=(1.0 / (255.0 * std)).to(dtype), _shift=(mean / std).to(dtype),
+    )
+
+
+@torch.inference_mode()
+def _probe_embed_dim(model: torch.nn.Module, tokenizer: object, dev: torch.device) -> int:
+    return int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalize rows."""
+    return F.normalize(x, dim=-1)

@@ -1,0 +1,174 @@
+"""Configuration: one typed object, built once from CLI flags over CLIPSERVE_* variables.
+
+Every field is documented here; `clipserve serve --help` and the README's configuration table
+are generated from (and tested against) these docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+ENV_PREFIX = "CLIPSERVE_"
+
+
+def _doc(text: str, default: Any = MISSING) -> Any:
+    """A field with its documentation attached (for --help and the README)."""
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `clipserve serve` can be told."""
+
+    model: tuple[str, ...] = _doc(
+        "Model spec(s) to serve, ARCH:TAG (open_clip pretrained tag, checkpoint path, or "
+        "`random`) or hf-hub:org/repo; repeat the flag or comma-separate. The first is the default.",
+        ("ViT-B-32:openai",))
+    host: str = _doc("Address to listen on (containers use 0.0.0.0).", "127.0.0.1")
+    port: int = _doc("HTTP port for the API and /metrics.", 3000)
+    device: str = _doc("auto (cuda if available), cpu, cuda or cuda:N.", "auto")
+    dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
+    cache_dir: str | None = _doc("Where downloaded weights are cached (default: the HF hub cache).",
+                                 None)
+    model_config_dir: str | None = _doc(
+        "Folder (or JSON file) of extra open_clip architecture configs to register.", None)
+    max_batch_size: int = _doc(
+        "Most items in one forward pass; 0 picks a default for the device (128 CUDA, 16 CPU).", 0)
+    max_wait_ms: float = _doc(
+        "Longest an item waits for its batch to fill while the model is idle.", 5.0)
+    max_queue: int = _doc("Items waiting per (model, modality) before requests get 503.", 2048)
+    max_items: int = _doc("Most items in one request (encode, or queries+candidates in rank).",
+                          1024)
+    max_body_bytes: int = _doc("Largest request body accepted (413 above).", 64 * 2**20)
+    max_text_chars: int = _doc(
+        "Longest text accepted, in characters; texts longer than the model's context (77 "
+        "tokens for CLIP) are truncated as CLIP's tokenizer does.", 10_000)
+    max_image_bytes: int = _doc("Largest image (blob, data: URI or download), in bytes.",
+                                20 * 2**20)
+    max_image_pixels: int = _doc("Largest image, in pixels (decompression-bomb guard).",
+                                 40_000_000)
+    fetch_timeout_s: float = _doc("Total time allowed to download one img_uri.", 10.0)
+    fetch_connect_timeout_s: float = _doc("Connect timeout for img_uri downloads.", 3.0)
+    fetch_max_redirects: int = _doc("Redirects followed per img_uri (each one re-checked).", 3)
+    fetch_allow: tuple[str, ...] = _doc(
+        "CIDRs or host names img_uri may reach despite the SSRF guard (e.g. an in-cluster "
+        "image store). By default private, loopback and link-local addresses are refused.", ())
+    preprocess_threads: int = _doc("Threads that decode and preprocess images.", 4)
+    compute_threads: int = _doc("torch intra-op threads for the model (0: torch's default).", 0)
+    drain_grace_s: float = _doc(
+        "After SIGTERM, keep accepting requests this long (readiness is already failing) so "
+        "load balancers can stop sending traffic.", 5.0)
+    drain_timeout_s: float = _doc(
+        "Then wait at most this long for queued and in-flight requests to finish.", 20.0)
+    api_key: tuple[str, ...] = _doc(
+        "Bearer API key(s) required on every path except the open ones; none means no auth.", ())
+    api_key_file: str | None = _doc("File with one API key per line (e.g. a mounted Secret).",
+                                    None)
+    open_paths: tuple[str, ...] = _doc(
+        "Paths reachable without an API key.", ("/healthz", "/readyz", "/metrics"))
+    log_level: str = _doc("Logging level: debug, info, warning, error.", "info")
+
+    def api_keys(self) -> frozenset[str]:
+        """Keys from `api_key` and `api_key_file` together."""
+        keys = set(self.api_key)
+        if self.api_key_file:
+            with open(self.api_key_file, encoding="utf-8") as fh:
+                keys.update(line.strip() for line in fh if line.strip())
+        return frozenset(keys)
+
+    def batch_size_for(self, device_type: str) -> int:
+        """The configured max batch size, or the device's default."""
+        if self.max_batch_size > 0:
+            return self.max_batch_size
+        return 128 if device_type == "cuda" else 16
+
+
+def env_name(name: str) -> str:
+    """CLIPSERVE_* variable for a field."""
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    """CLI flag for a field."""
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> Any:
+    """`str | None` -> str, `tuple[str, ...]` -> tuple."""
+    if isinstance(tp, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return typing.get_origin(tp) or tp
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _parse(name: str, raw: str) -> Any:
+    base = _base_type(_hints()[name])
+    if base is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if base is bool:
+        return raw.lower() in ("1", "true", "yes", "on")
+    try:
+        return base(raw)
+    except ValueError as exc:
+        raise SystemExit(f"clipserve: {name}: {raw!r} is not a valid {base.__name__}") from exc
+
+
+def from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from CLIPSERVE_* variables over the defaults."""
+    environ = os.environ if environ is None else environ
+    values = {f.name: _parse(f.name, environ[env_name(f.name)])
+              for f in fields(Settings) if env_name(f.name) in environ}
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; defaults are left unset so the environment shows through."""
+    for f in fields(Settings):
+        base = _base_type(_hints()[f.name])
+        default = f.default if f.default is not None else "unset"
+        if isinstance(default, tuple):
+            default = ",".join(default) or "none"
+        help_text = f"{f.metadata['doc']} [{env_name(f.name)}; default: {default}]"
+        if base is tuple:
+            parser.add_argument(flag_name(f.name), dest=f.name, action="append", help=help_text,
+                                metavar="VALUE")
+        else:
+            parser.add_argument(flag_name(f.name), dest=f.name, help=help_text,
+                                metavar=base.__name__.upper())
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """CLI flags over CLIPSERVE_* variables over the defaults."""
+    settings = from_env(environ)
+    overrides: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if isinstance(value, list):  # repeated flag, each may itself be a comma list
+            overrides[f.name] = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+        else:
+            overrides[f.name] = _parse(f.name, value)
+    return replace(settings, **overrides)
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| Flag | Variable | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default) or "(none)"
+        elif default is None:
+            default = "(unset)"
+        rows.append(f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{default}` | "
+                    f"{f.metadata['doc']} |")
+    return "\n".join(rows)
