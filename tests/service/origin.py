@@ -1,0 +1,190 @@
+"""A real local HTTP origin for tests: serves chosen bytes, statuses, redirects and slow bodies.
+
+It is a `ThreadingHTTPServer` on 127.0.0.1 (a free port) running in a daemon thread, so both
+in-process async clients and separate server processes can fetch from it. Usage:
+
+    with Origin() as origin:
+        origin.add("/cat.png", png_bytes, content_type="image/png")
+        origin.redirect("/r", "/cat.png")
+        origin.add("/slow", b"x" * 10, delay_s=30)          # headers after 30 s
+        origin.add("/drip", b"x" * 100, chunk_size=1, chunk_delay_s=0.1)
+        origin.add("/huge", endless(), declare_length=None)  # endless chunked body
+        url = origin.url("/cat.png")
+        ...
+        origin.hits("/cat.png"), origin.sent_bytes("/huge"), origin.requests[-1].headers
+
+Sleeps wait on an event that `close()` sets, so closing never waits for a slow route.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+Body = bytes | Callable[[], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the origin answers on one path."""
+
+    body: Body = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # before the status line
+    chunk_size: int = 65536
+    chunk_delay_s: float = 0.0  # between body chunks
+    declare_length: int | bool | None = True  # True: real length; int: that value; None: chunked
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the origin received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+def endless(chunk: bytes = b"\xff" * 65536) -> Callable[[], Iterator[bytes]]:
+    """A body factory that never ends (the client must stop reading)."""
+    return lambda: itertools.repeat(chunk)
+
+
+class Origin:
+    """The server; a context manager. Routes can be added while it runs."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[Seen] = []
+        self._sent: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = ThreadingHTTPServer((host, 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self.host = host
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        """`http://host:port` of the origin."""
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        """Absolute URL of a path on this origin."""
+        return self.base_url + path
+
+    def add(
+        self,
+        path: str,
+        body: Body = b"",
+        *,
+        content_type: str = "application/octet-stream",
+        **route: object,
+    ) -> str:
+        """Serve `body` on `path` (Route fields as keywords); returns the URL."""
+        headers = {"Content-Type": content_type, **route.pop("headers", {})}  # type: ignore[dict-item]
+        self.routes[path] = Route(body=body, headers=headers, **route)  # type: ignore[arg-type]
+        return self.url(path)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        """Answer `path` with a redirect to `location`; returns the URL."""
+        self.routes[path] = Route(status=status, headers={"Location": location})
+        return self.url(path)
+
+    def hits(self, path: str) -> int:
+        """How many requests reached `path`."""
+        with self._lock:
+            return sum(1 for r in self.requests if r.path == path)
+
+    def sent_bytes(self, path: str) -> int:
+        """How many body bytes the origin managed to write for `path` (all requests)."""
+        with self._lock:
+            return self._sent.get(path, 0)
+
+    def close(self) -> None:
+        """Stop serving; slow handlers wake up and give up."""
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Origin:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _record(self, seen: Seen) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+    def _count(self, path: str, n: int) -> None:
+        with self._lock:
+            self._sent[path] = self._sent.get(path, 0) + n
+
+
+def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
+    """A handler class bound to one Origin (http.server instantiates it per request)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep test output quiet."""
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            origin._record(Seen("GET", path, dict(self.headers.items())))
+            route = origin.routes.get(path)
+            if route is None:
+                route = Route(status=404, body=b"not found")
+            if route.delay_s and origin._stop.wait(route.delay_s):
+                return
+            # The client may stop reading on purpose (byte cap, timeout tests).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._answer(path, route)
+
+        def _answer(self, path: str, route: Route) -> None:
+            body = route.body
+            self.send_response(route.status)
+            for name, value in route.headers.items():
+                self.send_header(name, value)
+            chunked = route.declare_length is None or route.declare_length is False
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            elif route.declare_length is True:
+                assert isinstance(body, bytes), "a streamed body needs declare_length=int|None"
+                self.send_header("Content-Length", str(len(body)))
+            else:
+                self.send_header("Content-Length", str(route.declare_length))
+            self.end_headers()
+            for piece in _pieces(body, route.chunk_size):
+                if route.chunk_delay_s and origin._stop.wait(route.chunk_delay_s):
+                    return
+                if origin._stop.is_set():
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.wfile.flush()
+                origin._count(path, len(piece))
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+
+    return Handler
+
+
+def _pieces(body: Body, size: int) -> Iterator[bytes]:
+    """Split a body (bytes or a chunk factory) into pieces of at most `size` bytes."""
+    chunks = [body] if isinstance(body, bytes) else body()
+    for chunk in chunks:
+        for i in range(0, len(chunk), size):
+            yield chunk[i : i + size]
