@@ -1,0 +1,118 @@
+"""Command lines of the control-plane components, all bound to 127.0.0.1 on given ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.cluster.pki import SERVICE_CIDR, Pki
+
+POD_CIDR = "10.244.0.0/16"
+# kwok manages only Node objects carrying this annotation (set in nodes.yaml).
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node=fake"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Loopback ports chosen at start-up, so several clusters can run side by side."""
+
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+
+
+def etcd(bin_dir: Path, state: Path, ports: Ports) -> list[str]:
+    """Single-member etcd; fsync off because the data lives only as long as the test run."""
+    client = f"http://127.0.0.1:{ports.etcd_client}"
+    peer = f"http://127.0.0.1:{ports.etcd_peer}"
+    return [
+        str(bin_dir / "etcd"),
+        "--name=default",
+        f"--data-dir={state / 'etcd'}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=default={peer}",
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+
+
+def apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> list[str]:
+    """kube-apiserver with RBAC (so RBAC mistakes in the chart/operator fail here too)."""
+    return [
+        str(bin_dir / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={ports.apiserver}",
+        f"--tls-cert-file={pki.crt('apiserver')}",
+        f"--tls-private-key-file={pki.key('apiserver')}",
+        f"--client-ca-file={pki.ca_crt}",
+        "--authorization-mode=RBAC",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        "--allow-privileged=true",
+        "--profiling=false",
+    ]
+
+
+def _delegated_auth(kubeconfig: Path) -> list[str]:
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+    ]
+
+
+def controller_manager(
+    bin_dir: Path, state: Path, pki: Pki, kubeconfig: Path, ports: Ports
+) -> list[str]:
+    """kube-controller-manager running every default controller, each with its own SA."""
+    return [
+        str(bin_dir / "kube-controller-manager"),
+        *_delegated_auth(kubeconfig),
+        "--bind-address=127.0.0.1",
+        f"--secure-port={ports.controller_manager}",
+        f"--cert-dir={state / 'controller-manager-certs'}",
+        "--leader-elect=false",
+        # "*" = all default-on controllers: deployment, replicaset, endpointslice,
+        # garbage-collector, namespace, serviceaccount(-token), horizontalpodautoscaling, ...
+        "--controllers=*",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki.sa_key}",
+        f"--root-ca-file={pki.ca_crt}",
+        f"--cluster-signing-cert-file={pki.ca_crt}",
+        f"--cluster-signing-key-file={pki.ca_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+    ]
+
+
+def scheduler(bin_dir: Path, state: Path, kubeconfig: Path, ports: Ports) -> list[str]:
+    """kube-scheduler with the default profile."""
+    return [
+        str(bin_dir / "kube-scheduler"),
+        *_delegated_auth(kubeconfig),
+        "--bind-address=127.0.0.1",
+        f"--secure-port={ports.scheduler}",
+        f"--cert-dir={state / 'scheduler-certs'}",
+        "--leader-elect=false",
+    ]
+
+
+def kwok(bin_dir: Path, stages: Path, kubeconfig: Path) -> list[str]:
+    """kwok playing kubelet for annotated nodes: leases, node status and pod lifecycle stages."""
+    return [
+        str(bin_dir / "kwok"),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={stages}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}",
+        "--node-lease-duration-seconds=40",
+        f"--cidr={POD_CIDR}",
+    ]
