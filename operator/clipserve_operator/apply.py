@@ -1,0 +1,118 @@
+"""Every write to the API: server-side apply, prune by owner label, status patches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from .kube import ApiError, KubeClient
+from .render import object_key
+from .settings import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
+
+Obj = dict[str, Any]
+
+# Kinds the clipserve chart can render; prune looks at these plus whatever was rendered.
+PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("v1", "PersistentVolumeClaim"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+)
+
+
+def _permanent_or_temporary(
+    exc: ApiError, delay: float
+) -> kopf.TemporaryError | kopf.PermanentError:
+    """Map an API failure to kopf's retry semantics."""
+    if exc.transient:
+        return kopf.TemporaryError(str(exc), delay=delay)
+    return kopf.PermanentError(str(exc))
+
+
+async def apply_objects(
+    client: KubeClient, objects: Iterable[Mapping[str, Any]], *, retry_delay: float
+) -> None:
+    """Server-side apply each object as `clipserve-operator`, taking over conflicting fields."""
+    for obj in objects:
+        api_version, kind, name = object_key(obj)
+        namespace = obj["metadata"].get("namespace")
+        if not await client.namespaced(api_version, kind):
+            # Absent kinds (no such CRD) and cluster-scoped ones cannot be owned by a ClipService.
+            raise kopf.PermanentError(
+                f"cannot apply {kind} {name}: the cluster serves no namespaced {api_version} {kind}"
+            )
+        path = await client.path(api_version, kind, namespace, name)
+        assert path is not None
+        try:
+            await client.request(
+                "PATCH",
+                path,
+                params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                content=json.dumps(obj).encode(),
+                content_type="application/apply-patch+yaml",
+            )
+        except ApiError as exc:
+            raise _permanent_or_temporary(exc, retry_delay) from exc
+
+
+async def prune(
+    client: KubeClient,
+    owner: Mapping[str, Any],
+    keep: Iterable[Mapping[str, Any]],
+    *,
+    retry_delay: float,
+) -> list[str]:
+    """Delete owned objects that are no longer rendered; returns 'Kind/name' of each deleted."""
+    meta = owner["metadata"]
+    wanted = {object_key(o) for o in keep}
+    kinds = set(PRUNABLE_KINDS) | {(k[0], k[1]) for k in wanted}
+    deleted = []
+    for api_version, kind in sorted(kinds):
+        try:
+            items = await client.list(
+                api_version, kind, meta["namespace"], f"{OWNER_LABEL}={meta['name']}"
+            )
+        except ApiError as exc:
+            if exc.status == 403:
+                continue  # not granted (kind never rendered by this chart), so never created
+            raise _permanent_or_temporary(exc, retry_delay) from exc
+        for item in items:
+            item_meta = item["metadata"]
+            owned = any(
+                ref.get("uid") == meta["uid"] for ref in item_meta.get("ownerReferences") or []
+            )
+            if not owned or (api_version, kind, item_meta["name"]) in wanted:
+                continue
+            path = await client.path(api_version, kind, meta["namespace"], item_meta["name"])
+            assert path is not None
+            try:
+                await client.request("DELETE", path, json={"propagationPolicy": "Background"})
+            except ApiError as exc:
+                raise _permanent_or_temporary(exc, retry_delay) from exc
+            deleted.append(f"{kind}/{item_meta['name']}")
+    return deleted
+
+
+async def patch_status(
+    client: KubeClient, namespace: str, name: str, status: Mapping[str, Any], *, retry_delay: float
+) -> None:
+    """Replace the status fields the operator owns (merge patch on the status subresource)."""
+    path = f"/apis/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+    try:
+        await client.request(
+            "PATCH",
+            path,
+            json={"status": dict(status)},
+            content_type="application/merge-patch+json",
+        )
+    except ApiError as exc:
+        raise _permanent_or_temporary(exc, retry_delay) from exc

@@ -1,0 +1,79 @@
+"""kopf handlers: they only configure kopf and hand work to the Reconciler in memo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from .kube import KubeClient, connection_info
+from .metrics import Metrics
+from .reconcile import Context, Reconciler
+from .settings import GROUP, OWNER_LABEL, PLURAL, VERSION, Settings
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """kopf settings, the API client, metrics and the reconciler (shared through memo)."""
+    # No change handlers write progress, but keep any kopf bookkeeping under our own prefix.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="clipserve.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="clipserve.io")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    config = Settings.from_env()
+    metrics = Metrics()
+    ctx = Context(client=KubeClient(connection_info(settings)), settings=config, metrics=metrics)
+    memo.reconciler = Reconciler(ctx)
+    memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever())
+    if config.metrics_port:
+        memo.metrics_server, _thread = start_http_server(
+            config.metrics_port, registry=metrics.registry
+        )
+        logger.info("metrics on :%s/metrics", memo.metrics_server.server_address[1])
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Log kopf in with the same credentials as the operator's own client."""
+    return connection_info(settings)
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    """Stop reconciles, the resync loop and the metrics server."""
+    memo.resync.cancel()
+    await memo.reconciler.close()
+    await memo.reconciler.ctx.client.close()
+    if memo.get("metrics_server") is not None:
+        memo.metrics_server.shutdown()
+
+
+@kopf.on.probe(id="reconciles")
+def reconciles(memo: kopf.Memo, **_: Any) -> int:
+    """Liveness detail: ClipServices being reconciled right now."""
+    return len(memo.reconciler._tasks)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def clipservice_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Any change of a ClipService (and the initial listing after a restart) reconciles it."""
+    if type != "DELETED":
+        memo.reconciler.trigger(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
+def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """Rollout progress and drift (an edited Deployment) reconcile the owning ClipService."""
+    memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
+def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """Pod readiness and scheduling failures update the owning ClipService's status."""
+    memo.reconciler.trigger(namespace, labels[OWNER_LABEL])

@@ -1,0 +1,171 @@
+"""A small async Kubernetes API client (httpx) sharing kopf's login; reads and raw requests."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import kopf
+
+Obj = dict[str, Any]
+# Statuses worth retrying: conflicts, throttling, and the apiserver's own trouble.
+_TRANSIENT = {409, 429, 500, 502, 503, 504}
+
+
+class ApiError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when no response came)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """True when retrying the same call can succeed."""
+        return self.status == 0 or self.status in _TRANSIENT
+
+
+def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """The in-cluster service account, else $KUBECONFIG / ~/.kube/config."""
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.LoginError("no service account token and no kubeconfig found")
+    return info
+
+
+def _data(value: str | bytes) -> bytes:
+    """kubeconfig *-data fields are base64; kopf passes them through as given."""
+    raw = value.encode() if isinstance(value, str) else value
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        return raw
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    """TLS settings from the connection info (client certificates need files for ssl)."""
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context()
+    if info.ca_path:
+        ctx.load_verify_locations(cafile=str(info.ca_path))
+    elif info.ca_data:
+        ctx.load_verify_locations(cadata=_data(info.ca_data).decode())
+    cert = info.certificate_path
+    key = info.private_key_path
+    if info.certificate_data or info.private_key_data:
+        with tempfile.NamedTemporaryFile() as cf, tempfile.NamedTemporaryFile() as kf:
+            cf.write(_data(info.certificate_data or b""))
+            kf.write(_data(info.private_key_data or b""))
+            cf.flush()
+            kf.flush()
+            ctx.load_cert_chain(cf.name, kf.name)
+    elif cert:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+class KubeClient:
+    """Async API client with per-group-version discovery (kind -> plural, namespaced)."""
+
+    def __init__(self, info: kopf.ConnectionInfo, timeout_s: float = 30.0) -> None:
+        headers = {"User-Agent": "clipserve-operator"}
+        if info.token:
+            headers["Authorization"] = f"Bearer {info.token}"
+        auth = httpx.BasicAuth(info.username, info.password or "") if info.username else None
+        self._http = httpx.AsyncClient(
+            base_url=info.server,
+            headers=headers,
+            auth=auth,
+            verify=_ssl_context(info),
+            timeout=timeout_s,
+        )
+        self._resources: dict[str, dict[str, tuple[str, bool]] | None] = {}
+
+    async def close(self) -> None:
+        """Close connections."""
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Obj | None:
+        """One API call; None on 404, ApiError with the apiserver's message otherwise."""
+        headers = {"Content-Type": content_type} if content_type else None
+        try:
+            resp = await self._http.request(
+                method, path, params=params, json=json, content=content, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"{method} {path}: {exc!r}") from exc
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("message", resp.text)
+            except ValueError:
+                message = resp.text
+            raise ApiError(resp.status_code, f"{method} {path}: {resp.status_code} {message}")
+        return resp.json() if resp.content else {}
+
+    async def _discover(self, api_version: str) -> dict[str, tuple[str, bool]] | None:
+        """kind -> (plural, namespaced) for one group version; None if the API is not served."""
+        if api_version not in self._resources:
+            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            found = await self.request("GET", base)
+            self._resources[api_version] = (
+                None
+                if found is None
+                else {
+                    r["kind"]: (r["name"], r["namespaced"])
+                    for r in found.get("resources", [])
+                    if "/" not in r["name"]
+                }
+            )
+        return self._resources[api_version]
+
+    async def path(
+        self, api_version: str, kind: str, namespace: str | None, name: str | None = None
+    ) -> str | None:
+        """URL path of a collection or object; None when the cluster lacks that kind."""
+        kinds = await self._discover(api_version)
+        if not kinds or kind not in kinds:
+            return None
+        plural, namespaced = kinds[kind]
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        if namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{plural}"
+        return f"{base}/{name}" if name else base
+
+    async def namespaced(self, api_version: str, kind: str) -> bool | None:
+        """Whether a kind is namespaced; None when the cluster lacks it."""
+        kinds = await self._discover(api_version)
+        return kinds[kind][1] if kinds and kind in kinds else None
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        """One object, or None."""
+        path = await self.path(api_version, kind, namespace, name)
+        return None if path is None else await self.request("GET", path)
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[Obj]:
+        """Objects of a kind in a namespace matching a label selector ([] if the kind is absent)."""
+        path = await self.path(api_version, kind, namespace)
+        if path is None:
+            return []
+        found = await self.request("GET", path, params={"labelSelector": label_selector})
+        return [] if found is None else found.get("items", [])

@@ -1,0 +1,250 @@
+"""One reconcile of a ClipService: plan the swap, render, apply, prune, observe, report."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import kopf
+
+from .apply import apply_objects, patch_status, prune
+from .kube import ApiError, KubeClient
+from .metrics import Metrics
+from .render import autoscaling_enabled, desired_objects, helm_template, render_state
+from .settings import (
+    API_VERSION,
+    KIND,
+    MODEL_ANNOTATION,
+    OWNER_LABEL,
+    PLURAL,
+    SLOT_LABEL,
+    Settings,
+)
+from .status import Observed, compute_status, transitions
+from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
+
+Obj = dict[str, Any]
+logger = logging.getLogger("clipserve_operator")
+_RENDER_CACHE_MAX = 256
+
+
+@dataclass
+class Context:
+    """What a reconcile needs: kept in kopf's memo, never in module globals."""
+
+    client: KubeClient
+    settings: Settings
+    metrics: Metrics
+    render_cache: dict[str, list[Obj]] = field(default_factory=dict)
+
+
+def deployment_name(name: str, slot: str) -> str:
+    """The chart names a slot's Deployment <fullname>-<slot> (blue/green slot contract)."""
+    return f"{name}-{slot}"
+
+
+def _render(
+    ctx: Context, namespace: str, name: str, spec: Mapping[str, Any], values: dict[str, Any]
+) -> list[Obj]:
+    """`helm template`, memoised by values: most reconciles render what they rendered before."""
+    apis = (
+        ["monitoring.coreos.com/v1"] if (spec.get("monitoring") or {}).get("serviceMonitor") else []
+    )
+    key = json.dumps([namespace, name, ctx.settings.chart, apis, values], sort_keys=True)
+    if key not in ctx.render_cache:
+        if len(ctx.render_cache) >= _RENDER_CACHE_MAX:
+            ctx.render_cache.clear()
+        ctx.render_cache[key] = helm_template(
+            ctx.settings.helm, ctx.settings.chart, name, namespace, values, api_versions=apis
+        )
+    return ctx.render_cache[key]
+
+
+def _endpoint(objects: list[Obj], namespace: str, domain: str) -> str:
+    """In-cluster URL of the rendered Service (its `http` port)."""
+    for obj in objects:
+        if obj["kind"] == "Service":
+            ports = obj.get("spec", {}).get("ports") or [{}]
+            port = next((p for p in ports if p.get("name") == "http"), ports[0]).get("port", 3000)
+            return f"http://{obj['metadata']['name']}.{namespace}.svc.{domain}:{port}"
+    return ""
+
+
+def _selector(objects: list[Obj], deployment: str) -> str:
+    """Label selector of the serving slot's pods, for the scale subresource."""
+    for obj in objects:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == deployment:
+            labels = obj["spec"]["selector"].get("matchLabels") or {}
+            return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return ""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    """Bring one ClipService's children to its spec and report status; raises kopf errors."""
+    client, delay = ctx.client, ctx.settings.retry_delay_s
+    owner = await client.get(API_VERSION, KIND, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return  # the garbage collector removes the children
+    spec, before = owner["spec"], owner.get("status") or {}
+    selector = f"{OWNER_LABEL}={name}"
+
+    current = SwapState.from_status(before)
+    strategy = spec.get("swapStrategy", BLUE_GREEN)
+    deployments = {
+        d["metadata"]["name"]: d
+        for d in await client.list("apps/v1", "Deployment", namespace, selector)
+    }
+    state = next_state(spec["model"], strategy, current, pending_ready=False)
+    if state.swapping and rolled_out(
+        deployments.get(deployment_name(name, state.pending_slot)), spec["model"], MODEL_ANNOTATION
+    ):
+        state = next_state(spec["model"], strategy, current, pending_ready=True)
+        # Persist the promotion before the Service moves: a restart then resumes on the new slot.
+        await patch_status(client, namespace, name, state.to_status(), retry_delay=delay)
+        ctx.metrics.swaps.labels("completed").inc()
+
+    error, objects = "", []
+    try:
+        render = partial(_render, ctx, namespace, name, spec)
+        objects = desired_objects(
+            await asyncio.to_thread(render_state, render, name, spec, state),
+            owner,
+            autoscaling=autoscaling_enabled(spec),
+        )
+        await apply_objects(client, objects, retry_delay=delay)
+        deleted = await prune(client, owner, objects, retry_delay=delay)
+        if deleted:
+            logger.info("%s/%s: pruned %s", namespace, name, ", ".join(deleted))
+    except kopf.PermanentError as exc:
+        error = str(exc)
+
+    deployments = {
+        d["metadata"]["name"]: d
+        for d in await client.list("apps/v1", "Deployment", namespace, selector)
+    }
+    pods = await client.list("v1", "Pod", namespace, selector)
+    active_name = deployment_name(name, state.active_slot)
+    status = compute_status(
+        generation=owner["metadata"]["generation"],
+        state=state,
+        observed=Observed(
+            active=deployments.get(active_name),
+            pending=deployments.get(deployment_name(name, state.pending_slot))
+            if state.blue_green
+            else None,
+            pods=tuple(pods),
+            error=error,
+        ),
+        endpoint=_endpoint(objects, namespace, ctx.settings.cluster_domain)
+        or before.get("endpoint", ""),
+        selector=_selector(objects, active_name) or before.get("selector", ""),
+        slot_label=SLOT_LABEL,
+        previous=before,
+        now=_now(),
+    )
+    if status != {k: before.get(k) for k in status}:
+        await patch_status(client, namespace, name, status, retry_delay=delay)
+    if state.blue_green and before.get("pendingModel") != state.pending_model:
+        ctx.metrics.swaps.labels("started").inc()
+    for type_, reason, message in transitions(before, status):
+        kopf.event(owner, type=type_, reason=reason, message=message)
+    if error:
+        raise kopf.PermanentError(error)
+
+
+class Reconciler:
+    """Runs at most one reconcile per ClipService at a time; triggers during a run coalesce."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    def trigger(self, namespace: str, name: str) -> None:
+        """Reconcile soon (now, or right after the running reconcile of the same object)."""
+        key = (namespace, name)
+        if key in self._tasks:
+            self._dirty.add(key)
+            return
+        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key))
+
+    async def _run(self, key: tuple[str, str]) -> None:
+        """Reconcile until no trigger arrived meanwhile; schedule a retry after a failure."""
+        try:
+            while True:
+                self._dirty.discard(key)
+                retry = await self._once(key)
+                if retry is not None:
+                    self._schedule(key, retry)
+                if key not in self._dirty:
+                    break
+        finally:
+            self._tasks.pop(key, None)
+
+    def _schedule(self, key: tuple[str, str], delay: float) -> None:
+        """Retry later (one pending retry per object)."""
+        old = self._retries.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, self.trigger, *key)
+
+    async def _once(self, key: tuple[str, str]) -> float | None:
+        """One reconcile with metrics; returns a retry delay or None."""
+        metrics, started = self.ctx.metrics, time.monotonic()
+        result, retry = "error", None
+        try:
+            await reconcile(self.ctx, *key)
+            result = "ok"
+        except kopf.TemporaryError as exc:
+            metrics.errors.labels("temporary").inc()
+            logger.warning("%s/%s: %s (retrying in %ss)", *key, exc, exc.delay)
+            retry = exc.delay if exc.delay is not None else self.ctx.settings.retry_delay_s
+        except kopf.PermanentError as exc:
+            # Waits for the next change of the ClipService or its children.
+            metrics.errors.labels("permanent").inc()
+            logger.error("%s/%s: %s", *key, exc)
+        except ApiError as exc:
+            metrics.errors.labels("temporary" if exc.transient else "permanent").inc()
+            logger.warning("%s/%s: %s", *key, exc)
+            retry = self.ctx.settings.retry_delay_s * (1 if exc.transient else 6)
+        except Exception:
+            metrics.errors.labels("unexpected").inc()
+            logger.exception("%s/%s: reconcile failed", *key)
+            retry = self.ctx.settings.retry_delay_s * 6
+        finally:
+            metrics.duration.observe(time.monotonic() - started)
+            metrics.reconciles.labels(result).inc()
+        return retry
+
+    async def resync_forever(self) -> None:
+        """Periodically reconcile every ClipService: a safety net for missed watch events."""
+        while self.ctx.settings.resync_s > 0:
+            await asyncio.sleep(self.ctx.settings.resync_s)
+            try:
+                found = await self.ctx.client.request("GET", f"/apis/{API_VERSION}/{PLURAL}") or {}
+            except ApiError as exc:
+                logger.warning("resync: %s", exc)
+                continue
+            for item in found.get("items", []):
+                self.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
+
+    async def close(self) -> None:
+        """Stop retries and running reconciles."""
+        for handle in self._retries.values():
+            handle.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,189 @@
+"""ClipService spec -> chart values -> `helm template` -> objects to apply (pure but for helm)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+import yaml
+
+from .settings import API_VERSION, KIND, MANAGED_BY, OWNER_LABEL
+from .swap import SwapState
+
+Obj = dict[str, Any]
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge override into a copy of base; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _present(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """The given keys of mapping that are set (not None)."""
+    return {k: mapping[k] for k in keys if mapping.get(k) is not None}
+
+
+def chart_values(
+    name: str, spec: Mapping[str, Any], *, model: str, slot: str, service_slot: str
+) -> dict[str, Any]:
+    """Chart values for one slot of a ClipService (the values contract of charts/clipserve)."""
+    gpu = spec.get("gpu") or {}
+    pool = spec.get("nodePool") or {}
+    autoscaling = spec.get("autoscaling") or {}
+    monitoring = spec.get("monitoring") or {}
+    values: dict[str, Any] = {
+        "replicaCount": spec.get("replicas", 1),
+        "gpu": {
+            "count": gpu.get("count", 0),
+            "resourceName": gpu.get("resourceName", "nvidia.com/gpu"),
+        },
+        "autoscaling": {"enabled": bool(autoscaling) and autoscaling.get("enabled", True)},
+        "serviceMonitor": {"enabled": bool(monitoring.get("serviceMonitor", False))},
+        # Pods carry the owner label too, so the operator can watch and list them cheaply.
+        "podLabels": {OWNER_LABEL: name},
+    }
+    values["autoscaling"].update(
+        _present(
+            autoscaling,
+            "minReplicas",
+            "maxReplicas",
+            "targetCPUUtilizationPercentage",
+            "queueDepthPerPod",
+        )
+    )
+    values["serviceMonitor"].update(_present(monitoring, "interval", "labels"))
+    values.update(
+        _present(
+            pool, "nodeSelector", "tolerations", "affinity", "runtimeClassName", "priorityClassName"
+        )
+    )
+    values.update(_present(spec, "dtype", "device", "resources", "modelCache", "hfToken", "apiKey"))
+    if spec.get("batching"):
+        values["batching"] = _present(spec["batching"], "maxBatchSize", "maxWaitMs", "maxQueue")
+    if spec.get("image"):
+        values["image"] = _present(spec["image"], "repository", "tag", "pullPolicy")
+    values = deep_merge(values, spec.get("values") or {})
+    # Set last: spec.values cannot rename objects, change the model or move the Service.
+    values.update({"fullnameOverride": name, "model": model, "slot": slot})
+    values["service"] = deep_merge(values.get("service") or {}, {"slot": service_slot})
+    return values
+
+
+def helm_template(
+    helm: str,
+    chart: str,
+    release: str,
+    namespace: str,
+    values: Mapping[str, Any],
+    *,
+    api_versions: Iterable[str] = (),
+) -> list[Obj]:
+    """Render the chart offline; a chart or values error is permanent for this spec."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(values, f)
+        f.flush()
+        cmd = [
+            helm,
+            "template",
+            release,
+            chart,
+            "--namespace",
+            namespace,
+            "--values",
+            f.name,
+            "--skip-tests",
+            "--no-hooks",
+        ]
+        for api in api_versions:
+            cmd += ["--api-versions", api]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise kopf.PermanentError(f"helm template failed: {proc.stderr.strip()[-800:]}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def render_state(render: Any, name: str, spec: Mapping[str, Any], state: SwapState) -> list[Obj]:
+    """Objects for a swap state: the active slot and shared objects, plus the pending slot's own."""
+    active = render(
+        chart_values(
+            name,
+            spec,
+            model=state.serving_model(),
+            slot=state.active_slot,
+            service_slot=state.active_slot,
+        )
+    )
+    if not state.blue_green:
+        return active
+    pending = render(
+        chart_values(
+            name,
+            spec,
+            model=state.pending_model,
+            slot=state.pending_slot,
+            service_slot=state.active_slot,
+        )
+    )
+    # Shared objects (Service, ServiceMonitor, ...) come from the active render only, so the
+    # Service keeps selecting the serving slot; slot objects differ by name.
+    shared = {object_key(o) for o in active}
+    return active + [o for o in pending if object_key(o) not in shared]
+
+
+def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(apiVersion, kind, name) identifying a rendered object within its namespace."""
+    return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The ownerReference that lets the garbage collector delete children with their ClipService."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def desired_objects(
+    rendered: Iterable[Mapping[str, Any]], owner: Mapping[str, Any], *, autoscaling: bool
+) -> list[Obj]:
+    """Rendered objects made ready to apply: namespace, owner label, ownerReference."""
+    meta = owner["metadata"]
+    out: list[Obj] = []
+    for item in rendered:
+        obj = copy.deepcopy(dict(item))
+        obj_meta = obj.setdefault("metadata", {})
+        obj_meta["namespace"] = meta["namespace"]
+        labels = obj_meta.setdefault("labels", {})
+        labels[OWNER_LABEL] = meta["name"]
+        labels["app.kubernetes.io/managed-by"] = MANAGED_BY
+        obj_meta["ownerReferences"] = [owner_reference(owner)]
+        if autoscaling and obj["kind"] == "Deployment":
+            # The HPA owns replicas; not applying the field keeps the operator from fighting it.
+            obj.get("spec", {}).pop("replicas", None)
+        out.append(obj)
+    return out
+
+
+def autoscaling_enabled(spec: Mapping[str, Any]) -> bool:
+    """True when the HPA, not spec.replicas, sets the replica count."""
+    autoscaling = spec.get("autoscaling") or {}
+    values_hpa = ((spec.get("values") or {}).get("autoscaling") or {}).get("enabled")
+    if values_hpa is not None:
+        return bool(values_hpa)
+    return bool(autoscaling) and bool(autoscaling.get("enabled", True))

@@ -1,0 +1,221 @@
+"""ClipService status from observed Deployments and Pods (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .swap import SwapState
+
+Obj = Mapping[str, Any]
+# Container waiting reasons that will not fix themselves.
+_STUCK_REASONS = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the reconcile saw after applying."""
+
+    active: Obj | None  # the active slot's Deployment
+    pending: Obj | None  # the pending slot's Deployment (blue/green swap only)
+    pods: tuple[Obj, ...] = ()
+    error: str = ""  # render/apply failure, shown as Degraded
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+    """One status condition (lastTransitionTime is filled in by merge_conditions)."""
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def merge_conditions(
+    previous: Iterable[Mapping[str, Any]], new: Iterable[dict[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime where a condition's status did not change."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in new:
+        old = before.get(cond["type"])
+        same = old is not None and old.get("status") == cond["status"]
+        out.append(
+            {
+                **cond,
+                "lastTransitionTime": old.get("lastTransitionTime", now) if same and old else now,
+            }
+        )
+    return out
+
+
+def counts(deployment: Obj | None) -> tuple[int, int]:
+    """(desired, ready) pods of a Deployment."""
+    if not deployment:
+        return 0, 0
+    want = deployment.get("spec", {}).get("replicas", 1)
+    return int(want), int((deployment.get("status") or {}).get("readyReplicas", 0))
+
+
+def pod_problems(pods: Iterable[Obj], slot_label: str) -> list[tuple[str, str]]:
+    """(reason, message) for pods that cannot run: the scheduler's or the kubelet's own words."""
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            continue
+        slot = (meta.get("labels") or {}).get(slot_label, "")
+        where = f"slot {slot}" if slot else "pods"
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                msg = f"{where}: {cond.get('message') or cond.get('reason')}"
+                if msg not in seen:
+                    seen.add(msg)
+                    problems.append((cond.get("reason") or "Unschedulable", msg))
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_REASONS:
+                msg = f"{where}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+                if msg not in seen:
+                    seen.add(msg)
+                    problems.append((waiting["reason"], msg))
+    return problems
+
+
+def compute_status(
+    *,
+    generation: int,
+    state: SwapState,
+    observed: Observed,
+    endpoint: str,
+    selector: str,
+    slot_label: str,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """The full status: swap state, counts, endpoint and Ready/Progressing/Degraded."""
+    want, ready = counts(observed.active)
+    serving = state.active_model
+    conds = []
+    if observed.active is None:
+        conds.append(
+            condition(
+                "Ready",
+                False,
+                "NotCreated",
+                "the serving Deployment does not exist yet",
+                generation,
+            )
+        )
+    elif want == 0:
+        conds.append(condition("Ready", False, "ScaledToZero", "replicas is 0", generation))
+    elif ready >= want:
+        conds.append(
+            condition(
+                "Ready", True, "AllPodsReady", f"{ready}/{want} pods of {serving} ready", generation
+            )
+        )
+    else:
+        conds.append(
+            condition(
+                "Ready",
+                False,
+                "PodsNotReady",
+                f"{ready}/{want} pods of {serving} ready",
+                generation,
+            )
+        )
+
+    if state.blue_green:
+        p_want, p_ready = counts(observed.pending)
+        msg = (
+            f"starting {state.pending_model} in slot {state.pending_slot}"
+            f" ({p_ready}/{p_want} ready); the Service stays on {state.active_model}"
+            f" (slot {state.active_slot}) until all are ready"
+        )
+        conds.append(condition("Progressing", True, "SwapInProgress", msg, generation))
+    elif state.swapping:
+        msg = (
+            f"rolling {state.active_model} -> {state.pending_model} in place ({ready}/{want} ready)"
+        )
+        conds.append(condition("Progressing", True, "RollingUpdate", msg, generation))
+    elif observed.active is not None and ready != want:
+        conds.append(
+            condition(
+                "Progressing", True, "ScalingReplicas", f"{ready}/{want} pods ready", generation
+            )
+        )
+    else:
+        conds.append(condition("Progressing", False, "Complete", f"serving {serving}", generation))
+
+    problems = pod_problems(observed.pods, slot_label)
+    if observed.error:
+        conds.append(condition("Degraded", True, "ReconcileFailed", observed.error, generation))
+    elif problems:
+        reason = problems[0][0]
+        conds.append(
+            condition("Degraded", True, reason, "; ".join(m for _, m in problems), generation)
+        )
+    else:
+        conds.append(condition("Degraded", False, "AsExpected", "no problems observed", generation))
+
+    previous = previous or {}
+    return {
+        **state.to_status(),
+        "observedGeneration": generation,
+        "replicas": want,
+        "readyReplicas": ready,
+        "replicaSummary": f"{ready}/{want}",
+        "selector": selector,
+        "endpoint": endpoint,
+        "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
+    }
+
+
+def transitions(
+    previous: Mapping[str, Any] | None, current: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of events worth posting: condition flips and swap steps."""
+    previous = previous or {}
+    before = {c["type"]: c for c in previous.get("conditions") or []}
+    events: list[tuple[str, str, str]] = []
+    if current.get("pendingModel") and current.get("pendingModel") != previous.get("pendingModel"):
+        events.append(
+            (
+                "Normal",
+                "SwapStarted",
+                f"starting {current['pendingModel']} in slot {current['pendingSlot']}",
+            )
+        )
+    if previous.get("activeModel") and current.get("activeModel") != previous.get("activeModel"):
+        events.append(
+            (
+                "Normal",
+                "SwapCompleted",
+                f"now serving {current['activeModel']} from slot {current['activeSlot']}",
+            )
+        )
+    for cond in current.get("conditions") or []:
+        old = before.get(cond["type"])
+        if old is not None and old.get("status") == cond["status"]:
+            continue
+        if cond["type"] == "Degraded" and cond["status"] == "True":
+            events.append(("Warning", cond["reason"], cond["message"]))
+        elif cond["type"] == "Ready" and (old is not None or cond["status"] == "True"):
+            events.append(
+                ("Normal", "Ready" if cond["status"] == "True" else "NotReady", cond["message"])
+            )
+    return events
