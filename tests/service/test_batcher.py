@@ -1,0 +1,140 @@
+"""The batcher in-process, with deterministic encoders so failures can be injected exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from clipserve.batching import ItemFailed, ModelBatcher
+from clipserve.errors import Overloaded
+from clipserve.metrics import Metrics
+
+POISON = -1.0
+
+
+def _double(values: list[float]) -> torch.Tensor:
+    """A stand-in forward pass: fails the whole batch if any item is POISON."""
+    if POISON in values:
+        raise ValueError("poisoned item")
+    return torch.tensor(values).unsqueeze(1) * 2
+
+
+def _batcher(encode=_double, **kw) -> ModelBatcher:
+    opts = {"max_batch_size": 8, "max_wait_s": 0.05, "max_queue": 64, **kw}
+    b = ModelBatcher("m", {"text": encode}, metrics=Metrics(), **opts)
+    b.start()
+    return b
+
+
+def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results():
+    sizes: list[int] = []
+
+    def encode(values):
+        sizes.append(len(values))
+        return _double(values)
+
+    async def main():
+        b = _batcher(encode)
+        try:
+            return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
+        finally:
+            b.stop()
+
+    results = asyncio.run(main())
+    assert [float(r[0][0]) for r in results] == [2.0 * i for i in range(8)]
+    assert sum(sizes) == 8 and len(sizes) < 8
+
+
+def test_a_poisoned_item_fails_only_its_own_request():
+    async def main():
+        b = _batcher()
+        try:
+            return await asyncio.gather(
+                b.submit("text", [1.0]), b.submit("text", [2.0, POISON]), b.submit("text", [3.0]),
+                return_exceptions=True)
+        finally:
+            b.stop()
+
+    good1, bad, good2 = asyncio.run(main())
+    assert float(good1[0][0]) == 2.0 and float(good2[0][0]) == 6.0
+    assert isinstance(bad, ItemFailed) and "poisoned item" in str(bad)
+
+
+def test_a_full_queue_is_refused_at_once():
+    gate = threading.Event()
+
+    def slow(values):
+        gate.wait(5)
+        return _double(values)
+
+    async def main():
+        b = _batcher(slow, max_queue=3, max_batch_size=1, max_wait_s=0)
+        try:
+            first = asyncio.ensure_future(b.submit("text", [1.0]))
+            await asyncio.sleep(0.1)  # the compute thread now holds item 1
+            with pytest.raises(Overloaded, match="queue is full"):
+                await b.submit("text", [2.0, 3.0, 4.0, 5.0])
+            gate.set()
+            return await first
+        finally:
+            gate.set()
+            b.stop()
+
+    assert float(asyncio.run(main())[0][0]) == 2.0
+
+
+def test_items_of_a_cancelled_request_are_not_computed():
+    computed: list[float] = []
+    gate = threading.Event()
+
+    def encode(values):
+        gate.wait(5)
+        computed.extend(values)
+        return _double(values)
+
+    async def main():
+        b = _batcher(encode, max_batch_size=1, max_wait_s=0)
+        try:
+            first = asyncio.ensure_future(b.submit("text", [1.0]))
+            await asyncio.sleep(0.1)
+            gone = asyncio.ensure_future(b.submit("text", [7.0, 8.0]))
+            await asyncio.sleep(0.05)
+            gone.cancel()  # the client disconnected while its items were queued
+            gate.set()
+            await first
+            await b.submit("text", [3.0])
+        finally:
+            gate.set()
+            b.stop()
+
+    asyncio.run(main())
+    assert computed == [1.0, 3.0]
+
+
+def test_a_dead_compute_thread_is_reported_and_refuses_work():
+    b = ModelBatcher("m", {"text": _double}, max_batch_size=4, max_wait_s=0, max_queue=8,
+                     metrics=Metrics())
+    b._next_batch = lambda: (_ for _ in ()).throw(MemoryError("boom"))  # a bug in the loop
+    b.start()
+    b._thread.join(5)
+    assert not b.alive
+
+    async def main():
+        with pytest.raises(Overloaded):
+            await b.submit("text", [1.0])
+
+    asyncio.run(main())
+
+
+def test_stop_finishes_queued_items_first():
+    async def main():
+        b = _batcher(max_wait_s=10)  # would wait long for a full batch...
+        task = asyncio.ensure_future(b.submit("text", [5.0]))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(b.stop)  # ...but stopping flushes it
+        return await task
+
+    assert float(asyncio.run(main())[0][0]) == 10.0

@@ -1,0 +1,62 @@
+"""Dynamic batching through the real server: fewer forward passes than items, same results."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import re
+
+import pytest
+
+from tests.service.conftest import png_b64
+from tests.service.server import TINY, start_server
+
+
+def _passes(metrics_text: str, modality: str) -> tuple[float, float]:
+    """(forward passes, items) so far for a modality, from the batch-size histogram."""
+    def value(suffix: str) -> float:
+        m = re.search(rf'clipserve_batch_size_{suffix}{{modality="{modality}",model="{re.escape(TINY)}"}} (\S+)',
+                      metrics_text)
+        return float(m.group(1)) if m else 0.0
+    return value("count"), value("sum")
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_forward_passes_and_match_unbatched_results():
+    srv = start_server("--max-wait-ms", "200", "--max-batch-size", "32")
+    texts = [f"a photo of thing number {i}" for i in range(24)]
+    images = [png_b64(color=(i * 10, 255 - i * 10, 7)) for i in range(8)]
+    try:
+        with srv.client() as c:
+            alone_text = [c.post("/encode", json=[{"text": t}]).json()[0] for t in texts]
+            alone_img = [c.post("/encode", json=[{"img_blob": b}]).json()[0] for b in images]
+            before_t, before_i = _passes(c.get("/metrics").text, "text"), _passes(
+                c.get("/metrics").text, "image")
+            with cf.ThreadPoolExecutor(32) as pool:
+                ft = [pool.submit(c.post, "/encode", json=[{"text": t}]) for t in texts]
+                fi = [pool.submit(c.post, "/encode", json=[{"img_blob": b}]) for b in images]
+                together_text = [f.result().json()[0] for f in ft]
+                together_img = [f.result().json()[0] for f in fi]
+            metrics = c.get("/metrics").text
+    finally:
+        srv.stop()
+    after_t, after_i = _passes(metrics, "text"), _passes(metrics, "image")
+    text_passes, text_items = after_t[0] - before_t[0], after_t[1] - before_t[1]
+    img_passes, img_items = after_i[0] - before_i[0], after_i[1] - before_i[1]
+    assert text_items == len(texts) and img_items == len(images)
+    assert text_passes < text_items / 2, (text_passes, text_items)
+    assert img_passes < img_items, (img_passes, img_items)
+    for a, b in zip(alone_text + alone_img, together_text + together_img, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    srv = start_server("--max-queue", "4")
+    try:
+        with srv.client() as c:
+            r = c.post("/encode", json=[{"text": str(i)} for i in range(5)])
+            ok = c.post("/encode", json=[{"text": str(i)} for i in range(4)])
+    finally:
+        srv.stop()
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "queue is full" in r.json()["detail"]
+    assert ok.status_code == 200
