@@ -24,6 +24,10 @@ async def configure(
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="clipserve.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="clipserve.io")
     settings.posting.level = logging.INFO
+    # Resources are known up front (the CRD ships with the chart): no cluster-wide scans of
+    # CRDs and namespaces, so the ClusterRole needs no access to them.
+    settings.scanning.disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API call otherwise
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     config = Settings.from_env()
@@ -55,25 +59,25 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="reconciles")
-def reconciles(memo: kopf.Memo, **_: Any) -> int:
+async def reconciles(memo: kopf.Memo, **_: Any) -> int:
     """Liveness detail: ClipServices being reconciled right now."""
     return len(memo.reconciler._tasks)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def clipservice_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def clipservice_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Any change of a ClipService (and the initial listing after a restart) reconciles it."""
     if type != "DELETED":
         memo.reconciler.trigger(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
-def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Rollout progress and drift (an edited Deployment) reconcile the owning ClipService."""
     memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
 
 
 @kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
-def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Pod readiness and scheduling failures update the owning ClipService's status."""
     memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
