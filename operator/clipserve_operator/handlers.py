@@ -65,14 +65,18 @@ async def reconciles(memo: kopf.Memo, **_: Any) -> int:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def clipservice_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def clipservice_changed(
+    type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     """Any change of a ClipService (and the initial listing after a restart) reconciles it."""
     if type != "DELETED":
         memo.reconciler.trigger(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
-async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     """Rollout progress and drift (an edited Deployment) reconcile the owning ClipService."""
     memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
 
