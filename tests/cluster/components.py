@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.cluster.pki import SERVICE_CIDR, Pki
+from tests.cluster.pki import FRONT_PROXY_CA, FRONT_PROXY_CLIENT, SERVICE_CIDR, Pki
 
 POD_CIDR = "10.244.0.0/16"
+ETCD_NAME = "clipserve-test"
 # kwok manages only Node objects carrying this annotation (set in nodes.yaml).
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node=fake"
 
@@ -29,13 +30,13 @@ def etcd(bin_dir: Path, state: Path, ports: Ports) -> list[str]:
     peer = f"http://127.0.0.1:{ports.etcd_peer}"
     return [
         str(bin_dir / "etcd"),
-        "--name=default",
+        f"--name={ETCD_NAME}",
         f"--data-dir={state / 'etcd'}",
         f"--listen-client-urls={client}",
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster=default={peer}",
+        f"--initial-cluster={ETCD_NAME}={peer}",
         "--unsafe-no-fsync",
         "--log-level=warn",
     ]
@@ -57,6 +58,17 @@ def apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> list[str]:
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
+        # Front-proxy (aggregation layer) trust, which controllers' delegated auth also reads.
+        f"--requestheader-client-ca-file={pki.crt(FRONT_PROXY_CA)}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.crt(FRONT_PROXY_CLIENT)}",
+        f"--proxy-client-key-file={pki.key(FRONT_PROXY_CLIENT)}",
+        # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service endpoint,
+        # which Endpoints validation rejects; nothing in-cluster needs to reach the apiserver.
+        "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
         "--profiling=false",
     ]
@@ -89,6 +101,8 @@ def controller_manager(
         f"--root-ca-file={pki.ca_crt}",
         f"--cluster-signing-cert-file={pki.ca_crt}",
         f"--cluster-signing-key-file={pki.ca_key}",
+        # Default is under /usr/libexec, which it would create on the host.
+        f"--flex-volume-plugin-dir={state / 'flexvolume'}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
     ]
 

@@ -28,6 +28,8 @@ CLIENTS = {
     "scheduler": ("system:kube-scheduler", ""),
     "kwok": ("kwok-controller", "system:masters"),
 }
+FRONT_PROXY_CA = "front-proxy-ca"
+FRONT_PROXY_CLIENT = "front-proxy-client"
 DAYS = "30"
 
 
@@ -75,13 +77,22 @@ def _ec_key(path: Path) -> None:
     path.chmod(0o600)
 
 
-def _signed_cert(pki: Pki, name: str, subject: str, extensions: list[str]) -> None:
+def _ca(pki: Pki, name: str, subject: str) -> None:
+    _ec_key(pki.key(name))
+    _openssl(
+        "req", "-x509", "-new", "-key", pki.key(name), "-subj", subject,
+        "-days", DAYS, "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", pki.crt(name),
+    )  # fmt: skip
+
+
+def _signed_cert(pki: Pki, name: str, subject: str, extensions: list[str], ca: str = "ca") -> None:
     _ec_key(pki.key(name))
     csr, ext = pki.dir / f"{name}.csr", pki.dir / f"{name}.ext"
     ext.write_text("\n".join(["basicConstraints=critical,CA:FALSE", *extensions]) + "\n")
     _openssl("req", "-new", "-key", pki.key(name), "-subj", subject, "-out", csr)
     _openssl(
-        "x509", "-req", "-in", csr, "-CA", pki.ca_crt, "-CAkey", pki.ca_key,
+        "x509", "-req", "-in", csr, "-CA", pki.crt(ca), "-CAkey", pki.key(ca),
         "-CAcreateserial", "-days", DAYS, "-sha256", "-extfile", ext, "-out", pki.crt(name),
     )  # fmt: skip
     csr.unlink()
@@ -92,21 +103,20 @@ def generate(directory: Path) -> Pki:
     """Create a CA, the apiserver serving cert, client certs and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
-    _ec_key(pki.ca_key)
-    _openssl(
-        "req", "-x509", "-new", "-key", pki.ca_key, "-subj", "/CN=clipserve-test-ca",
-        "-days", DAYS, "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", pki.ca_crt,
-    )  # fmt: skip
+    _ca(pki, "ca", "/CN=clipserve-test-ca")
     _signed_cert(
         pki, "apiserver", "/CN=kube-apiserver",
         ["keyUsage=critical,digitalSignature", "extendedKeyUsage=serverAuth",
          "subjectAltName=" + ",".join(APISERVER_SANS)],
     )  # fmt: skip
+    client_ext = ["keyUsage=critical,digitalSignature", "extendedKeyUsage=clientAuth"]
     for name, (cn, org) in CLIENTS.items():
         subject = f"/CN={cn}" + (f"/O={org}" if org else "")
-        client_ext = ["keyUsage=critical,digitalSignature", "extendedKeyUsage=clientAuth"]
         _signed_cert(pki, name, subject, client_ext)
+    # The aggregation layer's front proxy gets its own CA, so no ordinary client cert can
+    # assert identities through request headers.
+    _ca(pki, FRONT_PROXY_CA, "/CN=clipserve-test-front-proxy-ca")
+    _signed_cert(pki, FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", client_ext, FRONT_PROXY_CA)
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", pki.sa_key)
     pki.sa_key.chmod(0o600)
     _openssl("pkey", "-in", pki.sa_key, "-pubout", "-out", pki.sa_pub)

@@ -36,10 +36,11 @@ def free_ports(count: int) -> list[int]:
 
 
 def _die_with_parent() -> None:
-    # Runs in the child before exec: if the test process is killed outright, the kernel sends
-    # SIGTERM to the component instead of leaving it orphaned.
+    # Runs in the child before exec: if the test process is killed outright, the kernel kills
+    # the component instead of leaving it orphaned. SIGKILL, because a SIGTERM arriving at every
+    # component at once leaves kube-apiserver's graceful shutdown waiting on a dead etcd.
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def spawn(name: str, argv: list[str], log_dir: Path, *, tie_to_parent: bool) -> Proc:
