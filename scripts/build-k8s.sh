@@ -25,7 +25,7 @@ log() { echo "build-k8s: $*" >&2; }
 missing() { for b in "$@"; do [[ -x "$bin/$b" ]] || echo "$b"; done; }
 gobuild() { nice -n 10 go build -p "$jobs" -trimpath "$@"; }
 # Move freshly built binaries from a temp dir into bin/ (rename is atomic on one filesystem).
-install_from() { local tmp=$1; shift; for b in "$@"; do mv -f "$tmp/$b" "$bin/$b"; done; rm -rf "$tmp"; }
+install_from() { local tmp=$1; shift; for b in "$@"; do mv -f "$tmp/$b" "$bin/$b"; done; }
 timed() { local t0=$SECONDS; "$@"; echo "$(date -u +%FT%TZ) $1 $((SECONDS - t0))s" >>"$out/build-times.log"; }
 
 stages="$out/kwok/stages.yaml"
@@ -35,11 +35,14 @@ if [[ -z "$(missing "${k8s_cmds[@]}" etcd kwok)" && -f "$stages" ]]; then
 fi
 command -v go >/dev/null || { log "go is required (>= 1.26)"; exit 1; }
 mkdir -p "$bin" "$out/src"
+# Scratch space for this run only; an interrupted build leaves nothing half-written in bin/.
+work="$(mktemp -d "$out/tmp.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
 log "building into $bin (first build takes many minutes; go build -p $jobs)"
 
 build_kwok() {
   [[ -n "$(missing kwok)" ]] || return 0
-  local tmp; tmp="$(mktemp -d "$out/tmp.XXXXXX")"
+  local tmp="$work/kwok"; mkdir -p "$tmp"
   log "kwok $KWOK_VERSION"
   # kwok's go.mod has no replace directives, so a plain versioned install works.
   GOBIN="$tmp" nice -n 10 go install -p "$jobs" -trimpath \
@@ -54,7 +57,7 @@ write_kwok_stages() {
   [[ ! -f "$stages" ]] || return 0
   local mod="$GOMODCACHE/sigs.k8s.io/kwok@${KWOK_VERSION}/kustomize/stage" tmp f
   [[ -d "$mod" ]] || (cd "$out" && go mod download "sigs.k8s.io/kwok@${KWOK_VERSION}")
-  mkdir -p "$out/kwok"; tmp="$(mktemp "$out/kwok/stages.XXXXXX")"
+  mkdir -p "$out/kwok"; tmp="$work/stages.yaml"
   for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
     pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
     printf -- '---\n' >>"$tmp"; cat "$mod/$f.yaml" >>"$tmp"
@@ -64,7 +67,7 @@ write_kwok_stages() {
 
 build_etcd() {
   [[ -n "$(missing etcd)" ]] || return 0
-  local src="$out/src/etcd" tmp; tmp="$(mktemp -d "$out/tmp.XXXXXX")"
+  local src="$out/src/etcd" tmp="$work/etcd"; mkdir -p "$tmp"
   log "etcd $ETCD_VERSION"
   # Wrapper module: etcd's own root go.mod uses relative replaces, so require the server module
   # at one version (its sibling modules resolve to the same version) and call etcdmain.
@@ -79,7 +82,7 @@ build_etcd() {
 build_kubernetes() {
   local want; mapfile -t want < <(missing "${k8s_cmds[@]}")
   [[ ${#want[@]} -gt 0 ]] || return 0
-  local src="$out/src/kubernetes" tmp; tmp="$(mktemp -d "$out/tmp.XXXXXX")"
+  local src="$out/src/kubernetes" tmp="$work/kubernetes"; mkdir -p "$tmp"
   log "kubernetes $K8S_VERSION: ${want[*]}"
   mkdir -p "$src"
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging;

@@ -35,7 +35,8 @@ class KubectlError(subprocess.CalledProcessError):
     """kubectl exited non-zero; str() includes its stderr."""
 
     def __str__(self) -> str:
-        return f"{super().__str__()}\nstderr: {self.stderr}"
+        args = " ".join(str(a) for a in self.cmd[2:])  # without binary and kubeconfig paths
+        return f"kubectl {args} exited {self.returncode}: {str(self.stderr).strip()}"
 
 
 def _versions() -> dict[str, str]:
@@ -62,7 +63,7 @@ class Cluster:
     bin_dir: Path
     state_dir: Path
     server: str
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list, repr=False)
 
     def kubectl(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
         """Run the version-matched kubectl against this cluster; stdout, or KubectlError."""
