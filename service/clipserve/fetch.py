@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,6 +32,9 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 MAX_URL_CHARS = 8192
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: embeds an IPv4 address
 _ENCODINGS = {"", "identity", "gzip", "x-gzip", "deflate"}
+# httpx percent-encodes odd host characters instead of refusing them; we refuse them.
+# (IDN hosts arrive here already in punycode; IPv6 literals without brackets.)
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,8 @@ def _check_target(url: httpx.URL) -> None:
         raise InvalidInput(f"URL scheme {shown!r} is not allowed (use http, https or data:)")
     if not url.host:
         raise InvalidInput("URL has no host")
+    if not _HOST.fullmatch(url.raw_host.decode("ascii", "replace")):
+        raise InvalidInput("URL host is not a valid host name or IP address")
 
 
 def _redirect_target(current: httpx.URL, location: str) -> httpx.URL:

@@ -65,7 +65,7 @@ class Origin:
         self._sent: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._server = ThreadingHTTPServer((host, 0), _handler_for(self))
+        self._server = _Server((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self.host = host
@@ -131,6 +131,12 @@ class Origin:
     def _count(self, path: str, n: int) -> None:
         with self._lock:
             self._sent[path] = self._sent.get(path, 0) + n
+
+
+class _Server(ThreadingHTTPServer):
+    """A deeper accept backlog: with the default 5, bursts of connections wait for SYN retries."""
+
+    request_queue_size = 128
 
 
 def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
