@@ -61,6 +61,10 @@ cluster: dev ## start the local control plane with simulated GPU nodes (prints K
 cluster-down: ## stop the local control plane
 	$(PY) -m tests.cluster down
 
+.PHONY: manifests
+manifests: ## regenerate manifests/{crd,rbac,operator} from charts/clipserve-operator
+	bash manifests/generate.sh
+
 .PHONY: bench
 bench: $(VENV)/.runtime ## benchmark a served random-weights ViT-B-32 against the raw model
 	$(VENV)/bin/clipserve bench --spawn --model ViT-B-32:random

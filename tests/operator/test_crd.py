@@ -1,0 +1,130 @@
+"""The ClipService CRD: one source, structural with descriptions, bundled by the operator chart."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART_CRD = REPO / "charts/clipserve-operator/crds/clipservices.yaml"
+MANIFEST_CRD = REPO / "manifests/crd/clipservices.yaml"
+SCHEMA_KEYS = {
+    "type",
+    "description",
+    "properties",
+    "items",
+    "required",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "maxLength",
+    "format",
+    "pattern",
+    "additionalProperties",
+    "anyOf",
+    "x-kubernetes-validations",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-int-or-string",
+}
+
+
+def _version() -> dict[str, Any]:
+    return yaml.safe_load(CHART_CRD.read_text())["spec"]["versions"][0]
+
+
+def test_crd_has_one_source() -> None:
+    assert MANIFEST_CRD.read_bytes() == CHART_CRD.read_bytes(), "run `make manifests`"
+
+
+def _walk(node: dict[str, Any], path: str, out: list[str]) -> None:
+    out.extend(f"{path}: unknown key {k}" for k in node if k not in SCHEMA_KEYS)
+    if path.count(".") >= 2 and "description" not in node and not path.endswith("[]"):
+        out.append(f"{path}: no description")
+    for name, sub in (node.get("properties") or {}).items():
+        _walk(sub, f"{path}.{name}", out)
+
+
+def test_spec_and_status_fields_are_declared_and_described() -> None:
+    problems: list[str] = []
+    schema = _version()["schema"]["openAPIV3Schema"]
+    for top in ("spec", "status"):
+        _walk(schema["properties"][top], f".{top}", problems)
+    # Condition items follow metav1.Condition and are documented there.
+    assert [p for p in problems if ".conditions." not in p] == []
+
+
+def test_scale_subresource_printer_columns_and_short_name() -> None:
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    assert "clip" in crd["spec"]["names"]["shortNames"]
+    version = _version()
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert "status" in version["subresources"]
+    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert names == ["Model", "Ready", "Replicas", "Endpoint", "Age"]
+
+
+@pytest.mark.helm
+def test_operator_chart_installs_the_crd_and_a_least_privilege_role(helm_bin: str) -> None:
+    out = subprocess.run(
+        [
+            helm_bin,
+            "template",
+            "op",
+            str(REPO / "charts/clipserve-operator"),
+            "-n",
+            "ops",
+            "--include-crds",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    assert docs[("CustomResourceDefinition", "clipservices.clipserve.io")] == yaml.safe_load(
+        CHART_CRD.read_text()
+    )
+    deployment = docs[("Deployment", "op-clipserve-operator")]
+    assert (
+        deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    rules = docs[("ClusterRole", "op-clipserve-operator")]["rules"]
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert not {"secrets", "roles", "rolebindings", "clusterroles"} & set(rule["resources"])
+    crd_rules = [r for r in rules if r["resources"] == ["clipservices"]]
+    assert crd_rules[0]["verbs"] == ["get", "list", "watch"]  # spec is the user's: never written
+    assert ("Service", "op-clipserve-operator-metrics") in docs
+    assert ("ServiceMonitor", "op-clipserve-operator") in docs
+
+
+@pytest.mark.helm
+def test_plain_manifests_are_generated_from_the_operator_chart(tmp_path: Path) -> None:
+    subprocess.run(
+        ["bash", str(REPO / "manifests/generate.sh"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    for rel in (
+        "crd/clipservices.yaml",
+        "rbac/clipserve-operator.yaml",
+        "operator/clipserve-operator.yaml",
+    ):
+        assert (tmp_path / rel).read_text() == (REPO / "manifests" / rel).read_text(), (
+            f"manifests/{rel} is stale: run `make manifests`"
+        )

@@ -1,0 +1,125 @@
+"""Status from observed objects: Ready/Progressing/Degraded with the scheduler's own words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipserve_operator.settings import SLOT_LABEL
+from clipserve_operator.status import Observed, compute_status, merge_conditions, transitions
+from clipserve_operator.swap import SwapState
+
+A, B = "ViT-B-32:openai", "ViT-L-14:openai"
+UNSCHEDULABLE = "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 node(s) didn't match"
+
+
+def _deploy(want: int, ready: int) -> dict[str, Any]:
+    return {"spec": {"replicas": want}, "status": {"readyReplicas": ready}}
+
+
+def _pod(slot: str, *, scheduled: bool = True, waiting: str = "") -> dict[str, Any]:
+    conds = (
+        []
+        if scheduled
+        else [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": UNSCHEDULABLE,
+            }
+        ]
+    )
+    statuses = (
+        [{"state": {"waiting": {"reason": waiting, "message": "back-off"}}}] if waiting else []
+    )
+    return {
+        "metadata": {"labels": {SLOT_LABEL: slot}},
+        "status": {"conditions": conds, "containerStatuses": statuses},
+    }
+
+
+def _status(state: SwapState, observed: Observed, previous: dict[str, Any] | None = None):
+    return compute_status(
+        generation=3,
+        state=state,
+        observed=observed,
+        endpoint="http://x.ns.svc.cluster.local:3000",
+        selector="a=b",
+        slot_label=SLOT_LABEL,
+        previous=previous,
+        now="2026-01-01T00:00:00Z",
+    )
+
+
+def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_all_pods_ready_is_ready_and_not_progressing() -> None:
+    status = _status(SwapState("blue", A), Observed(active=_deploy(2, 2), pending=None))
+    assert _cond(status, "Ready")["status"] == "True"
+    assert _cond(status, "Progressing")["status"] == "False"
+    assert _cond(status, "Degraded")["status"] == "False"
+    assert (status["replicas"], status["readyReplicas"], status["replicaSummary"]) == (2, 2, "2/2")
+    assert status["observedGeneration"] == 3 and status["activeModel"] == A
+
+
+def test_unschedulable_pods_degrade_with_the_scheduler_reason() -> None:
+    observed = Observed(active=_deploy(1, 0), pending=None, pods=(_pod("blue", scheduled=False),))
+    status = _status(SwapState("blue", A), observed)
+    degraded = _cond(status, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "Unschedulable"
+    assert UNSCHEDULABLE in degraded["message"] and "slot blue" in degraded["message"]
+    assert _cond(status, "Ready")["status"] == "False"
+
+
+def test_failing_new_slot_keeps_ready_and_says_why() -> None:
+    observed = Observed(
+        active=_deploy(2, 2),
+        pending=_deploy(2, 0),
+        pods=(_pod("blue"), _pod("green", waiting="CrashLoopBackOff")),
+    )
+    status = _status(SwapState("blue", A, "green", B), observed)
+    assert _cond(status, "Ready")["status"] == "True"
+    progressing = _cond(status, "Progressing")
+    assert progressing["reason"] == "SwapInProgress" and "0/2" in progressing["message"]
+    degraded = _cond(status, "Degraded")
+    assert degraded["reason"] == "CrashLoopBackOff" and "slot green" in degraded["message"]
+    assert status["pendingModel"] == B and status["activeModel"] == A
+
+
+def test_render_error_is_degraded() -> None:
+    observed = Observed(active=None, pending=None, error="helm template failed: bad")
+    status = _status(SwapState("blue", A), observed)
+    assert _cond(status, "Degraded")["reason"] == "ReconcileFailed"
+    assert _cond(status, "Ready")["reason"] == "NotCreated"
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "then"}]
+    same = merge_conditions(old, [{"type": "Ready", "status": "True"}], "now")
+    flipped = merge_conditions(old, [{"type": "Ready", "status": "False"}], "now")
+    assert same[0]["lastTransitionTime"] == "then"
+    assert flipped[0]["lastTransitionTime"] == "now"
+
+
+def test_unchanged_status_is_identical_so_no_patch_is_sent() -> None:
+    observed = Observed(active=_deploy(2, 2), pending=None)
+    first = _status(SwapState("blue", A), observed)
+    assert _status(SwapState("blue", A), observed, previous=first) == first
+
+
+def test_events_for_swap_steps_and_degradation() -> None:
+    ready = _status(SwapState("blue", A), Observed(active=_deploy(1, 1), pending=None))
+    swapping = _status(
+        SwapState("blue", A, "green", B),
+        Observed(
+            active=_deploy(1, 1), pending=_deploy(1, 0), pods=(_pod("green", scheduled=False),)
+        ),
+        previous=ready,
+    )
+    reasons = [r for _, r, _ in transitions(ready, swapping)]
+    assert reasons == ["SwapStarted", "Unschedulable"]
+    done = _status(SwapState("green", B), Observed(active=_deploy(1, 1), pending=None), swapping)
+    assert [r for _, r, _ in transitions(swapping, done)] == ["SwapCompleted"]
+    assert transitions(done, done) == []
