@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -57,6 +58,32 @@ class Helm:
                 fh.flush()
                 args += ["-f", fh.name]
             return self.run(*args)
+
+    def notes(self, values: dict[str, Any] | None = None, release: str = RELEASE,
+              namespace: str = NAMESPACE) -> str:
+        """NOTES.txt as rendered for an install.
+
+        helm 3.17's `install --dry-run=client` still wants a cluster, and `helm template` skips
+        NOTES.txt; so a copy of the chart carries NOTES.txt as a named template inside a
+        ConfigMap, and the ConfigMap's data is the rendered text.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            chart = Path(tmp) / "clipserve"
+            shutil.copytree(CHART, chart)
+            notes = (chart / "templates" / "NOTES.txt").read_text()
+            (chart / "templates" / "NOTES.txt").unlink()
+            (chart / "templates" / "_notes.tpl").write_text(
+                '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n")
+            (chart / "templates" / "notes-configmap.yaml").write_text(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+                'data:\n  notes: {{ include "test.notes" . | toJson }}\n')
+            args = ["template", release, str(chart), "--namespace", namespace,
+                    "--show-only", "templates/notes-configmap.yaml"]
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+                yaml.safe_dump(values or {}, fh)
+                fh.flush()
+                out = self.run(*args, "-f", fh.name)
+        return yaml.safe_load(out)["data"]["notes"]
 
     def template(self, values: dict[str, Any] | None = None,
                  values_files: Iterable[Path] = (), **kw: Any) -> list[Obj]:
