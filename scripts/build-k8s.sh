@@ -17,7 +17,8 @@ jobs="${K8S_BUILD_JOBS:-2}"
 
 # Module and build caches are shared across versions so a version bump recompiles only what changed.
 export GOPATH="$root/go" GOMODCACHE="$root/go/pkg/mod" GOCACHE="$root/go/cache"
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+# -modcacherw: keep the module cache deletable without chmod.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -modcacherw"
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
 k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
@@ -88,7 +89,7 @@ build_kubernetes() {
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging;
   # the wrapper replaces each with its published version instead (the list comes from that go.mod).
   local gomod
-  gomod="$(cd "$src" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
+  gomod="$(cd "$src" && GOFLAGS="$GOFLAGS -mod=mod" go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
     | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
   [[ -f "$gomod" ]] || { log "could not download k8s.io/kubernetes@${K8S_VERSION}"; exit 1; }
   {

@@ -70,7 +70,14 @@ def is_running(proc: Proc) -> bool:
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
         _reap(proc.pid)
         return False
-    return cmdline.split(b"\0", 1)[0].decode(errors="replace") == proc.binary
+    argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
+    if not argv0:
+        # cmdline reads empty for a moment while the kernel sets up a freshly exec'd process.
+        try:
+            argv0 = os.readlink(f"/proc/{proc.pid}/exe")
+        except OSError:
+            return True
+    return os.path.realpath(argv0) == os.path.realpath(proc.binary)
 
 
 def _reap(pid: int) -> None:
