@@ -96,6 +96,38 @@ def test_gpu_deployment_becomes_available_on_gpu_nodes(cluster: Cluster, namespa
     assert all(p["status"]["phase"] == "Running" for p in pods)
 
 
+def test_deleting_a_deployment_garbage_collects_its_pods(cluster: Cluster, namespace: str) -> None:
+    labels = {"app": "cpu-workload"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "cpu-workload", "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+            },
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    cluster.kubectl(
+        "wait", "-n", namespace, "deployment/cpu-workload",
+        "--for=condition=Available", "--timeout=120s",
+    )  # fmt: skip
+    pods = get_json(cluster, "-n", namespace, "pods", "-l", "app=cpu-workload")["items"]
+    assert {p["spec"]["nodeName"] for p in pods} <= {"cpu-0", "cpu-1"}  # untolerated GPU taint
+
+    cluster.kubectl("delete", "-n", namespace, "deployment/cpu-workload", "--cascade=background")
+
+    def all_gone() -> bool:
+        left = get_json(cluster, "-n", namespace, "replicasets,pods", "-l", "app=cpu-workload")
+        return not left["items"]
+
+    eventually(all_gone, "the garbage collector to remove ReplicaSets and Pods")
+
+
 def test_pod_asking_for_too_many_gpus_stays_pending(cluster: Cluster, namespace: str) -> None:
     pod = {
         "apiVersion": "v1",
