@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import torch
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -139,16 +140,23 @@ def handle_clipserve_error(_: Request, exc: ClipServeError) -> Response:
 
 
 def handle_validation_error(_: Request, exc: ValidationException) -> Response:
-    # litestar puts msgspec's precise message ("Expected `str`, got `int` - at `$[0].text`")
-    # in `extra`; surface it in `detail` so the client sees the field and the problem.
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    problems = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
-                         for e in extra)
-    detail = f"invalid request body: {problems}" if problems else exc.detail
-    return error_response(400, detail)
+    # msgspec's own message names the problem and the JSON path ("Expected `str | null`, got
+    # `int` - at `$.data[0].text`"); litestar's summary can drop the path, so prefer the cause.
+    cause = exc.__cause__
+    if isinstance(cause, msgspec.ValidationError):
+        detail = str(cause).replace("`$.data", "`$")
+    else:
+        detail = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
+                           for e in (exc.extra if isinstance(exc.extra, list) else [])) or exc.detail
+    return error_response(400, f"invalid request body: {detail}")
 
 
 def handle_http_error(_: Request, exc: HTTPException) -> Response:
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, msgspec.DecodeError):
+        cause = cause.__cause__
+    if cause is not None:
+        return error_response(400, f"request body is not valid JSON: {cause}")
     return error_response(exc.status_code, exc.detail, exc.headers)
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -45,8 +46,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
-        state={"embedder": embedder, "lifecycle": lifecycle, "metrics": metrics,
-               "settings": settings},
+        state=State({"embedder": embedder, "lifecycle": lifecycle, "metrics": metrics,
+                     "settings": settings}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[
             request_metrics(metrics),
