@@ -1,0 +1,247 @@
+"""The Grafana dashboard: one source, sound structure, and every panel live against a real
+Prometheus scraping a real clipserve process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from clipserve.metrics import Metrics
+from PIL import Image
+
+from tests.chart.rendering import CHART, ROOT, install_tool
+from tests.service.server import TINY, Server, free_port, start_server
+
+DASHBOARD = CHART / "dashboards" / "clipserve.json"
+MANIFEST_COPY = ROOT / "manifests" / "grafana" / "clipserve.json"
+NAMESPACE = "clipserve-test"
+NAME = re.compile(r"\b((?:clipserve|process)_[a-z_]+)\b")
+SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def load() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            yield panel, target
+
+
+def test_should_keep_one_dashboard_if_the_manifest_copy_exists() -> None:
+    # manifests/grafana/ serves users without Helm; it must be byte-identical to the chart's.
+    assert MANIFEST_COPY.read_bytes() == DASHBOARD.read_bytes()
+
+
+def test_should_filter_every_query_by_the_template_variables_if_panels_change() -> None:
+    dashboard = load()
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "instance", "model"} <= variables
+    for panel, target in targets(dashboard):
+        assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert '$namespace' in target["expr"] and '$instance' in target["expr"], panel["title"]
+
+
+def test_should_have_unique_panel_ids_and_a_stable_uid_if_panels_change() -> None:
+    dashboard = load()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert dashboard["uid"] == "clipserve"
+
+
+def test_should_chart_every_metric_the_service_exports_if_metrics_change() -> None:
+    exported = {m.name for m in Metrics().registry.collect() if m.name.startswith("clipserve_")}
+    used = {n.removesuffix(s) for n in NAME.findall(DASHBOARD.read_text()) for s in SUFFIXES
+            if n.endswith(s)} | set(NAME.findall(DASHBOARD.read_text()))
+    # Counters are collected without their _total suffix.
+    used |= {n.removesuffix("_total") for n in used}
+    assert exported - used == set()
+
+
+# --- live: real Prometheus scraping a real clipserve ---------------------------------------
+
+
+@dataclass
+class Prometheus:
+    """A prometheus process on a loopback port with its own config and storage."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def query(self, expr: str) -> dict[str, Any]:
+        body = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        body = httpx.get(f"{self.url}/api/v1/label/{label}/values",
+                         params={"match[]": match}, timeout=10).json()
+        assert body["status"] == "success", (label, match, body)
+        return body["data"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for(condition: Any, what: str, timeout: float = 90) -> None:
+    """Poll until `condition()` is truthy (a readiness wait, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
+    """Scrape `target` every second, labelled as a ServiceMonitor-discovered pod would be."""
+    config = workdir / "prometheus.yml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": "clip-clipserve",
+            "static_configs": [{"targets": [target], "labels": {"namespace": NAMESPACE}}],
+        }],
+    }))
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    prom = Prometheus(proc, f"http://127.0.0.1:{port}", log_path)
+
+    def ready() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        return httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200
+
+    wait_for(ready, "prometheus to start")
+    return prom
+
+
+def png_b64(color: tuple[int, int, int]) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), color).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def put_load(server: Server, rounds: int = 20) -> int:
+    """Encode texts and images, rank, and send one bad request per round; returns item count."""
+    items = 0
+    with server.client() as client:
+        for n in range(rounds):
+            image = {"img_blob": png_b64((n * 10 % 256, 40, 90))}
+            texts = [{"text": f"a photo of thing {n} and {k}"} for k in range(3)]
+            assert client.post("/encode", json=[*texts, image]).status_code == 200
+            rank = {"queries": [image], "candidates": texts}
+            assert client.post("/rank", json=rank).status_code == 200
+            assert client.post("/encode", json=[{"txt": "typo"}]).status_code == 400
+            items += 4 + 1 + 3
+    return items
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[tuple[Prometheus, Server]]:
+    """A loaded clipserve process and a Prometheus that has scraped it (both stopped after)."""
+    binary = install_tool("install-prometheus.sh")
+    server = start_server(model=TINY)
+    workdir = Path(tempfile.mkdtemp(prefix="clipserve-prom-"))
+    prom = None
+    try:
+        prom = start_prometheus(binary, server.url.removeprefix("http://"), workdir)
+        wait_for(lambda: prom.query('up{job="clip-clipserve"} == 1')["result"], "first scrape")
+        items = put_load(server)
+        httpx.get(server.url + "/readyz", timeout=5)  # sets clipserve_ready
+        # rate() needs two samples that include the load: wait until a scrape has seen it all.
+        wait_for(lambda: float(
+            (prom.query("sum(clipserve_items_total)")["result"] or [{"value": [0, "0"]}])[0]
+            ["value"][1]) >= items and prom.query("clipserve_ready == 1")["result"],
+                 "the load to be scraped")
+        wait_for(lambda: prom.query("sum(rate(clipserve_items_total[1m])) > 0")["result"],
+                 "a rate over the load")
+        yield prom, server
+    finally:
+        if prom:
+            prom.stop()
+        server.stop()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def promql_regex(value: str) -> str:
+    """A literal as Grafana puts it into a PromQL regex matcher (escaped, inside a string)."""
+    return re.escape(value).replace("\\", "\\\\")
+
+
+def substitute(expr: str, instance: str) -> str:
+    """What Grafana sends for one selected namespace, instance and model."""
+    return (expr.replace("$__rate_interval", "1m")
+            .replace("$namespace", promql_regex(NAMESPACE))
+            .replace("$instance", promql_regex(instance))
+            .replace("$model", promql_regex(TINY)))
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_should_return_data_for_every_panel_if_prometheus_scrapes_a_loaded_service(
+        live: tuple[Prometheus, Server]) -> None:
+    prom, server = live
+    instance = server.url.removeprefix("http://")
+    empty_panels = []
+    for panel in load()["panels"]:
+        results = [prom.query(substitute(t["expr"], instance))["result"]
+                   for t in panel["targets"]]  # query() asserts each evaluates without error
+        if not any(results):
+            empty_panels.append(panel["title"])
+    assert empty_panels == []
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_should_offer_the_live_values_if_template_variables_are_queried(
+        live: tuple[Prometheus, Server]) -> None:
+    prom, server = live
+    instance = server.url.removeprefix("http://")
+    expected = {"namespace": NAMESPACE, "instance": instance, "model": TINY}
+    for var in load()["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        call = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+        assert call, var["query"]["query"]
+        match = substitute(call.group(1), instance)
+        assert expected[var["name"]] in prom.label_values(call.group(2), match)
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_should_only_use_metric_names_the_service_exposes_if_scraped(
+        live: tuple[Prometheus, Server]) -> None:
+    _, server = live
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    families = set(re.findall(r"^# TYPE (\S+)", text, re.MULTILINE))
+    samples = set(re.findall(r"^([a-zA-Z_:][\w:]*)", text, re.MULTILINE))
+    for name in set(NAME.findall(DASHBOARD.read_text())):
+        base = next((name.removesuffix(s) for s in SUFFIXES if name.endswith(s)), name)
+        # A labelled family with no sample yet (GPU memory on CPU) still has its # TYPE line.
+        assert name in samples or name in families or base in families, name
