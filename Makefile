@@ -41,6 +41,7 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 .PHONY: tools
 tools: ## fetch/build the real test parts: helm, control plane, prometheus (cached)
 	bash scripts/install-helm.sh
+	bash scripts/install-crd-validators.sh
 	bash scripts/install-prometheus.sh
 	bash scripts/build-k8s.sh
 
