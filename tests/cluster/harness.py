@@ -73,6 +73,16 @@ class Cluster:
             raise KubectlError(done.returncode, cmd, done.stdout, done.stderr)
         return done.stdout
 
+    def create_namespace(self, name: str, timeout_s: float = 60) -> str:
+        """Create a namespace and wait for its default ServiceAccount (pods are refused before)."""
+        self.kubectl("create", "namespace", name)
+        deadline = time.monotonic() + timeout_s
+        while not _kubectl_ok(self, "get", "serviceaccount", "default", "-n", name):
+            if time.monotonic() > deadline:
+                raise ClusterError(self.describe_failure(f"no default ServiceAccount in {name}"))
+            time.sleep(0.1)
+        return name
+
     def env(self) -> dict[str, str]:
         """os.environ plus KUBECONFIG and the cluster's bin dir first on PATH (for subprocesses)."""
         path = f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
