@@ -173,7 +173,8 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         # httpx has no public knob for the network backend; `_pool` is the pool it sends
         # through (httpx is pinned; tests/service/test_fetch.py breaks if this stops working).
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            # certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set (a private in-cluster CA).
+            ssl_context=httpx.create_ssl_context(trust_env=True),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -235,9 +236,11 @@ class ImageFetcher:
             except httpx.TimeoutException as exc:
                 raise UpstreamTimeout(f"origin {url.host!r} timed out ({_phase(exc)})") from exc
             except httpx.HTTPError as exc:
-                raise UpstreamError(
-                    f"could not fetch from {url.host!r}: {type(exc).__name__}"
-                ) from exc
+                # Not str(exc): it can carry the resolved IP of an (allowed) internal host.
+                reason = type(exc).__name__
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    reason = "TLS certificate verification failed"
+                raise UpstreamError(f"could not fetch from {url.host!r}: {reason}") from exc
         raise UpstreamError(f"more than {self.policy.max_redirects} redirects")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:

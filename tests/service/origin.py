@@ -13,13 +13,15 @@ in-process async clients and separate server processes can fetch from it. Usage:
         ...
         origin.hits("/cat.png"), origin.sent_bytes("/huge"), origin.requests[-1].headers
 
-Sleeps wait on an event that `close()` sets, so closing never waits for a slow route.
+`Origin(tls=(certfile, keyfile))` serves https instead. Sleeps wait on an event that `close()`
+sets, so closing never waits for a slow route.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -59,7 +61,8 @@ def endless(chunk: bytes = b"\xff" * 65536) -> Callable[[], Iterator[bytes]]:
 class Origin:
     """The server; a context manager. Routes can be added while it runs."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, tls: tuple[str, str] | None = None) -> None:
+        """Listen on `host` (a free port); `tls=(certfile, keyfile)` serves https."""
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self._sent: dict[str, int] = {}
@@ -68,6 +71,14 @@ class Origin:
         self._server = _Server((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._server.block_on_close = False
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            # Handshake in the handler thread, not in the accept loop.
+            self._server.socket = ctx.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.scheme = "https" if tls else "http"
         self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -75,8 +86,8 @@ class Origin:
 
     @property
     def base_url(self) -> str:
-        """`http://host:port` of the origin."""
-        return f"http://{self.host}:{self.port}"
+        """`http(s)://host:port` of the origin."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         """Absolute URL of a path on this origin."""
@@ -138,6 +149,9 @@ class _Server(ThreadingHTTPServer):
 
     request_queue_size = 128
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that hang up or reject our certificate are expected in tests: stay quiet."""
+
 
 def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
     """A handler class bound to one Origin (http.server instantiates it per request)."""
@@ -157,7 +171,7 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
             if route.delay_s and origin._stop.wait(route.delay_s):
                 return
             # The client may stop reading on purpose (byte cap, timeout tests).
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 self._answer(path, route)
 
         def _answer(self, path: str, route: Route) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -169,6 +170,57 @@ def test_an_unresolvable_host_is_an_upstream_error() -> None:
 def test_urls_that_are_not_plain_http_are_refused(url: str) -> None:
     with pytest.raises(InvalidInput):
         fetch(url)
+
+
+# -- https: the pinned IP is connected to, the URL's host name is verified -----------------------
+
+
+@pytest.fixture(scope="module")
+def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, str]]:
+    """An https origin with a self-signed certificate for images.example only."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=images.example",
+         "-addext", "subjectAltName=DNS:images.example"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with Origin(tls=(cert, key)) as server:
+        server.add("/cat.png", b"tls body")
+        yield server, cert
+
+
+async def _to_loopback(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"]
+
+
+def test_https_verifies_the_url_host_while_connecting_to_the_pinned_ip(
+    tls_origin: tuple[Origin, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, cert = tls_origin
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # how a private CA is trusted in a deployment
+    url = f"https://images.example:{server.port}/cat.png"
+    body = asyncio.run(_fetch_all([url], resolve=_to_loopback, allow=LOOPBACK_OK))[0]
+    assert body == b"tls body"
+
+
+@pytest.mark.parametrize("host", ["other.example", "127.0.0.1"])
+def test_https_refuses_a_certificate_for_another_name(
+    tls_origin: tuple[Origin, str], monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    server, cert = tls_origin
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    url = f"https://{host}:{server.port}/cat.png"
+    with pytest.raises(UpstreamError, match="TLS certificate verification failed"):
+        asyncio.run(_fetch_all([url], resolve=_to_loopback, allow=LOOPBACK_OK))
+
+
+def test_https_without_the_ca_is_refused(tls_origin: tuple[Origin, str]) -> None:
+    server, _ = tls_origin
+    url = f"https://images.example:{server.port}/cat.png"
+    with pytest.raises(UpstreamError, match="TLS certificate verification failed"):
+        asyncio.run(_fetch_all([url], resolve=_to_loopback, allow=LOOPBACK_OK))
 
 
 # -- redirects -------------------------------------------------------------------------------
