@@ -1,0 +1,80 @@
+"""Settings precedence, the generated docs, and the CLI commands other than serve."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from clipserve import cli
+from clipserve.settings import Settings, env_name, flag_name, from_args, markdown_table
+from tests.service.conftest import png_bytes
+from tests.service.server import MODEL_CONFIGS, TINY
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def _serve_args(*argv: str):
+    return cli.build_parser().parse_args(["serve", *argv])
+
+
+def test_flags_override_variables_which_override_defaults():
+    env = {"CLIPSERVE_PORT": "4000", "CLIPSERVE_MAX_WAIT_MS": "2.5",
+           "CLIPSERVE_MODEL": "A:x, B:y", "CLIPSERVE_FETCH_ALLOW": "10.0.0.0/8"}
+    s = from_args(_serve_args("--port", "5000"), env)
+    assert s.port == 5000 and s.max_wait_ms == 2.5
+    assert s.model == ("A:x", "B:y") and s.fetch_allow == ("10.0.0.0/8",)
+    assert s.host == Settings().host
+    repeated = from_args(_serve_args("--model", "A:x", "--model", "B:y,C:z"), {})
+    assert repeated.model == ("A:x", "B:y", "C:z")
+
+
+def test_a_bad_value_is_refused_naming_the_setting():
+    with pytest.raises(SystemExit, match="max_batch_size"):
+        from_args(_serve_args(), {"CLIPSERVE_MAX_BATCH_SIZE": "lots"})
+
+
+def test_help_documents_every_setting_with_its_variable():
+    text = cli.build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    text = re.sub(r"\s+", " ", text)
+    for f in fields(Settings):
+        assert flag_name(f.name) in text and env_name(f.name) in text, f.name
+
+
+def test_readme_configuration_table_matches_the_settings():
+    readme = README.read_text()
+    table = readme.split("<!-- settings-table:start -->")[1].split("<!-- settings-table:end -->")[0]
+    assert table.strip() == markdown_table()
+
+
+def _clipserve(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clipserve.cli", *argv], capture_output=True,
+                          text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_encode_prints_a_text_or_image_embedding(tmp_path):
+    img = tmp_path / "red.png"
+    img.write_bytes(png_bytes())
+    common = ["--model", TINY, "--model-config-dir", str(MODEL_CONFIGS)]
+    text = _clipserve("encode", "a photo of a dog", *common)
+    image = _clipserve("encode", "--image", str(img), *common)
+    assert text.returncode == 0, text.stderr
+    assert image.returncode == 0, image.stderr
+    t, i = json.loads(text.stdout), json.loads(image.stdout)
+    assert len(t) == len(i) == 32 and t != i
+
+
+def test_encode_needs_exactly_one_input():
+    r = _clipserve("encode", "text", "--image", "x.png")
+    assert r.returncode == 2 and "one of them" in r.stderr
+
+
+def test_models_lists_downloadable_specs():
+    r = _clipserve("models")
+    lines = r.stdout.split()
+    assert r.returncode == 0 and "ViT-B-32:openai" in lines and "ViT-L-14:openai" in lines
