@@ -169,12 +169,13 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with its connection pool rebuilt on the guarded backend."""
 
     def __init__(self, backend: httpcore.AsyncNetworkBackend, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits, trust_env=False)
+        # certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set (a private in-cluster CA).
+        ssl_context = httpx.create_ssl_context(trust_env=True)
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         # httpx has no public knob for the network backend; `_pool` is the pool it sends
         # through (httpx is pinned; tests/service/test_fetch.py breaks if this stops working).
         self._pool = httpcore.AsyncConnectionPool(
-            # certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set (a private in-cluster CA).
-            ssl_context=httpx.create_ssl_context(trust_env=True),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
