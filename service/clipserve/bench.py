@@ -1,0 +1,327 @@
+"""`clipserve bench`: a bounded async load generator, and the raw model's ceiling in the same run.
+
+The served numbers (items/s, latency percentiles, errors) come from real HTTP requests against a
+running server (loopback by default, or one this command spawns). The ceiling is the best items/s
+of the model's forward pass alone (no HTTP, no decode) over a range of batch sizes, measured in
+this process with the same spec, device and dtype; served/ceiling is the share of the model's
+speed the service delivers. Importable: `measure_ceiling`, `run_bench` (and
+`clipserve.loadgen.run_load`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from clipserve.loadgen import WORKLOADS, LoadResult, captions, percentile, request_bodies, run_load
+
+# -- the raw model -------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _time_best(fn: Callable[[], object], *, min_s: float, reps: int) -> float:
+    """Seconds per call: the median of `reps` timed calls (after one warm-up), repeated until
+    at least `min_s` has been spent."""
+    fn()
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < reps or spent < min_s:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        spent += times[-1]
+    return percentile(times, 50)
+
+
+def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
+                    batch_sizes: Sequence[int] = (1, 4, 8, 16, 32, 64), min_s: float = 1.0,
+                    reps: int = 3, model_config_dir: str | None = None) -> dict[str, Any]:
+    """The model's forward pass alone: items/s per batch size and modality, best of them,
+    batch-1 latency, text trimmed vs. the full 77-token context, and RSS of the loaded model."""
+    import torch
+
+    from clipserve.models import add_model_configs, load_model, parse_spec
+
+    if model_config_dir:
+        add_model_configs(model_config_dir)
+    rss0 = _rss_bytes()
+    model = load_model(parse_spec(spec), device=device, dtype=dtype)
+    rss_model = _rss_bytes() - rss0
+    size = model.image_size
+    texts = captions(max(batch_sizes), seed=1)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (max(batch_sizes), 3, size, size), dtype=torch.uint8,
+                           generator=gen)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+
+    def run(fn: Callable[[], object]) -> Callable[[], None]:
+        return lambda: (fn(), sync())
+
+    forwards: dict[str, Callable[[int], Callable[[], None]]] = {
+        # the service tokenizes in its compute thread too, so tokenizing counts here
+        "text": lambda b: run(lambda: model.encode_text(model.tokenize(texts[:b]))),
+        "text_77": lambda b: run(lambda: model.encode_text(model.tokenize(texts[:b]),
+                                                           trim=False)),
+        "image": lambda b: run(lambda: model.encode_image(pixels[:b])),
+    }
+    out: dict[str, Any] = {"spec": spec, "device": str(model.device), "dtype": model.precision,
+                           "torch_threads": torch.get_num_threads(),
+                           "model_rss_bytes": rss_model}
+    for name, make in forwards.items():
+        per_batch = {}
+        for b in batch_sizes:
+            per_batch[b] = b / _time_best(make(b), min_s=min_s, reps=reps)
+        best = max(per_batch, key=per_batch.__getitem__)
+        out[name] = {"items_per_s": round(per_batch[best], 2), "best_batch": best,
+                     "batch1_ms": round(1000 / per_batch[1], 2) if 1 in per_batch else None,
+                     "per_batch": {str(b): round(v, 2) for b, v in per_batch.items()}}
+    return out
+
+
+def ceiling_for(workload: str, ceiling: dict[str, Any]) -> float | None:
+    """Items/s the model alone reaches on the workload's modality (mixed: half and half)."""
+    modality = WORKLOADS[workload][0]
+    if modality == "mixed":
+        t, i = ceiling["text"]["items_per_s"], ceiling["image"]["items_per_s"]
+        return 1 / (0.5 / t + 0.5 / i)
+    return ceiling[modality]["items_per_s"]
+
+
+# -- a server to measure -------------------------------------------------------------------------
+
+
+@dataclass
+class Spawned:
+    """A `clipserve serve` child process."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory(self) -> dict[str, int]:
+        """Current and peak resident memory of the server, in bytes."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kb = {k: int(v.split()[0]) * 1024 for k, v in
+              (line.split(":", 1) for line in status.splitlines()) if k in ("VmRSS", "VmHWM")}
+        return {"rss_bytes": kb["VmRSS"], "peak_rss_bytes": kb["VmHWM"]}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def spawn_server(model: str, args: Sequence[str] = (), *, timeout: float = 300,
+                 log: Path | None = None) -> Spawned:
+    """Start `clipserve serve` on a free loopback port and wait until /readyz says 200."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "clipserve.cli", "serve", "--model", model, "--host",
+           "127.0.0.1", "--port", str(port), "--drain-grace-s", "0", *args]
+    out = log.open("wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    server = Spawned(proc, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"clipserve serve exited with {proc.returncode}"
+                               + (f"; see {log}" if log else ""))
+        try:
+            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"clipserve serve not ready after {timeout}s")
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    """One `clipserve bench` run."""
+
+    url: str = "http://127.0.0.1:3000"
+    spawn: bool = False
+    model: str = "ViT-B-32:random"  # what --spawn serves
+    server_args: tuple[str, ...] = ()
+    model_config_dir: str | None = None
+    workloads: tuple[str, ...] = ("text", "jpeg224", "jpeg640")
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    requests: int = 256
+    items: int = 1
+    ceiling: bool = True
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
+    ceiling_min_s: float = 1.0
+    api_key: str | None = None
+    log: Path | None = None
+
+
+def _probe_peak(url: str, headers: dict[str, str], batch: int) -> None:
+    """One request per modality of exactly the max batch size, so the peak RSS includes it."""
+    for workload in ("text", "jpeg224"):
+        body = request_bodies(workload, batch, count=1)[0]
+        r = httpx.post(url + "/encode", content=body, timeout=300,
+                       headers={"content-type": "application/json", **headers})
+        r.raise_for_status()
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Serve (or reach) a model, load it, measure its ceiling; everything as one JSON-able dict."""
+    extra = ["--model-config-dir", cfg.model_config_dir] if cfg.model_config_dir else []
+    spawned = spawn_server(cfg.model, [*extra, *cfg.server_args], log=cfg.log) if cfg.spawn \
+        else None
+    url = spawned.url if spawned else cfg.url.rstrip("/")
+    headers = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    try:
+        info = next(m for m in httpx.get(url + "/models", headers=headers, timeout=30)
+                    .raise_for_status().json()["models"] if m["default"])
+        memory: dict[str, Any] = {}
+        if spawned:
+            memory["ready"] = spawned.memory()
+            _probe_peak(url, headers, info["batching"]["max_batch_size"])
+            memory["after_max_batch"] = spawned.memory()
+        ceiling = measure_ceiling(
+            info["spec"], device=info["device"], dtype=info["dtype"],
+            batch_sizes=cfg.batch_sizes, min_s=cfg.ceiling_min_s,
+            model_config_dir=cfg.model_config_dir) if cfg.ceiling else None
+        results = []
+        for workload in cfg.workloads:
+            bodies = request_bodies(workload, cfg.items)
+            for c in cfg.concurrency:
+                res = asyncio.run(run_load(
+                    url, bodies, concurrency=c, requests=cfg.requests, workload=workload,
+                    items_per_request=cfg.items, headers=headers,
+                    cpu_of=spawned.cpu_seconds if spawned else None))
+                if ceiling:
+                    res.ratio = round(res.items_per_s / ceiling_for(workload, ceiling), 3)
+                results.append(res)
+                print(f"  {workload:9} c={c:<3} {res.items_per_s:8.1f} items/s  "
+                      f"p50 {res.p50_ms:7.1f} ms  errors {res.errors}", file=sys.stderr)
+        if spawned:
+            memory["end"] = spawned.memory()
+    finally:
+        if spawned:
+            spawned.stop()
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+        "url": "spawned" if spawned else url,
+        "model": info,
+        "ceiling": ceiling,
+        "memory": memory or None,
+        "results": [asdict(r) for r in results],
+        "c1_vs_batch1": _c1_summary(results, ceiling),
+    }
+
+
+def _c1_summary(results: list[LoadResult], ceiling: dict[str, Any] | None) -> list[dict]:
+    """Concurrency-1 p50 against one bare forward pass at batch 1 (the latency overhead)."""
+    out = []
+    for r in results:
+        modality = WORKLOADS[r.workload][0]
+        if r.concurrency != 1 or r.items_per_request != 1 or not ceiling or modality == "mixed":
+            continue
+        bare = ceiling[modality]["batch1_ms"]
+        out.append({"workload": r.workload, "p50_ms": r.p50_ms, "forward_batch1_ms": bare,
+                    "overhead_ms": round(r.p50_ms - bare, 2)})
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def _ints(raw: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in raw.split(",") if x.strip())
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in raw.split(",") if x.strip())
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    return names
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `clipserve bench` on the CLI's subparsers."""
+    d = BenchConfig()
+    about = __doc__.split("\n\n")[1].split(" Importable")[0].replace("\n", " ")
+    p = sub.add_parser("bench", help="load-test a server and compare with the raw model",
+                       description=about)
+    p.add_argument("--url", default=d.url, help=f"server to load (default {d.url})")
+    p.add_argument("--spawn", action="store_true",
+                   help="start `clipserve serve --model MODEL` on a free port and load that")
+    p.add_argument("--model", default=d.model, help=f"model --spawn serves (default {d.model})")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for the spawned server (repeat: --server-arg=--max-wait-ms "
+                        "--server-arg=2)")
+    p.add_argument("--model-config-dir", help="extra open_clip configs (spawned server + ceiling)")
+    p.add_argument("--workload", type=_names, default=d.workloads,
+                   help=f"comma list of {', '.join(WORKLOADS)} (default {','.join(d.workloads)})")
+    p.add_argument("--concurrency", type=_ints, default=d.concurrency,
+                   help="comma list of requests in flight (default 1,8,32)")
+    p.add_argument("--requests", type=int, default=d.requests,
+                   help=f"requests per (workload, concurrency) (default {d.requests})")
+    p.add_argument("--items", type=int, default=d.items, help="items per request (default 1)")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip the raw-model measurement (e.g. for a remote server)")
+    p.add_argument("--batch-sizes", type=_ints, default=d.batch_sizes,
+                   help="batch sizes tried for the ceiling (default 1,4,8,16,32,64)")
+    p.add_argument("--ceiling-min-s", type=float, default=d.ceiling_min_s,
+                   help="least time spent timing each ceiling batch size (default 1.0)")
+    p.add_argument("--api-key", default=os.environ.get("CLIPSERVE_API_KEY"),
+                   help="bearer key (default $CLIPSERVE_API_KEY)")
+    p.add_argument("--json", type=Path, help="write the full result here")
+    p.add_argument("--plot", type=Path, help="write a PNG of throughput and latency vs concurrency")
+    p.add_argument("--server-log", type=Path, help="where the spawned server logs (default: none)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `clipserve bench` from parsed arguments."""
+    from clipserve.bench_report import format_report, plot
+
+    cfg = BenchConfig(
+        url=args.url, spawn=args.spawn, model=args.model, server_args=tuple(args.server_arg),
+        model_config_dir=args.model_config_dir, workloads=args.workload,
+        concurrency=args.concurrency, requests=args.requests, items=args.items,
+        ceiling=args.ceiling, batch_sizes=args.batch_sizes, ceiling_min_s=args.ceiling_min_s,
+        api_key=args.api_key, log=args.server_log)
+    result = run_bench(cfg)
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    return 1 if any(r["errors"] for r in result["results"]) else 0

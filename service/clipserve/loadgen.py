@@ -1,0 +1,152 @@
+"""A bounded async HTTP load generator for /encode, with realistic text and image payloads.
+
+Request bodies are built and JSON-encoded before the clock starts, so the generator spends its
+CPU on HTTP alone (it usually shares the machine with the server it measures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+# Captions of realistic length (8 to 20 tokens), like search queries and alt texts.
+_SUBJECTS = ("a dog", "two cats", "an old red car", "a child with a kite", "a plate of pasta",
+             "a mountain lake", "a city street at night", "a wooden chair", "a surfer on a wave")
+_SCENES = ("in the snow", "on a sunny beach", "next to a window", "in a busy market",
+           "under a cloudy sky", "on a kitchen table", "in a forest clearing at dawn")
+
+# name -> (modality, image format, (width, height)); text workloads have no image.
+WORKLOADS: dict[str, tuple[str, str | None, tuple[int, int] | None]] = {
+    "text": ("text", None, None),
+    "jpeg224": ("image", "JPEG", (224, 224)),
+    "png224": ("image", "PNG", (224, 224)),
+    "jpeg640": ("image", "JPEG", (640, 480)),
+    "png640": ("image", "PNG", (640, 480)),
+    "jpeg1080": ("image", "JPEG", (1920, 1080)),
+    "mixed": ("mixed", "JPEG", (224, 224)),
+}
+
+
+def captions(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct captions of realistic length."""
+    rng = random.Random(seed)
+    return [f"a photo of {rng.choice(_SUBJECTS)} {rng.choice(_SCENES)}, number {i}"
+            for i in range(n)]
+
+
+def photo_bytes(fmt: str, size: tuple[int, int], seed: int = 0) -> bytes:
+    """A photo-like image (smooth colour fields plus grain), so JPEG/PNG sizes are realistic."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    coarse = rng.integers(0, 256, (max(h // 32, 2), max(w // 32, 2), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
+    grain = rng.normal(0, 6, (h, w, 3))
+    pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def request_bodies(workload: str, items: int, count: int = 64) -> list[bytes]:
+    """`count` distinct /encode bodies of `items` items each, JSON-encoded up front."""
+    modality, fmt, size = WORKLOADS[workload]
+    texts = captions(count * items)
+    blobs = ([base64.b64encode(photo_bytes(fmt, size, seed=i)).decode() for i in range(8)]
+             if fmt else [])
+    bodies = []
+    for r in range(count):
+        batch = []
+        for i in range(items):
+            k = r * items + i
+            as_text = modality == "text" or (modality == "mixed" and k % 2 == 0)
+            batch.append({"text": texts[k]} if as_text else {"img_blob": blobs[k % len(blobs)]})
+        bodies.append(json.dumps(batch).encode())
+    return bodies
+
+
+@dataclass
+class LoadResult:
+    """What one (workload, concurrency) run delivered."""
+
+    workload: str
+    concurrency: int
+    items_per_request: int
+    requests: int
+    errors: int
+    seconds: float
+    items_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    client_cpu_s: float  # this process's CPU time during the run (it shares the machine)
+    server_cpu_s: float | None = None
+    error_samples: list[str] = field(default_factory=list)
+    ratio: float | None = None  # items/s over the ceiling of the workload's modality
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation; NaN when empty."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, requests: int,
+                   workload: str = "", items_per_request: int = 1, headers: dict | None = None,
+                   warmup: int | None = None, cpu_of: Callable[[], float] | None = None
+                   ) -> LoadResult:
+    """POST `requests` bodies to `url`/encode with at most `concurrency` in flight."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    hdrs = {"content-type": "application/json", **(headers or {})}
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=hdrs) as client:
+        async def worker(todo: list[int], record: bool) -> None:
+            while todo:
+                i = todo.pop()
+                start = time.perf_counter()
+                try:
+                    r = await client.post("/encode", content=bodies[i % len(bodies)])
+                    ok, why = r.status_code == 200, f"HTTP {r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                if record:
+                    latencies.append(time.perf_counter() - start)
+                    if not ok:
+                        errors.append(why)
+
+        # Warm-up opens the connections and fills the batcher's pipeline; not recorded.
+        warm = list(range(concurrency if warmup is None else warmup))
+        await asyncio.gather(*(worker(warm, False) for _ in range(concurrency)))
+        todo = list(range(requests))
+        cpu0, server0, t0 = time.process_time(), cpu_of() if cpu_of else 0.0, time.perf_counter()
+        await asyncio.gather(*(worker(todo, True) for _ in range(concurrency)))
+        seconds = time.perf_counter() - t0
+        client_cpu = time.process_time() - cpu0
+        server_cpu = cpu_of() - server0 if cpu_of else None
+    ms = [x * 1000 for x in latencies]
+    good = requests - len(errors)
+    return LoadResult(
+        workload=workload, concurrency=concurrency, items_per_request=items_per_request,
+        requests=requests, errors=len(errors), seconds=round(seconds, 3),
+        items_per_s=round(good * items_per_request / seconds, 2),
+        p50_ms=round(percentile(ms, 50), 2), p95_ms=round(percentile(ms, 95), 2),
+        p99_ms=round(percentile(ms, 99), 2), client_cpu_s=round(client_cpu, 2),
+        server_cpu_s=None if server_cpu is None else round(server_cpu, 2),
+        error_samples=sorted(set(errors))[:5])
