@@ -74,6 +74,11 @@ def decode_base64(blob: str, limits: ImageLimits) -> bytes:
         raise InvalidInput(f"not valid base64: {exc}") from exc
 
 
+def is_data_uri(value: str) -> bool:
+    """Whether an `img_uri` is a data: URI (schemes are case-insensitive) rather than a URL."""
+    return value[:5].lower() == "data:"
+
+
 def decode_data_uri(uri: str, limits: ImageLimits) -> bytes:
     """`data:[<mime>][;base64],<payload>` -> bytes (any mime: the decoder judges the bytes)."""
     match = _DATA_URI.fullmatch(uri)

@@ -24,6 +24,7 @@ from clipserve.images import (
     ImageLimits,
     decode_base64,
     decode_data_uri,
+    is_data_uri,
     prepare_image,
 )
 from PIL import Image, ImageDraw, ImageFile, ImageFilter
@@ -349,6 +350,11 @@ def test_data_uris_decode_base64_and_percent_encoding() -> None:
     assert decode_data_uri(f"data:;base64,{b64}", LIMITS) == data
     assert decode_data_uri("data:application/octet-stream,%89PNG%0D%0A", LIMITS) == b"\x89PNG\r\n"
     assert prepare_image(decode_data_uri(f"data:image/png;base64,{b64}", LIMITS), 224, LIMITS).shape
+
+
+def test_data_uri_detection_ignores_case() -> None:
+    assert is_data_uri("data:,x") and is_data_uri("DATA:image/png;base64,AAAA")
+    assert not is_data_uri("https://example.com/data:x") and not is_data_uri("dat")
 
 
 @pytest.mark.parametrize(
