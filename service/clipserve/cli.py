@@ -1,4 +1,4 @@
-"""`clipserve serve | models | encode`."""
+"""`clipserve serve | models | encode | bench`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 
-from clipserve import __version__
+from clipserve import __version__, bench
 from clipserve.lifecycle import Lifecycle
 from clipserve.settings import Settings, add_arguments, from_args
 
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("text", nargs="?", help="text to embed")
     enc.add_argument("--image", type=Path, help="image file to embed instead of text")
     add_arguments(enc)
+    bench.add_parser(sub)
     return parser
 
 
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         return list_models()
+    if args.command == "bench":
+        return bench.main(args)
     settings = from_args(args)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
