@@ -48,6 +48,11 @@ class FetchPolicy:
     max_redirects: int = 3
     allow: tuple[str, ...] = ()  # CIDRs or host names exempt from the SSRF guard
 
+    def __post_init__(self) -> None:
+        timeouts = (self.connect_timeout_s, self.read_timeout_s, self.total_timeout_s)
+        if min(timeouts) <= 0 or self.max_bytes <= 0 or self.max_redirects < 0:
+            raise ValueError(f"fetch limits must be positive: {self}")
+
 
 def refused_class(ip: IPAddress) -> str | None:
     """The address class the SSRF guard refuses `ip` for, or None if it is a public address."""
@@ -81,8 +86,14 @@ class AddressGuard:
                 continue
             try:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
             except ValueError:
-                self.hosts.add(_norm_host(entry))
+                pass
+            host = _norm_host(entry)
+            # A typo in a CIDR must fail at startup, not silently become a host name.
+            if not _HOST.fullmatch(host) or not any(c.isalpha() for c in host):
+                raise ValueError(f"fetch allow-list entry {entry!r} is neither a CIDR nor a host")
+            self.hosts.add(host)
 
     def check(self, host: str, addresses: list[str]) -> None:
         """Raise InvalidInput if any address of `host` is internal and not allowed."""

@@ -120,6 +120,12 @@ def test_an_allowed_cidr_does_not_allow_other_internal_addresses(origin: Origin)
         fetch("http://10.0.0.1/", allow=("127.0.0.0/8",))
 
 
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "10.0.0.300", "fd00::/200", "bad host", "a/b"])
+def test_a_malformed_allow_list_entry_fails_at_startup(entry: str) -> None:
+    with pytest.raises(ValueError, match="neither a CIDR nor a host"):
+        ImageFetcher(FetchPolicy(allow=(entry,)))
+
+
 def test_the_connection_goes_to_the_address_the_guard_checked(origin: Origin) -> None:
     """DNS pinning: the one lookup the guard checks is the address used; Host stays the name."""
     origin.add("/pinned", b"pinned")
