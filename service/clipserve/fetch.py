@@ -1,5 +1,4 @@
-"""Fetch image URLs safely: http(s) only, timeouts, a streamed byte cap, checked redirects, SSRF
-guard.
+"""Fetch image URLs safely: http(s) only, timeouts, a streamed byte cap, checked redirects.
 
 The SSRF guard lives in the connection layer: a custom httpcore network backend resolves the host
 itself, refuses internal addresses, and connects to the very IP it checked. There is no second DNS
