@@ -7,6 +7,7 @@ import torch
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from clipserve.embedder import Embedder
@@ -43,7 +44,7 @@ def _with_model(content: object, model: ClipModel) -> Response:
 
 
 @post("/encode", status_code=200, summary="Embed texts and images")
-async def encode(data: EncodeRequest, state: State) -> Response[Embeddings]:
+async def encode(data: JSONBody[EncodeRequest], state: State) -> Response[Embeddings]:
     """A JSON array of items (or `{"items": [...], "model": ..., "normalize": ...}`)."""
     opts = data if isinstance(data, EncodeOptions) else EncodeOptions(items=data)
     emb = _embedder(state)
@@ -56,7 +57,7 @@ async def encode(data: EncodeRequest, state: State) -> Response[Embeddings]:
 
 
 @post("/rank", status_code=200, summary="Score candidates against queries")
-async def rank(data: RankRequest, state: State) -> Response[RankResponse]:
+async def rank(data: JSONBody[RankRequest], state: State) -> Response[RankResponse]:
     """Softmax over candidates of exp(logit_scale) x cosine, one row per query."""
     emb = _embedder(state)
     emb.check_count(len(data.queries), "queries")
@@ -69,7 +70,7 @@ async def rank(data: RankRequest, state: State) -> Response[RankResponse]:
 
 
 @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible text embeddings")
-async def openai_embeddings(data: EmbeddingsRequest, state: State) -> Response[EmbeddingsResponse]:
+async def openai_embeddings(data: JSONBody[EmbeddingsRequest], state: State) -> Response[EmbeddingsResponse]:
     """`input` is a string or a list of strings; embeddings are L2-normalized like OpenAI's."""
     emb = _embedder(state)
     texts = [data.input] if isinstance(data.input, str) else data.input
@@ -83,7 +84,7 @@ async def openai_embeddings(data: EmbeddingsRequest, state: State) -> Response[E
 
 
 @get("/models", summary="Loaded models (and, with ?available=true, every downloadable spec)")
-async def models(state: State, available: bool = False) -> ModelsResponse:
+async def models(state: State, available: FromQuery[bool] = False) -> ModelsResponse:
     """What is served, how it is batched, and optionally what could be."""
     emb = _embedder(state)
     infos = []
