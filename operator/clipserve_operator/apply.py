@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
@@ -29,13 +29,13 @@ PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _permanent_or_temporary(
-    exc: ApiError, delay: float
-) -> kopf.TemporaryError | kopf.PermanentError:
-    """Map an API failure to kopf's retry semantics."""
+def _raise_for(exc: ApiError, delay: float) -> NoReturn:
+    """Re-raise an API failure with kopf's retry semantics (a dying namespace passes through)."""
+    if exc.namespace_terminating:
+        raise exc
     if exc.transient:
-        return kopf.TemporaryError(str(exc), delay=delay)
-    return kopf.PermanentError(str(exc))
+        raise kopf.TemporaryError(str(exc), delay=delay) from exc
+    raise kopf.PermanentError(str(exc)) from exc
 
 
 async def apply_objects(
@@ -61,7 +61,7 @@ async def apply_objects(
                 content_type="application/apply-patch+yaml",
             )
         except ApiError as exc:
-            raise _permanent_or_temporary(exc, retry_delay) from exc
+            _raise_for(exc, retry_delay)
 
 
 async def prune(
@@ -84,7 +84,7 @@ async def prune(
         except ApiError as exc:
             if exc.status == 403:
                 continue  # not granted (kind never rendered by this chart), so never created
-            raise _permanent_or_temporary(exc, retry_delay) from exc
+            _raise_for(exc, retry_delay)
         for item in items:
             item_meta = item["metadata"]
             owned = any(
@@ -97,7 +97,7 @@ async def prune(
             try:
                 await client.request("DELETE", path, json={"propagationPolicy": "Background"})
             except ApiError as exc:
-                raise _permanent_or_temporary(exc, retry_delay) from exc
+                _raise_for(exc, retry_delay)
             deleted.append(f"{kind}/{item_meta['name']}")
     return deleted
 
@@ -115,4 +115,4 @@ async def patch_status(
             content_type="application/merge-patch+json",
         )
     except ApiError as exc:
-        raise _permanent_or_temporary(exc, retry_delay) from exc
+        _raise_for(exc, retry_delay)

@@ -56,6 +56,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await memo.reconciler.ctx.client.close()
     if memo.get("metrics_server") is not None:
         memo.metrics_server.shutdown()
+        memo.metrics_server.server_close()  # free the port for a restart in the same process
 
 
 @kopf.on.probe(id="reconciles")
@@ -84,4 +85,10 @@ async def deployment_changed(
 @kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
 async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Pod readiness and scheduling failures update the owning ClipService's status."""
+    memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT})
+async def service_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """An edited Service (say, its selector moved by hand) is put back at once."""
     memo.reconciler.trigger(namespace, labels[OWNER_LABEL])

@@ -24,6 +24,11 @@ class ApiError(Exception):
         self.status = status
 
     @property
+    def namespace_terminating(self) -> bool:
+        """True when the namespace is being deleted: nothing new can be created there."""
+        return self.status == 403 and "is being terminated" in str(self)
+
+    @property
     def transient(self) -> bool:
         """True when retrying the same call can succeed."""
         return self.status == 0 or self.status in _TRANSIENT

@@ -216,6 +216,9 @@ class Reconciler:
             metrics.errors.labels("permanent").inc()
             logger.error("%s/%s: %s", *key, exc)
         except ApiError as exc:
+            if exc.namespace_terminating:  # the namespace and the ClipService are going away
+                logger.debug("%s/%s: %s", *key, exc)
+                return None
             metrics.errors.labels("temporary" if exc.transient else "permanent").inc()
             logger.warning("%s/%s: %s", *key, exc)
             retry = self.ctx.settings.retry_delay_s * (1 if exc.transient else 6)

@@ -1,0 +1,502 @@
+"""The operator against the real control plane (pods simulated by kwok), as its chart's RBAC.
+
+Each test creates ClipServices in a fresh namespace and asserts what a platform user would see:
+objects, pod placement, the Service's EndpointSlices through a swap, status and events.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.harness import Cluster, KubectlError
+from tests.operator.conftest import REPO, OperatorRun, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
+
+EXAMPLES = sorted((REPO / "manifests/examples").glob("*.yaml"))
+CPU_POOL = {"clipserve.io/node-pool": "cpu"}
+OWNER_LABEL = "clipserve.io/clipservice"
+A, B, C = "ViT-B-32:random", "ViT-B-16:random", "RN50:random"
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def get(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any] | None:
+    """One object as JSON, or None."""
+    try:
+        return json.loads(cluster.kubectl("get", kind, name, "-n", ns, "-o", "json"))
+    except KubectlError as exc:
+        if "NotFound" in exc.stderr:
+            return None
+        raise
+
+
+def items(cluster: Cluster, kind: str, ns: str, selector: str) -> list[dict[str, Any]]:
+    """Objects of a kind matching a label selector."""
+    return json.loads(cluster.kubectl("get", kind, "-n", ns, "-l", selector, "-o", "json"))["items"]
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    """A status condition of a ClipService ({} when absent)."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return cond
+    return {}
+
+
+def clip(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
+    """kubectl apply a ClipService."""
+    doc = {
+        "apiVersion": "clipserve.io/v1alpha1",
+        "kind": "ClipService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+
+def patch(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
+    """Merge-patch a ClipService's spec."""
+    cluster.kubectl(
+        "patch", "clip", name, "-n", ns, "--type", "merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def fully_ready(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+    """The ClipService once its status describes the current spec with every pod ready."""
+    obj = get(cluster, "clip", name, ns)
+    if not obj or not obj.get("status"):
+        return None
+    status = obj["status"]
+    current = status.get("observedGeneration") == obj["metadata"]["generation"]
+    done = not status.get("pendingModel") and status.get("activeModel") == obj["spec"]["model"]
+    if current and done and condition(obj, "Ready").get("status") == "True":
+        return obj
+    return None
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    """Kubernetes Events about a ClipService."""
+    out = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"involvedObject.kind=ClipService,involvedObject.name={name}",
+        "-o",
+        "json",
+    )
+    return json.loads(out)["items"]
+
+
+class Watch:
+    """`kubectl get --watch` in the background, collecting every event's object."""
+
+    def __init__(self, cluster: Cluster, *args: str) -> None:
+        cmd = [
+            str(cluster.bin_dir / "kubectl"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "get",
+            *args,
+            "--watch",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ]
+        self.objects: list[dict[str, Any]] = []
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        # kubectl writes one JSON document per event (compact in watch mode); decode a stream.
+        decoder, buf = json.JSONDecoder(), ""
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            buf += line
+            while buf.strip():
+                try:
+                    event, end = decoder.raw_decode(buf.lstrip())
+                except json.JSONDecodeError:
+                    break  # incomplete document: read more
+                self.objects.append(event["object"])
+                buf = buf.lstrip()[end:]
+
+    def stop(self) -> None:
+        """End the watch."""
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+        self._thread.join(timeout=10)
+
+
+def slice_slots(endpoint_slice: dict[str, Any], name: str) -> set[str]:
+    """Slots of the pods an EndpointSlice lists (pod names are <name>-<slot>-<rs>-<id>)."""
+    slots = set()
+    for endpoint in endpoint_slice.get("endpoints") or []:
+        pod = (endpoint.get("targetRef") or {}).get("name", "")
+        for slot in ("blue", "green"):
+            if pod.startswith(f"{name}-{slot}-"):
+                slots.add(slot)
+    return slots
+
+
+# --- the proofs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_example_reaches_ready_with_pods_on_its_node_pool(
+    cluster: Cluster, running_operator: OperatorRun, ns: str, example: Path
+) -> None:
+    doc = yaml.safe_load(example.read_text())
+    name, spec = doc["metadata"]["name"], doc["spec"]
+    cluster.kubectl("apply", "-n", ns, "-f", str(example))
+    obj = wait_for(f"{name} Ready", lambda: fully_ready(cluster, ns, name))
+    want = spec["autoscaling"]["minReplicas"] if "autoscaling" in spec else spec["replicas"]
+    # With autoscaling the HPA raises the Deployment to minReplicas; the status follows it.
+    obj = wait_for(
+        f"{name} at {want} ready pods",
+        lambda: (
+            (o := fully_ready(cluster, ns, name)) and o["status"]["readyReplicas"] == want and o
+        ),
+    )
+    assert obj["status"]["endpoint"] == f"http://{name}.{ns}.svc.cluster.local:3000"
+    pods = items(cluster, "pods", ns, f"{OWNER_LABEL}={name}")
+    pool = spec["nodePool"]["nodeSelector"]["clipserve.io/node-pool"]
+    nodes = {p["spec"]["nodeName"] for p in pods}
+    assert len(pods) == want and all(n.startswith(f"{pool}-") for n in nodes), nodes
+    row = cluster.kubectl("get", "clip", name, "-n", ns, "--no-headers").split()
+    assert row[:4] == [name, spec["model"], "True", f"{want}/{want}"]
+
+
+def test_kubectl_scale_changes_replicas(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    clip(cluster, ns, "scaled", {"model": A, "replicas": 1, "nodePool": {"nodeSelector": CPU_POOL}})
+    wait_for("Ready", lambda: fully_ready(cluster, ns, "scaled"))
+    cluster.kubectl("scale", "clipservice/scaled", "-n", ns, "--replicas=3")
+    wait_for(
+        "3 ready pods",
+        lambda: (o := fully_ready(cluster, ns, "scaled")) and o["status"]["readyReplicas"] == 3,
+    )
+    assert get(cluster, "deployment", "scaled-blue", ns)["spec"]["replicas"] == 3
+    scale = json.loads(
+        cluster.kubectl(
+            "get", "--raw", f"/apis/clipserve.io/v1alpha1/namespaces/{ns}/clipservices/scaled/scale"
+        )
+    )
+    assert (
+        scale["status"]["replicas"] == 3 and "clipserve.io/slot=blue" in scale["status"]["selector"]
+    )
+
+
+def test_autoscaled_service_leaves_replicas_to_the_hpa(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    clip(
+        cluster,
+        ns,
+        "auto",
+        {
+            "model": A,
+            "nodePool": {"nodeSelector": CPU_POOL},
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+        },
+    )
+    wait_for(
+        "HPA to scale to minReplicas",
+        lambda: (d := get(cluster, "deployment", "auto-blue", ns)) and d["spec"]["replicas"] == 2,
+    )
+    cluster.kubectl("scale", "clipservice/auto", "-n", ns, "--replicas=4")
+    obj = wait_for("the scale to be reconciled", lambda: fully_ready(cluster, ns, "auto"))
+    assert obj["spec"]["replicas"] == 4
+    deployment = json.loads(
+        cluster.kubectl(
+            "get", "deployment", "auto-blue", "-n", ns, "-o", "json", "--show-managed-fields"
+        )
+    )
+    assert deployment["spec"]["replicas"] == 2  # still the HPA's choice
+    ours = [
+        m for m in deployment["metadata"]["managedFields"] if m["manager"] == "clipserve-operator"
+    ]
+    assert ours and all("f:replicas" not in m["fieldsV1"].get("f:spec", {}) for m in ours)
+
+
+def test_model_swap_never_puts_two_slots_in_one_endpoint_slice(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    clip(cluster, ns, "swap", {"model": A, "replicas": 2, "nodePool": {"nodeSelector": CPU_POOL}})
+    wait_for(
+        "Ready",
+        lambda: (o := fully_ready(cluster, ns, "swap")) and o["status"]["readyReplicas"] == 2,
+    )
+    slices = Watch(cluster, "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=swap")
+    statuses = Watch(cluster, "clipservice", "swap", "-n", ns)
+    try:
+        wait_for(
+            "blue endpoints",
+            lambda: any(slice_slots(s, "swap") == {"blue"} for s in slices.objects),
+        )
+        patch(cluster, ns, "swap", {"model": B})
+        obj = wait_for("the swap", lambda: fully_ready(cluster, ns, "swap"))
+        wait_for(
+            "green endpoints",
+            lambda: any(slice_slots(s, "swap") == {"green"} for s in slices.objects),
+        )
+    finally:
+        slices.stop()
+        statuses.stop()
+    mixed = [s["metadata"]["name"] for s in slices.objects if len(slice_slots(s, "swap")) > 1]
+    assert mixed == [], "an EndpointSlice listed pods of both models"
+    assert obj["status"]["activeModel"] == B and obj["status"]["activeSlot"] == "green"
+    # Documented progression: (A, "") -> (A, pending B) -> (B, "").
+    seen = [
+        ((o.get("status") or {}).get("activeModel"), (o.get("status") or {}).get("pendingModel"))
+        for o in statuses.objects
+    ]
+    steps = [s for i, s in enumerate(seen) if s[0] and (i == 0 or s != seen[i - 1])]
+    assert steps[0] == (A, "") and steps[-1] == (B, "") and (A, B) in steps and (B, B) not in steps
+    assert get(cluster, "deployment", "swap-blue", ns) is None
+    assert get(cluster, "service", "swap", ns)["spec"]["selector"]["clipserve.io/slot"] == "green"
+    reasons = [e["reason"] for e in events(cluster, ns, "swap")]
+    assert "SwapStarted" in reasons and "SwapCompleted" in reasons
+
+
+def test_too_many_gpus_is_degraded_with_the_scheduler_reason_and_recovers(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    gpu_pool = {"nodeSelector": {"clipserve.io/node-pool": "gpu"}}
+    clip(cluster, ns, "big", {"model": A, "replicas": 1, "gpu": {"count": 5}, "nodePool": gpu_pool})
+    degraded = wait_for(
+        "Degraded",
+        lambda: (
+            (c := condition(get(cluster, "clip", "big", ns), "Degraded")).get("status") == "True"
+            and c
+        ),
+    )
+    assert degraded["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in degraded["message"]
+    assert condition(get(cluster, "clip", "big", ns), "Ready")["status"] == "False"
+    warnings = [e for e in events(cluster, ns, "big") if e["type"] == "Warning"]
+    assert any("Insufficient nvidia.com/gpu" in e["message"] for e in warnings)
+    patch(cluster, ns, "big", {"gpu": {"count": 1}})
+    obj = wait_for(
+        "recovery",
+        lambda: (
+            (o := fully_ready(cluster, ns, "big"))
+            and condition(o, "Degraded")["status"] == "False"
+            and o
+        ),
+    )
+    assert obj["status"]["readyReplicas"] == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"model": "ViT-B-32"}, "model must look like ARCH:TAG"),
+        (
+            {"model": "ViT-B-32:openai", "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+            "minReplicas must be <= autoscaling.maxReplicas",
+        ),
+        ({"model": "ViT-B-32:openai", "gpu": {"count": -1}}, "spec.gpu.count"),
+        ({"model": "ViT-B-32:openai", "swapStrategy": "Canary"}, "spec.swapStrategy"),
+        ({"model": "ViT-B-32:openai", "replicas": "two"}, "spec.replicas"),
+        (
+            {"model": "ViT-B-32:openai", "modelCache": {"type": "existingClaim"}},
+            "existingClaim is required",
+        ),
+    ],
+    ids=[
+        "model-format",
+        "min-gt-max",
+        "negative-gpus",
+        "unknown-strategy",
+        "replicas-type",
+        "claim-missing",
+    ],
+)
+def test_invalid_spec_is_rejected_at_apply_time(
+    cluster: Cluster, running_operator: OperatorRun, ns: str, spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(KubectlError) as err:
+        clip(cluster, ns, "bad", spec)
+    assert message in err.value.stderr
+    assert get(cluster, "clip", "bad", ns) is None
+
+
+def test_restart_mid_swap_completes_the_swap_and_a_second_change_wins(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    clip(cluster, ns, "rs", {"model": A, "replicas": 1, "nodePool": {"nodeSelector": CPU_POOL}})
+    wait_for("Ready", lambda: fully_ready(cluster, ns, "rs"))
+    cpu_nodes = ("cpu-0", "cpu-1")
+    cluster.kubectl("cordon", *cpu_nodes)  # the new slot cannot schedule: the swap stalls midway
+    try:
+        patch(cluster, ns, "rs", {"model": B})
+        obj = wait_for(
+            "Degraded during the swap",
+            lambda: (
+                (o := get(cluster, "clip", "rs", ns))
+                and condition(o, "Degraded").get("status") == "True"
+                and o
+            ),
+        )
+        # The old slot keeps serving, and the status says why the new one does not start.
+        assert condition(obj, "Ready")["status"] == "True"
+        assert obj["status"]["activeModel"] == A and obj["status"]["pendingModel"] == B
+        assert "slot green" in condition(obj, "Degraded")["message"]
+        assert "unschedulable" in condition(obj, "Degraded")["message"]
+        patch(cluster, ns, "rs", {"model": C})  # a second change while the first is pending
+        wait_for(
+            "the pending slot to take C",
+            lambda: (
+                (d := get(cluster, "deployment", "rs-green", ns))
+                and d["metadata"]["annotations"]["clipserve.io/model"] == C
+            ),
+        )
+        running_operator.stop()
+    finally:
+        cluster.kubectl("uncordon", *cpu_nodes)
+    # While the operator is down the new slot becomes ready, but nothing moves the Service.
+    wait_for(
+        "green ready without the operator",
+        lambda: (
+            (d := get(cluster, "deployment", "rs-green", ns))
+            and (d.get("status") or {}).get("readyReplicas") == 1
+        ),
+    )
+    assert get(cluster, "service", "rs", ns)["spec"]["selector"]["clipserve.io/slot"] == "blue"
+    running_operator.start()
+    obj = wait_for("the swap to finish after the restart", lambda: fully_ready(cluster, ns, "rs"))
+    assert (obj["status"]["activeModel"], obj["status"]["activeSlot"]) == (C, "green")
+    assert get(cluster, "service", "rs", ns)["spec"]["selector"]["clipserve.io/slot"] == "green"
+    wait_for("the old slot to be pruned", lambda: get(cluster, "deployment", "rs-blue", ns) is None)
+
+
+def test_drift_is_corrected(cluster: Cluster, running_operator: OperatorRun, ns: str) -> None:
+    clip(cluster, ns, "drift", {"model": A, "replicas": 2, "nodePool": {"nodeSelector": CPU_POOL}})
+    wait_for("Ready", lambda: fully_ready(cluster, ns, "drift"))
+    cluster.kubectl("scale", "deployment/drift-blue", "-n", ns, "--replicas=5")
+    wait_for(
+        "replicas restored",
+        lambda: get(cluster, "deployment", "drift-blue", ns)["spec"]["replicas"] == 2,
+    )
+    cluster.kubectl(
+        "patch",
+        "service",
+        "drift",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"selector":{"clipserve.io/slot":"green"}}}',
+    )
+    wait_for(
+        "selector restored",
+        lambda: (
+            get(cluster, "service", "drift", ns)["spec"]["selector"]["clipserve.io/slot"] == "blue"
+        ),
+    )
+
+
+def test_reconcile_is_idempotent(cluster: Cluster, running_operator: OperatorRun, ns: str) -> None:
+    clip(cluster, ns, "idem", {"model": A, "replicas": 2, "nodePool": {"nodeSelector": CPU_POOL}})
+    wait_for(
+        "Ready",
+        lambda: (o := fully_ready(cluster, ns, "idem")) and o["status"]["readyReplicas"] == 2,
+    )
+    selector = f"{OWNER_LABEL}={'idem'}"
+
+    def versions() -> dict[str, str]:
+        out = json.loads(
+            cluster.kubectl(
+                "get", "deployments,services,poddisruptionbudgets,clip", "-n", ns, "-o", "json"
+            )
+        )["items"]
+        return {
+            f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+            for o in out
+            if o["kind"] != "ClipService" or o["metadata"]["name"] == "idem"
+        }
+
+    assert items(cluster, "deployments", ns, selector)
+    before = versions()
+    done = running_operator.metric("clipserve_operator_reconciles_total", 'result="ok"')
+    # A ClipService event triggers a full reconcile: render, apply every object, prune, status.
+    cluster.kubectl("annotate", "clip", "idem", "-n", ns, "example.com/poke=1")
+    wait_for(
+        "a reconcile",
+        lambda: (
+            running_operator.metric("clipserve_operator_reconciles_total", 'result="ok"') > done
+        ),
+    )
+    after = versions()
+    before.pop("ClipService/idem"), after.pop("ClipService/idem")  # the annotation itself
+    assert after == before
+
+
+def test_deleting_a_clipservice_removes_every_child_even_with_the_operator_down(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    clip(
+        cluster,
+        ns,
+        "gone",
+        {
+            "model": A,
+            "nodePool": {"nodeSelector": CPU_POOL},
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
+        },
+    )
+    wait_for("Ready", lambda: fully_ready(cluster, ns, "gone"))
+    selector = f"{OWNER_LABEL}=gone"
+    kinds = "deployments,replicasets,pods,services,horizontalpodautoscalers,poddisruptionbudgets"
+    children = {o["kind"] for o in items(cluster, kinds, ns, selector)}
+    assert children == {
+        "Deployment",
+        "ReplicaSet",
+        "Pod",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    assert not get(cluster, "clip", "gone", ns)["metadata"].get("finalizers")
+    running_operator.stop()
+    cluster.kubectl("delete", "clip", "gone", "-n", ns, "--timeout=60s")
+    wait_for("the garbage collector", lambda: items(cluster, kinds, ns, selector) == [])
+
+
+def test_liveness_and_metrics_endpoints(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    before = running_operator.metric("clipserve_operator_reconciles_total", 'result="ok"')
+    clip(cluster, ns, "probe", {"model": A, "replicas": 1, "nodePool": {"nodeSelector": CPU_POOL}})
+    wait_for("Ready", lambda: fully_ready(cluster, ns, "probe"))
+    assert running_operator.get("liveness", "/healthz")[0] == 200
+    status, text = running_operator.get("metrics", "/metrics")
+    assert status == 200
+    assert running_operator.metric("clipserve_operator_reconciles_total", 'result="ok"') > before
+    assert "clipserve_operator_reconcile_duration_seconds_count" in text
+
+
+def test_the_chart_rbac_was_enough(running_operator: OperatorRun) -> None:
+    """Runs last: no API call of the whole module was refused to the operator's identity."""
+    refused = [
+        m
+        for m in running_operator.log.messages
+        if ("403" in m or "forbidden" in m.lower())
+        and "is being terminated" not in m  # test cleanup
+    ]
+    assert refused == []
