@@ -1,0 +1,77 @@
+"""`clipserve bench` against real servers with the tiny model: output and behaviour, not speed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clipserve.bench import BenchConfig, run_bench
+from clipserve.loadgen import WORKLOADS, percentile, request_bodies, run_load
+
+from tests.service.server import MODEL_CONFIGS, TINY, Server
+
+FAST = ["--requests", "12", "--concurrency", "1,4", "--batch-sizes", "1,2",
+        "--ceiling-min-s", "0.02", "--model-config-dir", str(MODEL_CONFIGS)]
+
+
+@pytest.mark.slow
+def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipserve.cli", "bench", "--spawn", "--model", TINY,
+         "--workload", "text,jpeg224,mixed", *FAST, "--json", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["model"]["spec"] == TINY
+    rows = {(r["workload"], r["concurrency"]): r for r in result["results"]}
+    assert set(rows) == {(w, c) for w in ("text", "jpeg224", "mixed") for c in (1, 4)}
+    for r in rows.values():
+        assert r["errors"] == 0 and r["requests"] == 12
+        assert r["items_per_s"] > 0 and r["ratio"] > 0
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["server_cpu_s"] is not None
+    ceiling = result["ceiling"]
+    for name in ("text", "text_77", "image"):
+        assert set(ceiling[name]["per_batch"]) == {"1", "2"}
+        assert ceiling[name]["batch1_ms"] > 0
+    assert {row["workload"] for row in result["c1_vs_batch1"]} == {"text", "jpeg224"}
+    mem = result["memory"]
+    assert mem["after_max_batch"]["peak_rss_bytes"] >= mem["ready"]["rss_bytes"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "items/s" in proc.stdout and "ratio" in proc.stdout
+
+
+def test_bench_api_measures_a_running_server_without_a_ceiling(server: Server):
+    result = run_bench(BenchConfig(url=server.url, workloads=("png224",), concurrency=(2,),
+                                   requests=6, ceiling=False))
+    (row,) = result["results"]
+    assert row["errors"] == 0 and row["ratio"] is None and row["server_cpu_s"] is None
+    assert result["ceiling"] is None and result["memory"] is None
+
+
+def test_failed_requests_are_counted_with_their_reason(server: Server):
+    bodies = [b'[{"text": "ok", "img_blob": "also"}]']
+    res = asyncio.run(run_load(server.url, bodies, concurrency=3, requests=5, warmup=0))
+    assert res.errors == 5 and res.requests == 5 and res.items_per_s == 0
+    assert any("HTTP 400" in e and "exactly one of" in e for e in res.error_samples)
+
+
+def test_every_workload_builds_valid_encode_bodies():
+    for name, (modality, _fmt, _size) in WORKLOADS.items():
+        (body,) = request_bodies(name, items=2, count=1)
+        items = json.loads(body)
+        kinds = {next(iter(item)) for item in items}
+        expected = {"text": {"text"}, "image": {"img_blob"}, "mixed": {"text", "img_blob"}}
+        assert kinds == expected[modality], name
+
+
+def test_percentile_interpolates_and_orders():
+    assert percentile([3, 1, 2], 50) == 2
+    assert percentile([0, 10], 95) == pytest.approx(9.5)
+    assert percentile([5], 99) == 5
