@@ -7,6 +7,7 @@ import torch
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
@@ -35,6 +36,19 @@ from clipserve.schemas import (
 MODEL_HEADER = "X-Clip-Model"
 
 
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI docs for the error statuses a route can answer (all share ErrorBody)."""
+    meaning = {400: "invalid input (the detail names the field)", 401: "missing or bad API key",
+               404: "unknown model", 413: "over a size or count limit",
+               500: "the model failed on an item", 502: "an image URL could not be fetched",
+               503: "queue full or shutting down (see Retry-After)",
+               504: "an image URL timed out"}
+    return {c: ResponseSpec(ErrorBody, description=meaning[c]) for c in codes}
+
+
+WORK_ERRORS = _errors(400, 401, 404, 413, 500, 502, 503, 504)
+
+
 def _embedder(state: State) -> Embedder:
     return state.embedder
 
@@ -43,7 +57,7 @@ def _with_model(content: object, model: ClipModel) -> Response:
     return Response(content, headers={MODEL_HEADER: model.spec.raw})
 
 
-@post("/encode", status_code=200, summary="Embed texts and images")
+@post("/encode", status_code=200, summary="Embed texts and images", responses=WORK_ERRORS)
 async def encode(data: JSONBody[EncodeRequest], state: State) -> Response[Embeddings]:
     """A JSON array of items (or `{"items": [...], "model": ..., "normalize": ...}`)."""
     opts = data if isinstance(data, EncodeOptions) else EncodeOptions(items=data)
@@ -56,7 +70,8 @@ async def encode(data: JSONBody[EncodeRequest], state: State) -> Response[Embedd
     return _with_model(vectors.tolist(), model)
 
 
-@post("/rank", status_code=200, summary="Score candidates against queries")
+@post("/rank", status_code=200, summary="Score candidates against queries",
+      responses=WORK_ERRORS)
 async def rank(data: JSONBody[RankRequest], state: State) -> Response[RankResponse]:
     """Softmax over candidates of exp(logit_scale) x cosine, one row per query."""
     emb = _embedder(state)
@@ -69,7 +84,8 @@ async def rank(data: JSONBody[RankRequest], state: State) -> Response[RankRespon
                                     cosine_similarities=cosine.tolist()), model)
 
 
-@post("/v1/embeddings", status_code=200, summary="OpenAI-compatible text embeddings")
+@post("/v1/embeddings", status_code=200, summary="OpenAI-compatible text embeddings",
+      responses=WORK_ERRORS)
 async def openai_embeddings(data: JSONBody[EmbeddingsRequest], state: State) -> Response[EmbeddingsResponse]:
     """`input` is a string or a list of strings; embeddings are L2-normalized like OpenAI's."""
     emb = _embedder(state)
@@ -83,7 +99,8 @@ async def openai_embeddings(data: JSONBody[EmbeddingsRequest], state: State) -> 
         model=model.spec.raw, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)), model)
 
 
-@get("/models", summary="Loaded models (and, with ?available=true, every downloadable spec)")
+@get("/models", summary="Loaded models (and, with ?available=true, every downloadable spec)",
+     responses=_errors(400, 401))
 async def models(state: State, available: FromQuery[bool] = False) -> ModelsResponse:
     """What is served, how it is batched, and optionally what could be."""
     emb = _embedder(state)
@@ -97,7 +114,8 @@ async def models(state: State, available: FromQuery[bool] = False) -> ModelsResp
     return ModelsResponse(models=infos, available=available_specs() if available else None)
 
 
-@get("/healthz", summary="Liveness: the process and its compute threads are alive")
+@get("/healthz", summary="Liveness: the process and its compute threads are alive",
+     responses={503: ResponseSpec(Health, description="a compute thread died")})
 async def healthz(state: State) -> Response[Health]:
     """503 once a compute thread has died, so Kubernetes restarts the pod."""
     if not _embedder(state).healthy:
@@ -105,7 +123,8 @@ async def healthz(state: State) -> Response[Health]:
     return Response(Health("ok"))
 
 
-@get("/readyz", summary="Readiness: models loaded and warm, not draining")
+@get("/readyz", summary="Readiness: models loaded and warm, not draining",
+     responses={503: ResponseSpec(Health, description="loading, draining or dead")})
 async def readyz(state: State) -> Response[Health]:
     """503 while loading, after a compute thread died, and from the start of shutdown."""
     lifecycle: Lifecycle = state.lifecycle

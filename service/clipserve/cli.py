@@ -31,12 +31,13 @@ class DrainingServer(uvicorn.Server):
         self._grace_s = grace_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._lifecycle.draining or self._grace_s <= 0:
+        if self._lifecycle.draining:  # a second signal: stop now
             super().handle_exit(sig, frame)
             return
         self._lifecycle.draining = True
         log.info("%s: readiness off, still serving for %.1fs, then draining",
                  signal.Signals(sig).name, self._grace_s)
+        # Stopping through should_exit (not uvicorn's handler) makes a drained exit a clean 0.
         timer = threading.Timer(self._grace_s, lambda: setattr(self, "should_exit", True))
         timer.daemon = True
         timer.start()

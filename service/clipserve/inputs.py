@@ -14,7 +14,13 @@ from typing import Any
 
 from clipserve.errors import ClipServeError, InvalidInput, PayloadTooLarge
 from clipserve.fetch import ImageFetcher
-from clipserve.images import ImageLimits, decode_base64, decode_data_uri, prepare_image
+from clipserve.images import (
+    ImageLimits,
+    decode_base64,
+    decode_data_uri,
+    is_data_uri,
+    prepare_image,
+)
 from clipserve.schemas import Item
 
 TEXT, IMAGE = "text", "image"
@@ -59,7 +65,7 @@ class InputDecoder:
             if name == "text":
                 return Prepared(TEXT, self._check_text(item.text))
             value = getattr(item, name)
-            if name == "img_uri" and not value.startswith("data:"):
+            if name == "img_uri" and not is_data_uri(value):
                 data = await self._fetch(value)
                 job = partial(prepare_image, data, image_size, self._limits)
             else:  # base64 decoding of a large blob is CPU work too: keep it off the loop
