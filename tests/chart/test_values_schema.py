@@ -8,6 +8,7 @@ import re
 import pytest
 import yaml
 
+from tests.chart import values_doc
 from tests.chart.rendering import CHART, Helm, HelmError
 
 pytestmark = pytest.mark.helm
@@ -117,3 +118,8 @@ def test_should_describe_every_value_in_the_schema_if_values_yaml_changes() -> N
         return missing
 
     assert walk(values, schema["properties"], "") == []
+
+
+def test_should_keep_the_readme_values_table_current_if_values_change() -> None:
+    # Regenerate with `python -m tests.chart.values_doc`.
+    assert values_doc.current_table() == values_doc.table()
