@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -28,6 +29,9 @@ async def configure(
     # CRDs and namespaces, so the ClusterRole needs no access to them.
     settings.scanning.disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API call otherwise
+    if not os.environ.get("CLIPSERVE_OPERATOR_VERBOSE"):
+        # kopf logs "Handler ... succeeded" for every watch event; our own logger says what changed.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     config = Settings.from_env()

@@ -17,7 +17,13 @@ import kopf
 from .apply import apply_objects, patch_status, prune
 from .kube import ApiError, KubeClient
 from .metrics import Metrics
-from .render import autoscaling_enabled, desired_objects, helm_template, render_state
+from .render import (
+    autoscaling_enabled,
+    desired_objects,
+    helm_template,
+    object_key,
+    render_state,
+)
 from .settings import (
     API_VERSION,
     KIND,
@@ -43,6 +49,11 @@ class Context:
     settings: Settings
     metrics: Metrics
     render_cache: dict[str, list[Obj]] = field(default_factory=dict)
+    # What each ClipService was last pruned down to: prune lists ~10 kinds, so it runs only when
+    # the rendered set changes (and once per ClipService after a start).
+    pruned: dict[tuple[str, str, str], frozenset[tuple[str, str, str]]] = field(
+        default_factory=dict
+    )
 
 
 def deployment_name(name: str, slot: str) -> str:
@@ -123,9 +134,15 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
             autoscaling=autoscaling_enabled(spec),
         )
         await apply_objects(client, objects, retry_delay=delay)
-        deleted = await prune(client, owner, objects, retry_delay=delay)
-        if deleted:
-            logger.info("%s/%s: pruned %s", namespace, name, ", ".join(deleted))
+        keys, prune_key = (
+            frozenset(object_key(o) for o in objects),
+            (namespace, name, owner["metadata"]["uid"]),
+        )
+        if ctx.pruned.get(prune_key) != keys:
+            deleted = await prune(client, owner, objects, retry_delay=delay)
+            if deleted:
+                logger.info("%s/%s: pruned %s", namespace, name, ", ".join(deleted))
+            ctx.pruned[prune_key] = keys
     except kopf.PermanentError as exc:
         error = str(exc)
 

@@ -184,13 +184,18 @@ def _token_kubeconfig(cluster: Cluster, token: str, path: Path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, helm_bin: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorRun]:
-    """The operator in-process, as the chart's ServiceAccount bound to the chart's ClusterRole."""
+    """The operator in-process (per module: it sets KUBECONFIG) as the chart's ServiceAccount."""
     objects = _operator_objects(helm_bin)
-    cluster.kubectl("create", "namespace", OPERATOR_NS)
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=cluster.kubectl("create", "namespace", OPERATOR_NS, "--dry-run=client", "-o", "yaml"),
+    )
     cluster.kubectl(
         "apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects)
     )
