@@ -7,7 +7,9 @@ objects, pod placement, the Service's EndpointSlices through a swap, status and 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,11 @@ class Watch:
         self._thread.join(timeout=10)
 
 
+def service_slot(cluster: Cluster, ns: str, name: str) -> str:
+    """The slot the Service selects."""
+    return get(cluster, "service", name, ns)["spec"]["selector"].get("clipserve.io/slot", "")
+
+
 def slice_slots(endpoint_slice: dict[str, Any], name: str) -> set[str]:
     """Slots of the pods an EndpointSlice lists (pod names are <name>-<slot>-<rs>-<id>)."""
     slots = set()
@@ -267,7 +274,8 @@ def test_model_swap_never_puts_two_slots_in_one_endpoint_slice(
     steps = [s for i, s in enumerate(seen) if s[0] and (i == 0 or s != seen[i - 1])]
     assert steps[0] == (A, "") and steps[-1] == (B, "") and (A, B) in steps and (B, B) not in steps
     assert get(cluster, "deployment", "swap-blue", ns) is None
-    assert get(cluster, "service", "swap", ns)["spec"]["selector"]["clipserve.io/slot"] == "green"
+    # Status records the promotion first (so a crash cannot roll it back), then the Service moves.
+    wait_for("the Service to move", lambda: service_slot(cluster, ns, "swap") == "green")
     reasons = [e["reason"] for e in events(cluster, ns, "swap")]
     assert "SwapStarted" in reasons and "SwapCompleted" in reasons
 
@@ -376,11 +384,12 @@ def test_restart_mid_swap_completes_the_swap_and_a_second_change_wins(
             and (d.get("status") or {}).get("readyReplicas") == 1
         ),
     )
-    assert get(cluster, "service", "rs", ns)["spec"]["selector"]["clipserve.io/slot"] == "blue"
+    assert service_slot(cluster, ns, "rs") == "blue"
     running_operator.start()
     obj = wait_for("the swap to finish after the restart", lambda: fully_ready(cluster, ns, "rs"))
     assert (obj["status"]["activeModel"], obj["status"]["activeSlot"]) == (C, "green")
-    assert get(cluster, "service", "rs", ns)["spec"]["selector"]["clipserve.io/slot"] == "green"
+    # Status records the promotion first (so a crash cannot roll it back), then the Service moves.
+    wait_for("the Service to move", lambda: service_slot(cluster, ns, "rs") == "green")
     wait_for("the old slot to be pruned", lambda: get(cluster, "deployment", "rs-blue", ns) is None)
 
 
@@ -476,6 +485,67 @@ def test_deleting_a_clipservice_removes_every_child_even_with_the_operator_down(
     running_operator.stop()
     cluster.kubectl("delete", "clip", "gone", "-n", ns, "--timeout=60s")
     wait_for("the garbage collector", lambda: items(cluster, kinds, ns, selector) == [])
+
+
+def _operator_process(operator: OperatorRun, log: Path) -> subprocess.Popen[bytes]:
+    """The `clipserve-operator` console script as a real process, same identity and settings."""
+    env = {
+        **os.environ,
+        **operator.env,
+        "CLIPSERVE_OPERATOR_LIVENESS": f"http://127.0.0.1:{operator.liveness_port}/healthz",
+    }
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "clipserve-operator")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for(
+        "the operator process to be live",
+        lambda: operator.get("liveness", "/healthz")[0] == 200 or proc.poll() is not None,
+    )
+    assert proc.poll() is None, log.read_text()[-3000:]
+    return proc
+
+
+def test_operator_process_killed_mid_swap_resumes_after_restart(
+    cluster: Cluster, operator: OperatorRun, ns: str, tmp_path: Path
+) -> None:
+    operator.stop()  # one operator at a time: this test runs the real entry point instead
+    log = tmp_path / "operator.log"
+    proc = _operator_process(operator, log)
+    cpu_nodes = ("cpu-0", "cpu-1")
+    try:
+        clip(
+            cluster, ns, "kill", {"model": A, "replicas": 2, "nodePool": {"nodeSelector": CPU_POOL}}
+        )
+        wait_for("Ready", lambda: fully_ready(cluster, ns, "kill"))
+        cluster.kubectl("cordon", *cpu_nodes)
+        try:
+            patch(cluster, ns, "kill", {"model": B})
+            wait_for(
+                "the swap to start",
+                lambda: (
+                    (o := get(cluster, "clip", "kill", ns))
+                    and o["status"].get("pendingModel") == B
+                    and get(cluster, "deployment", "kill-green", ns)
+                ),
+            )
+            proc.kill()  # SIGKILL: no cleanup handlers, in-flight API calls cut off
+            proc.wait(timeout=30)
+        finally:
+            cluster.kubectl("uncordon", *cpu_nodes)
+        proc = _operator_process(operator, log)
+        obj = wait_for("the swap to finish", lambda: fully_ready(cluster, ns, "kill"))
+        assert (obj["status"]["activeModel"], obj["status"]["activeSlot"]) == (B, "green")
+        wait_for("the Service to move", lambda: service_slot(cluster, ns, "kill") == "green")
+        wait_for(
+            "the old slot to be pruned", lambda: get(cluster, "deployment", "kill-blue", ns) is None
+        )
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]  # SIGTERM stops it cleanly
 
 
 def test_liveness_and_metrics_endpoints(
