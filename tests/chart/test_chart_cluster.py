@@ -22,6 +22,8 @@ GPU_NODES = {"gpu-0", "gpu-1"}
 CPU_NODES = {"cpu-0", "cpu-1"}
 CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject"}  # their CRDs are not installed here
 SELECTOR = "app.kubernetes.io/instance=clip"
+# Pods here never run a process; a short grace period lets the namespace go quickly.
+QUICK_EXIT = {"drain": {"preStopSleepSeconds": 0}, "terminationGracePeriodSeconds": 1}
 
 
 def eventually(probe: Callable[[], T | None], what: str, timeout_s: float = 120) -> T:
@@ -86,7 +88,7 @@ def test_should_schedule_gpu_pods_on_the_gpu_pool_if_gpu_scenario_is_used(
                 "metadata": {"name": "ml-serving"}, "value": 1000}]
     cluster.kubectl("apply", "-f", "-",
                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": classes}))
-    apply(cluster, helm.template(values_files=[CHART / "ci" / "gpu-pool-values.yaml"],
+    apply(cluster, helm.template(QUICK_EXIT, values_files=[CHART / "ci" / "gpu-pool-values.yaml"],
                                  namespace=namespace))
     placed = scheduled(cluster, namespace, 2)
     assert {p["spec"]["nodeName"] for p in placed} <= GPU_NODES
@@ -99,7 +101,7 @@ def test_should_schedule_gpu_pods_on_the_gpu_pool_if_gpu_scenario_is_used(
 
 def test_should_keep_cpu_pods_off_the_gpu_pool_if_no_gpu_is_requested(
         cluster: Cluster, helm: Helm, namespace: str) -> None:
-    apply(cluster, helm.template({"replicaCount": 2}, namespace=namespace))
+    apply(cluster, helm.template({"replicaCount": 2, **QUICK_EXIT}, namespace=namespace))
     placed = scheduled(cluster, namespace, 2)
     assert {p["spec"]["nodeName"] for p in placed} <= CPU_NODES
 
@@ -107,8 +109,8 @@ def test_should_keep_cpu_pods_off_the_gpu_pool_if_no_gpu_is_requested(
 def test_should_leave_a_pod_pending_for_gpus_if_the_gpu_pool_is_full(
         cluster: Cluster, helm: Helm, namespace: str) -> None:
     # 2 GPU nodes x 4 GPUs: three pods wanting 4 each cannot all fit.
-    apply(cluster, helm.template({"replicaCount": 3, "gpu": {"count": 4},
-                                  "drain": {"preStopSleepSeconds": 0}}, namespace=namespace))
+    apply(cluster, helm.template({"replicaCount": 3, "gpu": {"count": 4}, **QUICK_EXIT},
+                                 namespace=namespace))
     placed = scheduled(cluster, namespace, 2)
     assert {p["spec"]["nodeName"] for p in placed} == GPU_NODES
 
