@@ -41,15 +41,21 @@ def _raise_for(exc: ApiError, delay: float) -> NoReturn:
 async def apply_objects(
     client: KubeClient, objects: Iterable[Mapping[str, Any]], *, retry_delay: float
 ) -> None:
-    """Server-side apply each object as `clipserve-operator`, taking over conflicting fields."""
+    """Server-side apply each object as `clipserve-operator`, taking over conflicting fields.
+
+    An object that cannot be applied for good (say, a ServiceMonitor without its CRD) does not
+    stop the others: the Deployment and Service still get applied, then the failures are raised.
+    """
+    failures: list[str] = []
     for obj in objects:
         api_version, kind, name = object_key(obj)
         namespace = obj["metadata"].get("namespace")
         if not await client.namespaced(api_version, kind):
             # Absent kinds (no such CRD) and cluster-scoped ones cannot be owned by a ClipService.
-            raise kopf.PermanentError(
+            failures.append(
                 f"cannot apply {kind} {name}: the cluster serves no namespaced {api_version} {kind}"
             )
+            continue
         path = await client.path(api_version, kind, namespace, name)
         assert path is not None
         try:
@@ -61,7 +67,11 @@ async def apply_objects(
                 content_type="application/apply-patch+yaml",
             )
         except ApiError as exc:
-            _raise_for(exc, retry_delay)
+            if exc.transient or exc.namespace_terminating:
+                _raise_for(exc, retry_delay)
+            failures.append(str(exc))
+    if failures:
+        raise kopf.PermanentError("; ".join(failures))
 
 
 async def prune(

@@ -280,6 +280,57 @@ def test_model_swap_never_puts_two_slots_in_one_endpoint_slice(
     assert "SwapStarted" in reasons and "SwapCompleted" in reasons
 
 
+def test_rolling_swap_updates_the_serving_slot_in_place(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    spec = {
+        "model": A,
+        "replicas": 2,
+        "swapStrategy": "Rolling",
+        "nodePool": {"nodeSelector": CPU_POOL},
+    }
+    clip(cluster, ns, "roll", spec)
+    wait_for("Ready", lambda: fully_ready(cluster, ns, "roll"))
+    patch(cluster, ns, "roll", {"model": B})
+    obj = wait_for("the rollout", lambda: fully_ready(cluster, ns, "roll"))
+    assert (obj["status"]["activeModel"], obj["status"]["activeSlot"]) == (B, "blue")
+    deployments = items(cluster, "deployments", ns, f"{OWNER_LABEL}=roll")
+    assert [d["metadata"]["name"] for d in deployments] == ["roll-blue"]
+    assert deployments[0]["metadata"]["annotations"]["clipserve.io/model"] == B
+
+
+def test_missing_servicemonitor_crd_degrades_but_still_serves(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    spec = {
+        "model": A,
+        "replicas": 1,
+        "nodePool": {"nodeSelector": CPU_POOL},
+        "monitoring": {"serviceMonitor": True},
+    }
+    clip(cluster, ns, "mon", spec)
+    obj = wait_for(
+        "Ready despite the failure",
+        lambda: (
+            (o := get(cluster, "clip", "mon", ns))
+            and condition(o, "Ready").get("status") == "True"
+            and condition(o, "Degraded").get("status") == "True"
+            and o
+        ),
+    )
+    degraded = condition(obj, "Degraded")
+    assert degraded["reason"] == "ReconcileFailed"
+    assert "monitoring.coreos.com/v1 ServiceMonitor" in degraded["message"]
+    assert get(cluster, "service", "mon", ns) is not None
+    patch(cluster, ns, "mon", {"monitoring": {"serviceMonitor": False}})
+    wait_for(
+        "recovery",
+        lambda: (
+            (o := fully_ready(cluster, ns, "mon")) and condition(o, "Degraded")["status"] == "False"
+        ),
+    )
+
+
 def test_too_many_gpus_is_degraded_with_the_scheduler_reason_and_recovers(
     cluster: Cluster, running_operator: OperatorRun, ns: str
 ) -> None:
