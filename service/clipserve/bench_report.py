@@ -39,7 +39,9 @@ def format_report(result: dict[str, Any]) -> str:
     if mem:
         lines.append("server RSS: " + ", ".join(
             f"{k} {v['rss_bytes'] / 2**20:.0f} MiB (peak {v['peak_rss_bytes'] / 2**20:.0f})"
-            for k, v in mem.items()))
+            for k, v in mem.items() if k != "gpu_allocated_bytes"))
+        for device, n in (mem.get("gpu_allocated_bytes") or {}).items():
+            lines.append(f"server GPU memory allocated on {device}: {n / 2**20:.0f} MiB")
     return "\n".join(lines)
 
 
