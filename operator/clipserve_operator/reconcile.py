@@ -101,65 +101,75 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    """Bring one ClipService's children to its spec and report status; raises kopf errors."""
-    client, delay = ctx.client, ctx.settings.retry_delay_s
-    owner = await client.get(API_VERSION, KIND, namespace, name)
-    if owner is None or owner["metadata"].get("deletionTimestamp"):
-        return  # the garbage collector removes the children
-    spec, before = owner["spec"], owner.get("status") or {}
-    selector = f"{OWNER_LABEL}={name}"
+async def _deployments(client: KubeClient, namespace: str, selector: str) -> dict[str, Obj]:
+    """The ClipService's Deployments by name."""
+    found = await client.list("apps/v1", "Deployment", namespace, selector)
+    return {d["metadata"]["name"]: d for d in found}
 
-    current = SwapState.from_status(before)
+
+async def _advance_swap(ctx: Context, owner: Obj, selector: str) -> SwapState:
+    """The swap state for this reconcile; a promotion is persisted before the Service moves."""
+    meta, spec = owner["metadata"], owner["spec"]
+    current = SwapState.from_status(owner.get("status"))
     strategy = spec.get("swapStrategy", BLUE_GREEN)
-    deployments = {
-        d["metadata"]["name"]: d
-        for d in await client.list("apps/v1", "Deployment", namespace, selector)
-    }
     state = next_state(spec["model"], strategy, current, pending_ready=False)
-    if state.swapping and rolled_out(
-        deployments.get(deployment_name(name, state.pending_slot)), spec["model"], MODEL_ANNOTATION
-    ):
-        state = next_state(spec["model"], strategy, current, pending_ready=True)
-        # Persist the promotion before the Service moves: a restart then resumes on the new slot.
-        await patch_status(client, namespace, name, state.to_status(), retry_delay=delay)
-        ctx.metrics.swaps.labels("completed").inc()
+    if not state.swapping:
+        return state
+    deployments = await _deployments(ctx.client, meta["namespace"], selector)
+    pending = deployments.get(deployment_name(meta["name"], state.pending_slot))
+    if not rolled_out(pending, spec["model"], MODEL_ANNOTATION):
+        return state
+    state = next_state(spec["model"], strategy, current, pending_ready=True)
+    # Written first so that a crash between here and the Service move resumes forward (the new
+    # slot stays active) instead of moving clients back to the old model.
+    await patch_status(
+        ctx.client,
+        meta["namespace"],
+        meta["name"],
+        state.to_status(),
+        retry_delay=ctx.settings.retry_delay_s,
+    )
+    ctx.metrics.swaps.labels("completed").inc()
+    return state
 
-    error, objects = "", []
-    try:
-        render = partial(_render, ctx, namespace, name, spec)
-        objects = desired_objects(
-            await asyncio.to_thread(render_state, render, name, spec, state),
-            owner,
-            autoscaling=autoscaling_enabled(spec),
-        )
-        await apply_objects(client, objects, retry_delay=delay)
-        keys, prune_key = (
-            frozenset(object_key(o) for o in objects),
-            (namespace, name, owner["metadata"]["uid"]),
-        )
-        if ctx.pruned.get(prune_key) != keys:
-            deleted = await prune(client, owner, objects, retry_delay=delay)
-            if deleted:
-                logger.info("%s/%s: pruned %s", namespace, name, ", ".join(deleted))
-            ctx.pruned[prune_key] = keys
-    except kopf.PermanentError as exc:
-        error = str(exc)
 
-    deployments = {
-        d["metadata"]["name"]: d
-        for d in await client.list("apps/v1", "Deployment", namespace, selector)
-    }
-    pods = await client.list("v1", "Pod", namespace, selector)
+async def _desired(ctx: Context, owner: Obj, state: SwapState) -> list[Obj]:
+    """The objects for a swap state, rendered by helm and owned by the ClipService."""
+    meta, spec = owner["metadata"], owner["spec"]
+    render = partial(_render, ctx, meta["namespace"], meta["name"], spec)
+    rendered = await asyncio.to_thread(render_state, render, meta["name"], spec, state)
+    return desired_objects(rendered, owner, autoscaling=autoscaling_enabled(spec))
+
+
+async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None:
+    """Apply every object, then prune what is no longer rendered (when the set changed)."""
+    meta, delay = owner["metadata"], ctx.settings.retry_delay_s
+    await apply_objects(ctx.client, objects, retry_delay=delay)
+    keys = frozenset(object_key(o) for o in objects)
+    prune_key = (meta["namespace"], meta["name"], meta["uid"])
+    if ctx.pruned.get(prune_key) != keys:
+        deleted = await prune(ctx.client, owner, objects, retry_delay=delay)
+        if deleted:
+            logger.info("%s/%s: pruned %s", meta["namespace"], meta["name"], ", ".join(deleted))
+        ctx.pruned[prune_key] = keys
+
+
+async def _report(
+    ctx: Context, owner: Obj, state: SwapState, objects: list[Obj], selector: str, error: str
+) -> None:
+    """Write the status computed from what is observed now; post events for transitions."""
+    meta, before = owner["metadata"], owner.get("status") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    deployments = await _deployments(ctx.client, namespace, selector)
+    pods = await ctx.client.list("v1", "Pod", namespace, selector)
     active_name = deployment_name(name, state.active_slot)
+    pending_name = deployment_name(name, state.pending_slot)
     status = compute_status(
-        generation=owner["metadata"]["generation"],
+        generation=meta["generation"],
         state=state,
         observed=Observed(
             active=deployments.get(active_name),
-            pending=deployments.get(deployment_name(name, state.pending_slot))
-            if state.blue_green
-            else None,
+            pending=deployments.get(pending_name) if state.blue_green else None,
             pods=tuple(pods),
             error=error,
         ),
@@ -171,11 +181,29 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
         now=_now(),
     )
     if status != {k: before.get(k) for k in status}:
-        await patch_status(client, namespace, name, status, retry_delay=delay)
+        await patch_status(
+            ctx.client, namespace, name, status, retry_delay=ctx.settings.retry_delay_s
+        )
     if state.blue_green and before.get("pendingModel") != state.pending_model:
         ctx.metrics.swaps.labels("started").inc()
     for type_, reason, message in transitions(before, status):
         kopf.event(owner, type=type_, reason=reason, message=message)
+
+
+async def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    """Bring one ClipService's children to its spec and report status; raises kopf errors."""
+    owner = await ctx.client.get(API_VERSION, KIND, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return  # the garbage collector removes the children
+    selector = f"{OWNER_LABEL}={name}"
+    state = await _advance_swap(ctx, owner, selector)
+    error, objects = "", []
+    try:
+        objects = await _desired(ctx, owner, state)
+        await _apply_and_prune(ctx, owner, objects)
+    except kopf.PermanentError as exc:
+        error = str(exc)  # reported as Degraded; retried on the next change
+    await _report(ctx, owner, state, objects, selector, error)
     if error:
         raise kopf.PermanentError(error)
 
