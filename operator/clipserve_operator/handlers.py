@@ -36,7 +36,8 @@ async def configure(
     settings.watching.client_timeout = 330
     config = Settings.from_env()
     metrics = Metrics()
-    ctx = Context(client=KubeClient(connection_info(settings)), settings=config, metrics=metrics)
+    client = KubeClient(lambda: connection_info(settings))
+    ctx = Context(client=client, settings=config, metrics=metrics)
     memo.reconciler = Reconciler(ctx)
     memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever())
     if config.metrics_port:

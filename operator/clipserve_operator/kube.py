@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -76,21 +76,28 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     return ctx
 
 
+def _http_client(info: kopf.ConnectionInfo, timeout_s: float) -> httpx.AsyncClient:
+    """An httpx client for one set of credentials."""
+    headers = {"User-Agent": "clipserve-operator"}
+    if info.token:
+        headers["Authorization"] = f"Bearer {info.token}"
+    auth = httpx.BasicAuth(info.username, info.password or "") if info.username else None
+    return httpx.AsyncClient(
+        base_url=info.server,
+        headers=headers,
+        auth=auth,
+        verify=_ssl_context(info),
+        timeout=timeout_s,
+    )
+
+
 class KubeClient:
     """Async API client with per-group-version discovery (kind -> plural, namespaced)."""
 
-    def __init__(self, info: kopf.ConnectionInfo, timeout_s: float = 30.0) -> None:
-        headers = {"User-Agent": "clipserve-operator"}
-        if info.token:
-            headers["Authorization"] = f"Bearer {info.token}"
-        auth = httpx.BasicAuth(info.username, info.password or "") if info.username else None
-        self._http = httpx.AsyncClient(
-            base_url=info.server,
-            headers=headers,
-            auth=auth,
-            verify=_ssl_context(info),
-            timeout=timeout_s,
-        )
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo], timeout_s: float = 30.0) -> None:
+        # login() is called again after a 401: projected ServiceAccount tokens rotate.
+        self._login, self._timeout_s = login, timeout_s
+        self._http = _http_client(login(), timeout_s)
         self._resources: dict[str, dict[str, tuple[str, bool]] | None] = {}
 
     async def close(self) -> None:
@@ -109,12 +116,17 @@ class KubeClient:
     ) -> Obj | None:
         """One API call; None on 404, ApiError with the apiserver's message otherwise."""
         headers = {"Content-Type": content_type} if content_type else None
-        try:
-            resp = await self._http.request(
-                method, path, params=params, json=json, content=content, headers=headers
-            )
-        except httpx.HTTPError as exc:
-            raise ApiError(0, f"{method} {path}: {exc!r}") from exc
+        for attempt in range(2):
+            try:
+                resp = await self._http.request(
+                    method, path, params=params, json=json, content=content, headers=headers
+                )
+            except httpx.HTTPError as exc:
+                raise ApiError(0, f"{method} {path}: {exc!r}") from exc
+            if resp.status_code != 401 or attempt:
+                break
+            old, self._http = self._http, _http_client(self._login(), self._timeout_s)
+            await old.aclose()
         if resp.status_code == 404:
             return None
         if resp.status_code >= 400:
