@@ -17,7 +17,12 @@ from clipserve.api import EXCEPTION_HANDLERS, ROUTES
 from clipserve.embedder import Embedder
 from clipserve.lifecycle import Lifecycle
 from clipserve.metrics import Metrics
-from clipserve.middleware import bearer_auth, default_model_header, request_metrics
+from clipserve.middleware import (
+    bearer_auth,
+    cancel_on_disconnect,
+    default_model_header,
+    request_metrics,
+)
 from clipserve.models import ModelLoadError, add_model_configs, parse_spec
 from clipserve.settings import Settings
 
@@ -53,6 +58,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
             request_metrics(metrics),
             default_model_header(lambda: embedder.default_model),
             bearer_auth(settings.api_keys(), settings.open_paths),
+            cancel_on_disconnect,
         ],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

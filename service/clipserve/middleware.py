@@ -1,7 +1,9 @@
-"""ASGI middleware: request metrics, bearer-key auth, and the X-Clip-Model header."""
+"""ASGI middleware: request metrics, bearer-key auth, the X-Clip-Model header, and
+cancelling the work of clients that went away."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable, Iterable
@@ -95,3 +97,50 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
         return wrapped
 
     return middleware
+
+
+def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
+    """Cancel a request's handler when its client goes away, so its queued items are dropped.
+
+    ASGI servers do not cancel handlers on disconnect; the disconnect only shows up on
+    `receive()` once the body has been read. This watches for it beside the handler.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        body_read = asyncio.Event()
+        responded = False
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                body_read.set()
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal responded
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                responded = True
+
+        handler = asyncio.ensure_future(app(scope, receive_wrapper, send_wrapper))
+
+        async def watch() -> None:
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not responded:
+                handler.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await handler
+        except asyncio.CancelledError:
+            if not watcher.done():  # we are being cancelled from outside: pass it on
+                raise
+        finally:
+            watcher.cancel()
+
+    return wrapped

@@ -148,3 +148,29 @@ def test_sigterm_under_load_drains_without_cutting_a_response():
     assert outcomes.count("200") > 10
     assert set(outcomes) <= {"200", "503", "refused", "closed-before-response"}, set(outcomes)
     assert "Traceback" not in srv.log()
+
+
+def _items_done(client: httpx.Client) -> float:
+    text = client.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("clipserve_items_total{"))
+
+
+def test_a_client_that_disconnects_has_its_queued_items_dropped():
+    # batch size 1: 1000 items take many forward passes, so most are still queued at disconnect
+    srv = start_server("--max-batch-size", "1", "--max-wait-ms", "0")
+    try:
+        with srv.client() as c:
+            before = _items_done(c)
+            with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=0.5) as impatient:
+                impatient.post(srv.url + "/encode", json=[{"text": f"t{i}"} for i in range(1000)])
+            time.sleep(1.0)
+            settled = _items_done(c)
+            time.sleep(1.0)
+            assert c.post("/encode", json=[{"text": "next"}]).status_code == 200
+            after = _items_done(c)
+    finally:
+        srv.stop()
+    computed = settled - before
+    assert computed < 500, computed  # the rest were dropped, not computed for nobody
+    assert after == settled + 1  # nothing of the abandoned request ran in the background
