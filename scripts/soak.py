@@ -25,7 +25,7 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.service.server import start_server  # noqa: E402
+from tests.service.server import start_server
 
 
 def _image_b64(size: tuple[int, int], fmt: str, seed: int) -> str:

@@ -86,7 +86,9 @@ async def rank(data: JSONBody[RankRequest], state: State) -> Response[RankRespon
 
 @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible text embeddings",
       responses=WORK_ERRORS)
-async def openai_embeddings(data: JSONBody[EmbeddingsRequest], state: State) -> Response[EmbeddingsResponse]:
+async def openai_embeddings(
+    data: JSONBody[EmbeddingsRequest], state: State
+) -> Response[EmbeddingsResponse]:
     """`input` is a string or a list of strings; embeddings are L2-normalized like OpenAI's."""
     emb = _embedder(state)
     texts = [data.input] if isinstance(data.input, str) else data.input
@@ -166,8 +168,9 @@ def handle_validation_error(_: Request, exc: ValidationException) -> Response:
     if isinstance(cause, msgspec.ValidationError):
         detail = str(cause).replace("`$.data", "`$")
     else:
+        extra = exc.extra if isinstance(exc.extra, list) else []
         detail = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
-                           for e in (exc.extra if isinstance(exc.extra, list) else [])) or exc.detail
+                           for e in extra) or exc.detail
     return error_response(400, f"invalid request body: {detail}")
 
 

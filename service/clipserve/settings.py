@@ -27,7 +27,8 @@ class Settings:
 
     model: tuple[str, ...] = _doc(
         "Model spec(s) to serve, ARCH:TAG (open_clip pretrained tag, checkpoint path, or "
-        "`random`) or hf-hub:org/repo; repeat the flag or comma-separate. The first is the default.",
+        "`random`) or hf-hub:org/repo; repeat the flag or comma-separate. The first is the "
+        "default.",
         ("ViT-B-32:openai",))
     host: str = _doc("Address to listen on (containers use 0.0.0.0).", "127.0.0.1")
     port: int = _doc("HTTP port for the API and /metrics.", 3000)

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 import torch
-
 from clipserve.batching import ItemFailed, ModelBatcher
 from clipserve.errors import Overloaded
 from clipserve.metrics import Metrics

@@ -14,8 +14,8 @@ from tests.service.server import TINY, start_server
 def _passes(metrics_text: str, modality: str) -> tuple[float, float]:
     """(forward passes, items) so far for a modality, from the batch-size histogram."""
     def value(suffix: str) -> float:
-        m = re.search(rf'clipserve_batch_size_{suffix}{{modality="{modality}",model="{re.escape(TINY)}"}} (\S+)',
-                      metrics_text)
+        labels = f'{{modality="{modality}",model="{re.escape(TINY)}"}}'
+        m = re.search(rf"clipserve_batch_size_{suffix}{labels} (\S+)", metrics_text)
         return float(m.group(1)) if m else 0.0
     return value("count"), value("sum")
 

@@ -50,7 +50,8 @@ def test_an_allowed_url_is_fetched_and_embedded_like_the_same_bytes(allowing, or
     ("/slow.png", 504, ["items[0].img_uri"]),
     ("/big.png", 413, ["items[0].img_uri"]),
 ])
-def test_upstream_failures_are_502_504_or_413_naming_the_item(allowing, origin, path, status, words):
+def test_upstream_failures_are_502_504_or_413_naming_the_item(allowing, origin, path, status,
+                                                              words):
     start = time.monotonic()
     with allowing.client() as c:
         r = c.post("/encode", json=[{"img_uri": origin.url(path)}])
@@ -94,7 +95,8 @@ def test_api_keys_guard_everything_but_the_open_paths(tmp_path):
     try:
         with srv.client() as c:
             none = c.post("/encode", json=[{"text": "a"}])
-            wrong = c.post("/encode", json=[{"text": "a"}], headers={"authorization": "Bearer nope"})
+            wrong = c.post("/encode", json=[{"text": "a"}],
+                           headers={"authorization": "Bearer nope"})
             basic = c.get("/models", headers={"authorization": "Basic azE6"})
             oks = [c.post("/encode", json=[{"text": "a"}], headers={"authorization": f"Bearer {k}"})
                    for k in ("k1", "k2", "from-file")]

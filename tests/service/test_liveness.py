@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from litestar.testing import TestClient
-
 from clipserve.app import create_app
 from clipserve.settings import Settings
+from litestar.testing import TestClient
+
 from tests.service.server import MODEL_CONFIGS, TINY
 
 

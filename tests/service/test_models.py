@@ -8,9 +8,9 @@ import sys
 import open_clip
 import pytest
 import torch
-
 from clipserve import models
 from clipserve.models import ModelLoadError, load_model, parse_spec
+
 from tests.service.server import MODEL_CONFIGS, TINY
 
 models.add_model_configs(str(MODEL_CONFIGS))

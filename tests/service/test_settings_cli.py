@@ -10,9 +10,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-
 from clipserve import cli
 from clipserve.settings import Settings, env_name, flag_name, from_args, markdown_table
+
 from tests.service.conftest import png_bytes
 from tests.service.server import MODEL_CONFIGS, TINY
 
@@ -53,8 +53,9 @@ def test_readme_configuration_table_matches_the_settings():
 
 
 def _clipserve(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "clipserve.cli", *argv], capture_output=True,
-                          text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          text=True, timeout=300, env=env)
 
 
 def test_encode_prints_a_text_or_image_embedding(tmp_path):
