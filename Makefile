@@ -66,6 +66,13 @@ cluster-down: ## stop the local control plane
 manifests: ## regenerate manifests/{crd,rbac,operator} from charts/clipserve-operator
 	bash manifests/generate.sh
 
+$(VENV)/.bench: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -e '.[bench]'
+	touch $(VENV)/.runtime $@
+
 .PHONY: bench
-bench: $(VENV)/.runtime ## benchmark a served random-weights ViT-B-32 against the raw model
-	$(VENV)/bin/clipserve bench --spawn --model ViT-B-32:random
+bench: $(VENV)/.bench ## serve random-weights ViT-B-32, load it, compare with the raw model (bench-results/)
+	mkdir -p bench-results
+	$(VENV)/bin/clipserve bench --spawn --model ViT-B-32:random \
+	  --json bench-results/bench.json --plot bench-results/bench.png

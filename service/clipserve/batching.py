@@ -9,6 +9,7 @@ went away) are dropped before they cost a forward pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -154,8 +155,7 @@ class ModelBatcher:
         m.compute.labels(self.name, modality).observe(time.monotonic() - start)
         m.batch_size.labels(self.name, modality).observe(len(batch))
         m.items.labels(self.name, modality).inc(len(batch))
-        for p, row in zip(batch, out, strict=True):
-            self._resolve(p, result=row)
+        self._resolve_all(batch, list(out))
 
     @staticmethod
     def _resolve(p: _Pending, *, result: torch.Tensor | None = None,
@@ -168,10 +168,24 @@ class ModelBatcher:
             else:
                 p.future.set_result(result)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             p.future.get_loop().call_soon_threadsafe(settle)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+
+    @staticmethod
+    def _resolve_all(batch: list[_Pending], rows: list[torch.Tensor]) -> None:
+        """Resolve a whole batch with one wake-up of each event loop, not one per item."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, torch.Tensor]]] = {}
+        for p, row in zip(batch, rows, strict=True):
+            by_loop.setdefault(p.future.get_loop(), []).append((p, row))
+
+        def settle(pairs: list[tuple[_Pending, torch.Tensor]]) -> None:
+            for p, row in pairs:
+                if not p.future.done():
+                    p.future.set_result(row)
+
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, pairs)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:

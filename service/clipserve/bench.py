@@ -188,6 +188,7 @@ class BenchConfig:
     ceiling_min_s: float = 1.0
     api_key: str | None = None
     log: Path | None = None
+    client: str = "raw"  # or "httpx"
 
 
 def _probe_peak(url: str, headers: dict[str, str], batch: int) -> None:
@@ -232,7 +233,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             for c in cfg.concurrency:
                 res = asyncio.run(run_load(
                     url, bodies, concurrency=c, requests=cfg.requests, workload=workload,
-                    items_per_request=cfg.items, headers=headers,
+                    items_per_request=cfg.items, headers=headers, client=cfg.client,
                     cpu_of=spawned.cpu_seconds if spawned else None))
                 if ceiling:
                     res.ratio = round(res.items_per_s / ceiling_for(workload, ceiling), 3)
@@ -314,6 +315,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="least time spent timing each ceiling batch size (default 1.0)")
     p.add_argument("--api-key", default=os.environ.get("CLIPSERVE_API_KEY"),
                    help="bearer key (default $CLIPSERVE_API_KEY)")
+    p.add_argument("--client", choices=("raw", "httpx"), default=d.client,
+                   help="HTTP client of the load generator: raw (asyncio streams, least CPU; "
+                        "http only) or httpx (default raw)")
     p.add_argument("--json", type=Path, help="write the full result here")
     p.add_argument("--plot", type=Path, help="write a PNG of throughput and latency vs concurrency")
     p.add_argument("--server-log", type=Path, help="where the spawned server logs (default: none)")
@@ -329,7 +333,7 @@ def main(args: argparse.Namespace) -> int:
         model_config_dir=args.model_config_dir, workloads=args.workload,
         concurrency=args.concurrency, requests=args.requests, items=args.items,
         ceiling=args.ceiling, batch_sizes=args.batch_sizes, ceiling_min_s=args.ceiling_min_s,
-        api_key=args.api_key, log=args.server_log)
+        api_key=args.api_key, log=args.server_log, client=args.client)
     result = run_bench(cfg)
     print(format_report(result))
     if args.json:

@@ -213,11 +213,12 @@ def load_model(spec: ModelSpec, *, device: str = "auto", dtype: str = "auto",
     try:
         model = open_clip.create_model(
             name, pretrained=pretrained, precision=precision, device=dev, cache_dir=cache_dir,
-            force_quick_gelu=quick_gelu, pretrained_text=False, require_pretrained=spec.kind != "random")
+            force_quick_gelu=quick_gelu, pretrained_text=False,
+            require_pretrained=spec.kind != "random")
     except RuntimeError as exc:
         if "not found in built-ins" in str(exc):
-            raise ModelLoadError(
-                f"{spec.raw}: unknown architecture {spec.arch!r}; `clipserve models` lists them") from exc
+            raise ModelLoadError(f"{spec.raw}: unknown architecture {spec.arch!r}; "
+                                 "`clipserve models` lists them") from exc
         raise ModelLoadError(
             f"{spec.raw}: could not load weights ({_first_line(exc)}). Offline? Point "
             f"CLIPSERVE_CACHE_DIR at a cache that holds them, give a local checkpoint "
