@@ -4,36 +4,25 @@ server-side apply accepts every object, and pods land where the values say."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import uuid4
 
 import pytest
 
 from tests.chart.rendering import CHART, CI_VALUES, Helm
 from tests.cluster.harness import Cluster
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm]
 
-T = TypeVar("T")
 GPU_NODES = {"gpu-0", "gpu-1"}
 CPU_NODES = {"cpu-0", "cpu-1"}
 CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject"}  # their CRDs are not installed here
 SELECTOR = "app.kubernetes.io/instance=clip"
 # Pods here never run a process; a short grace period lets the namespace go quickly.
 QUICK_EXIT = {"drain": {"preStopSleepSeconds": 0}, "terminationGracePeriodSeconds": 1}
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout_s: float = 120) -> T:
-    """Poll until probe() is truthy; the timeout only bounds a hung cluster."""
-    deadline = time.monotonic() + timeout_s
-    while not (result := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-    return result
 
 
 def apply(cluster: Cluster, objs: list[dict[str, Any]], *flags: str) -> str:

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.cluster.harness import Cluster
+from tests.polling import eventually
 
 pytestmark = pytest.mark.cluster
 
-T = TypeVar("T")
 GPU_NODES = {"gpu-0", "gpu-1"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout_s: float = 120) -> T:
-    """Poll until probe() returns something truthy; the timeout only bounds a hung cluster."""
-    deadline = time.monotonic() + timeout_s
-    while not (result := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-    return result
 
 
 def gpu_pod_spec(gpus: int, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
