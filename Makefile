@@ -46,7 +46,8 @@ tools: ## fetch/build the real test parts: helm, control plane, prometheus (cach
 	bash scripts/build-k8s.sh
 
 .PHONY: test
-test: dev tools ## install everything and run every test
+test: dev tools ## install everything, lint, and run every test
+	$(VENV)/bin/ruff check service operator tests scripts
 	$(PY) -m pytest
 
 .PHONY: lint
