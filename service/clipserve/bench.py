@@ -207,6 +207,28 @@ def _gpu_bytes(url: str, headers: dict[str, str]) -> dict[str, float]:
         r'^clipserve_gpu_memory_allocated_bytes\{device="([^"]*)"\} (\S+)', text, re.M)}
 
 
+def batch_totals(url: str, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """modality -> (forward passes, items) so far, summed over models, from /metrics."""
+    text = httpx.get(url + "/metrics", headers=headers, timeout=30).text
+    totals: dict[str, list[float]] = {}
+    for m in re.finditer(r'^clipserve_batch_size_(count|sum)\{([^}]*)\} (\S+)', text, re.M):
+        modality = re.search(r'modality="([^"]*)"', m[2])
+        if modality:
+            pair = totals.setdefault(modality[1], [0.0, 0.0])
+            pair[m[1] == "sum"] += float(m[3])
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def _mean_batch(before: dict[str, tuple[float, float]],
+                after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    out = {}
+    for modality, (passes, items) in after.items():
+        p0, i0 = before.get(modality, (0.0, 0.0))
+        if passes > p0:
+            out[modality] = round((items - i0) / (passes - p0), 2)
+    return out
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Serve (or reach) a model, load it, measure its ceiling; everything as one JSON-able dict."""
     extra = ["--model-config-dir", cfg.model_config_dir] if cfg.model_config_dir else []
@@ -231,10 +253,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         for workload in cfg.workloads:
             bodies = request_bodies(workload, cfg.items)
             for c in cfg.concurrency:
+                before = batch_totals(url, headers)
                 res = asyncio.run(run_load(
                     url, bodies, concurrency=c, requests=cfg.requests, workload=workload,
                     items_per_request=cfg.items, headers=headers, client=cfg.client,
                     cpu_of=spawned.cpu_seconds if spawned else None))
+                # (includes the few warm-up requests: they share the same batches)
+                res.mean_batch = _mean_batch(before, batch_totals(url, headers))
                 if ceiling:
                     res.ratio = round(res.items_per_s / ceiling_for(workload, ceiling), 3)
                 results.append(res)

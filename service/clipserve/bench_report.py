@@ -24,13 +24,14 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"  model RSS (loaded in the bench process) "
                      f"{c['model_rss_bytes'] / 2**20:.0f} MiB")
     lines += ["", f"{'workload':10}{'conc':>5}{'items/s':>10}{'ratio':>7}{'p50 ms':>9}"
-                  f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>7}{'srv cpu':>8}{'cli cpu':>8}"]
+                  f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>7}{'srv cpu':>8}{'cli cpu':>8}  batch"]
     for r in result["results"]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         srv = f"{r['server_cpu_s']:.1f}" if r["server_cpu_s"] is not None else "-"
         lines.append(f"{r['workload']:10}{r['concurrency']:>5}{r['items_per_s']:>10.1f}"
                      f"{ratio:>7}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                     f"{r['errors']:>7}{srv:>8}{r['client_cpu_s']:>8.1f}")
+                     f"{r['errors']:>7}{srv:>8}{r['client_cpu_s']:>8.1f}  "
+                     + "/".join(f"{v:g}" for v in (r.get("mean_batch") or {}).values()))
         lines += [f"    error: {e}" for e in r["error_samples"]]
     for row in result["c1_vs_batch1"]:
         lines.append(f"c=1 {row['workload']}: p50 {row['p50_ms']} ms vs one batch-1 forward "

@@ -54,6 +54,16 @@ class Embedder:
 
     def load(self) -> None:
         """Load and warm every model, then start its batcher (blocking; run in a thread)."""
+        # In a thread of its own that then exits. torch's OpenMP runtime (libgomp) keeps a team
+        # of worker threads for every thread that ran parallel work; once it manages more
+        # threads than there are CPUs it stops spin-waiting between parallel regions, and the
+        # compute thread's forward passes ran ~30% slower at batch 1 (docs/performance.md). The
+        # caller's thread (asyncio.to_thread's) lives on, and so would its team.
+        with ThreadPoolExecutor(1, thread_name_prefix="load") as loader:
+            loader.submit(self._load_all).result()
+
+    def _load_all(self) -> None:
+        """What `load` does, in the loader thread."""
         s = self.settings
         if s.compute_threads > 0:
             torch.set_num_threads(s.compute_threads)

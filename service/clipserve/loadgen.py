@@ -94,6 +94,9 @@ class LoadResult:
     server_cpu_s: float | None = None
     error_samples: list[str] = field(default_factory=list)
     ratio: float | None = None  # items/s over the ceiling of the workload's modality
+    # mean items per forward pass, per modality, from the server's metrics: at or near the max
+    # batch size the model was never starved; well below it, the requests did not keep up
+    mean_batch: dict[str, float] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:

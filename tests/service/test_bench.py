@@ -36,6 +36,9 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
         assert r["items_per_s"] > 0 and r["ratio"] > 0
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["server_cpu_s"] is not None
+        expected = {"text": {"text"}, "jpeg224": {"image"}, "mixed": {"text", "image"}}
+        assert set(r["mean_batch"]) == expected[r["workload"]]
+        assert all(1 <= b <= 16 for b in r["mean_batch"].values())
     ceiling = result["ceiling"]
     for name in ("text", "text_77", "image"):
         assert set(ceiling[name]["per_batch"]) == {"1", "2"}
