@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from clipserve.embedder import Embedder
+if TYPE_CHECKING:  # importing the embedder pulls in torch: keep `clipserve --help` fast
+    from clipserve.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
