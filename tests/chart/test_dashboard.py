@@ -172,7 +172,12 @@ def live() -> Iterator[tuple[Prometheus, Server]]:
     try:
         prom = start_prometheus(binary, server.url.removeprefix("http://"), workdir)
         wait_for(lambda: prom.query('up{job="clip-clipserve"} == 1')["result"], "first scrape")
-        items = put_load(server)
+        # Counters with labels appear on first use: let a scrape see them before the load, or a
+        # load that ends within one scrape interval leaves rate() with no increase to show.
+        items = put_load(server, rounds=1)
+        wait_for(lambda: prom.query("sum(clipserve_items_total) > 0")["result"],
+                 "the first items to be scraped")
+        items += put_load(server)
         httpx.get(server.url + "/readyz", timeout=5)  # sets clipserve_ready
         # rate() needs two samples that include the load: wait until a scrape has seen it all.
         wait_for(lambda: float(

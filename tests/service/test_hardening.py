@@ -119,15 +119,20 @@ def test_sigterm_under_load_drains_without_cutting_a_response():
         body = [{"text": "a photo"}, {"img_blob": png_b64()}]
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             while not stop.is_set():
+                got_status = False
                 try:
-                    r = c.post("/encode", json=body)
-                    ok = r.status_code == 200 and len(r.json()) == 2
-                    outcomes.append("200" if ok else str(r.status_code))
-                except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                    # refused after the listener closed (or the idle keep-alive closed): the
-                    # request never got a response code, which the test allows
-                    outcomes.append("refused" if isinstance(exc, httpx.ConnectError)
-                                    else "closed-before-response")
+                    with c.stream("POST", "/encode", json=body) as r:
+                        got_status = True
+                        r.read()
+                        ok = r.status_code == 200 and len(r.json()) == 2
+                        outcomes.append("200" if ok else str(r.status_code))
+                except httpx.TransportError:
+                    if got_status:  # a response that started must finish
+                        outcomes.append("cut-mid-body")
+                        return
+                    # refused after the listener closed, or a keep-alive connection closed as
+                    # the request went out: it never got a response code, which is allowed
+                    outcomes.append("no-response")
                     time.sleep(0.05)
 
     workers = [threading.Thread(target=hammer) for _ in range(6)]
@@ -148,7 +153,7 @@ def test_sigterm_under_load_drains_without_cutting_a_response():
     assert served_during_grace.status_code == 200
     assert code == 0 and exited_after < 2 + 15
     assert outcomes.count("200") > 10
-    assert set(outcomes) <= {"200", "503", "refused", "closed-before-response"}, set(outcomes)
+    assert set(outcomes) <= {"200", "503", "no-response"}, set(outcomes)
     assert "Traceback" not in srv.log()
 
 
@@ -159,13 +164,15 @@ def _items_done(client: httpx.Client) -> float:
 
 
 def test_a_client_that_disconnects_has_its_queued_items_dropped():
-    # batch size 1: 1000 items take many forward passes, so most are still queued at disconnect
-    srv = start_server("--max-batch-size", "1", "--max-wait-ms", "0")
+    # ViT-B-32 at batch size 1 (~30 ms a pass here): 200 items are several seconds of work,
+    # far more than the client's patience, so most are still queued when it disconnects
+    total = 200
+    srv = start_server("--max-batch-size", "1", "--max-wait-ms", "0", model="ViT-B-32:random")
     try:
         with srv.client() as c:
             before = _items_done(c)
             with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=0.5) as impatient:
-                impatient.post(srv.url + "/encode", json=[{"text": f"t{i}"} for i in range(1000)])
+                impatient.post(srv.url + "/encode", json=[{"text": f"t{i}"} for i in range(total)])
             time.sleep(1.0)
             settled = _items_done(c)
             time.sleep(1.0)
@@ -174,5 +181,5 @@ def test_a_client_that_disconnects_has_its_queued_items_dropped():
     finally:
         srv.stop()
     computed = settled - before
-    assert computed < 500, computed  # the rest were dropped, not computed for nobody
+    assert computed < total / 2, computed  # the rest were dropped, not computed for nobody
     assert after == settled + 1  # nothing of the abandoned request ran in the background
