@@ -25,6 +25,9 @@ from clipserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# A lone client's next item arriving within this long of the last pass is "in a request loop".
+_LOOP_GAP_S = 0.05
+
 # One forward pass over a list of items' payloads; returns one embedding row per item.
 EncodeFn = Callable[[list[Any]], torch.Tensor]
 
@@ -51,6 +54,9 @@ class ModelBatcher:
         self.max_queue = max_queue
         self._encoders = encoders
         self._queues: dict[str, deque[_Pending]] = {m: deque() for m in encoders}
+        # Per modality: size of the last batch and when its forward pass ended (see _max_wait).
+        self._last_size: dict[str, int] = dict.fromkeys(encoders, 0)
+        self._last_done: dict[str, float] = dict.fromkeys(encoders, 0.0)
         self._cond = threading.Condition()
         self._stopping = False
         self._crashed = False
@@ -124,14 +130,28 @@ class ModelBatcher:
                 oldest, modality = min(heads)
                 queue = self._queues[modality]
                 waited = time.monotonic() - oldest
-                if len(queue) >= self.max_batch_size or waited >= self.max_wait_s or self._stopping:
+                max_wait = self._max_wait(modality, oldest)
+                if len(queue) >= self.max_batch_size or waited >= max_wait or self._stopping:
                     batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch_size))]
                     batch = [p for p in batch if not p.future.done()]
                     self._metrics.queue_depth.labels(self.name, modality).set(len(queue))
                     if batch:
+                        self._last_size[modality] = len(batch)
                         return modality, batch
                     continue
-                self._cond.wait(self.max_wait_s - waited)
+                self._cond.wait(max_wait - waited)
+
+    def _max_wait(self, modality: str, oldest: float) -> float:
+        """How long a batch may wait to fill: not at all for a lone client in a request loop.
+
+        A client alone (last batch of 1) that sent its next item right after the last pass
+        ended gains nothing from waiting. A group of clients (last batch > 1), or a burst after
+        an idle spell, waits up to max_wait_s so the group assembles into one batch instead of
+        splitting into cohorts that never merge again.
+        """
+        lone = self._last_size[modality] == 1
+        back_to_back = oldest - self._last_done[modality] < _LOOP_GAP_S
+        return 0.0 if lone and back_to_back else self.max_wait_s
 
     def _compute(self, modality: str, batch: list[_Pending]) -> None:
         m = self._metrics
@@ -152,7 +172,8 @@ class ModelBatcher:
             m.item_errors.labels("compute").inc()
             self._resolve(batch[0], error=ItemFailed(f"the model failed on this {modality}: {exc}"))
             return
-        m.compute.labels(self.name, modality).observe(time.monotonic() - start)
+        self._last_done[modality] = time.monotonic()
+        m.compute.labels(self.name, modality).observe(self._last_done[modality] - start)
         m.batch_size.labels(self.name, modality).observe(len(batch))
         m.items.labels(self.name, modality).inc(len(batch))
         self._resolve_all(batch, list(out))

@@ -137,3 +137,25 @@ def test_stop_finishes_queued_items_first():
         return await task
 
     assert float(asyncio.run(main())[0][0]) == 10.0
+
+
+def test_a_lone_client_in_a_request_loop_gets_no_batching_delay():
+    b = ModelBatcher("m", {"text": _double}, max_batch_size=8, max_wait_s=0.2, max_queue=8,
+                     metrics=Metrics())
+
+    async def main():
+        b.start()
+        try:
+            await b.submit("text", [1.0])  # the first item after idle may wait for a burst
+            assert b._last_size["text"] == 1
+            done = b._last_done["text"]
+            assert b._max_wait("text", done + 0.001) == 0.0  # next item of the same loop
+            assert b._max_wait("text", done + 5.0) == 0.2  # a new burst after an idle spell
+            await b.submit("text", [2.0, 3.0])  # queued together: one batch of 2
+            assert b._last_size["text"] == 2
+            # a group of clients waits so it reassembles into one batch
+            assert b._max_wait("text", b._last_done["text"] + 0.001) == 0.2
+        finally:
+            b.stop()
+
+    asyncio.run(main())
