@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from clipserve.embedder import Embedder
 from clipserve.errors import ClipServeError
 from clipserve.lifecycle import Lifecycle
+from clipserve.middleware import MODEL_HEADER
 from clipserve.models import ClipModel, available_specs, normalize
 from clipserve.schemas import (
     BatchingInfo,
@@ -32,8 +33,6 @@ from clipserve.schemas import (
     RankResponse,
     Usage,
 )
-
-MODEL_HEADER = "X-Clip-Model"
 
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:

@@ -61,7 +61,3 @@ class UpstreamTimeout(ClipServeError):
 
     status_code = 504
 
-
-def at_item(index: int, field: str, problem: str) -> str:
-    """Format a message that names the item and field, e.g. `items[3].img_uri: not an image`."""
-    return f"items[{index}].{field}: {problem}"

@@ -13,7 +13,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipserve.metrics import Metrics
 
-MODEL_HEADER = b"x-clip-model"
+MODEL_HEADER = "X-Clip-Model"
+_MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 
 def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
@@ -53,8 +54,8 @@ def default_model_header(model: Callable[[], str]) -> Callable[[ASGIApp], ASGIAp
             async def send_wrapper(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     headers = list(message.get("headers", []))
-                    if not any(k.lower() == MODEL_HEADER for k, _ in headers):
-                        headers.append((MODEL_HEADER, model().encode("latin-1", "replace")))
+                    if not any(k.lower() == _MODEL_HEADER_KEY for k, _ in headers):
+                        headers.append((_MODEL_HEADER_KEY, model().encode("latin-1", "replace")))
                         message = {**message, "headers": headers}
                 await send(message)
 

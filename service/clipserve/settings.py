@@ -7,6 +7,7 @@ are generated from (and tested against) these docs.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import types
 import typing
@@ -106,6 +107,7 @@ def _base_type(tp: Any) -> Any:
     return typing.get_origin(tp) or tp
 
 
+@functools.cache
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(Settings)
 
