@@ -39,6 +39,27 @@ def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
     return dict(json.loads(cluster.kubectl("get", *args, "-o", "json")))
 
 
+def apply_available_deployment(cluster: Cluster, namespace: str, name: str, replicas: int,
+                               pod_spec: dict[str, Any]) -> None:
+    """Apply a Deployment of `pod_spec` labelled app=<name> and wait until it is Available."""
+    labels = {"app": name}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    cluster.kubectl(
+        "wait", "-n", namespace, f"deployment/{name}",
+        "--for=condition=Available", "--timeout=120s",
+    )  # fmt: skip
+
+
 def test_node_pools_match_the_contract(cluster: Cluster) -> None:
     nodes = {n["metadata"]["name"]: n for n in get_json(cluster, "nodes")["items"]}
     assert set(nodes) == {"gpu-0", "gpu-1", "cpu-0", "cpu-1"}
@@ -58,25 +79,8 @@ def test_node_pools_match_the_contract(cluster: Cluster) -> None:
 
 
 def test_gpu_deployment_becomes_available_on_gpu_nodes(cluster: Cluster, namespace: str) -> None:
-    labels = {"app": "gpu-workload"}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "gpu-workload", "namespace": namespace},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": gpu_pod_spec(1, {"clipserve.io/node-pool": "gpu"}),
-            },
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment))
-    cluster.kubectl(
-        "wait", "-n", namespace, "deployment/gpu-workload",
-        "--for=condition=Available", "--timeout=120s",
-    )  # fmt: skip
+    pod_spec = gpu_pod_spec(1, {"clipserve.io/node-pool": "gpu"})
+    apply_available_deployment(cluster, namespace, "gpu-workload", 3, pod_spec)
     status = get_json(cluster, "-n", namespace, "deployment/gpu-workload")["status"]
     assert status["readyReplicas"] == 3
     pods = get_json(cluster, "-n", namespace, "pods", "-l", "app=gpu-workload")["items"]
@@ -86,25 +90,8 @@ def test_gpu_deployment_becomes_available_on_gpu_nodes(cluster: Cluster, namespa
 
 
 def test_deleting_a_deployment_garbage_collects_its_pods(cluster: Cluster, namespace: str) -> None:
-    labels = {"app": "cpu-workload"}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "cpu-workload", "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
-            },
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment))
-    cluster.kubectl(
-        "wait", "-n", namespace, "deployment/cpu-workload",
-        "--for=condition=Available", "--timeout=120s",
-    )  # fmt: skip
+    pod_spec = {"containers": [{"name": "app", "image": "busybox"}]}
+    apply_available_deployment(cluster, namespace, "cpu-workload", 2, pod_spec)
     pods = get_json(cluster, "-n", namespace, "pods", "-l", "app=cpu-workload")["items"]
     assert {p["spec"]["nodeName"] for p in pods} <= {"cpu-0", "cpu-1"}  # untolerated GPU taint
 
