@@ -111,7 +111,8 @@ async def models(state: State, available: FromQuery[bool] = False) -> ModelsResp
         infos.append(ModelInfo(
             **model.info(), default=name == emb.default_model,
             batching=BatchingInfo(max_batch_size=b.max_batch_size,
-                                  max_wait_ms=b.max_wait_s * 1000, max_queue=b.max_queue)))
+                                  max_wait_ms=b.max_wait_s * 1000, max_queue=b.max_queue,
+                                  compute_workers=b.workers, compute_threads=b.threads)))
     return ModelsResponse(models=infos, available=available_specs() if available else None)
 
 

@@ -10,17 +10,18 @@ def format_report(result: dict[str, Any]) -> str:
     """The result as a few aligned tables."""
     m = result["model"]
     lines = [f"model {m['spec']} on {m['device']} ({m['dtype']}), max batch "
-             f"{m['batching']['max_batch_size']}, max wait {m['batching']['max_wait_ms']} ms; "
+             f"{m['batching']['max_batch_size']}, max wait {m['batching']['max_wait_ms']} ms, "
+             f"{m['batching']['compute_workers']} compute workers; "
              f"{result['machine']['cpus']} CPUs, load average at end "
              f"{result['machine']['loadavg_at_end'][0]:.2f}"]
     c = result["ceiling"]
     if c:
-        lines += ["", "raw model ceiling (no HTTP, no decode; torch threads "
-                      f"{c['torch_threads']}):"]
+        lines += ["", "raw model ceiling (no HTTP, no decode; best of passes x threads "
+                      f"{' and '.join(c['layouts'])}):"]
         for name in ("text", "text_77", "image"):
             x = c[name]
             lines.append(f"  {name:8} {x['items_per_s']:9.1f} items/s at batch {x['best_batch']:<3}"
-                         f"  batch-1 forward {x['batch1_ms']} ms")
+                         f" ({x['best_layout']})  batch-1 forward {x['batch1_ms']} ms")
         lines.append(f"  model RSS (loaded in the bench process) "
                      f"{c['model_rss_bytes'] / 2**20:.0f} MiB")
     lines += ["", f"{'workload':10}{'conc':>5}{'items/s':>10}{'ratio':>7}{'p50 ms':>9}"

@@ -65,22 +65,23 @@ class Embedder:
     def _load_all(self) -> None:
         """What `load` does, in the loader thread."""
         s = self.settings
-        if s.compute_threads > 0:
-            torch.set_num_threads(s.compute_threads)
+        torch.set_num_threads(s.threads())
         for spec in self.specs:
             model = load_model(spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir)
             batch = s.batch_size_for(model.device.type)
             _warm_up(model, batch)
             self.metrics.model_info.labels(spec.raw, spec.arch, spec.tag or "", str(model.device),
                                            model.precision).set(1)
+            workers = s.workers_for(model.device.type)
             batcher = ModelBatcher(
                 spec.raw, _encoders(model), max_batch_size=batch,
-                max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue, metrics=self.metrics)
+                max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue, metrics=self.metrics,
+                workers=workers, threads=s.threads())
             batcher.start()
             self.models[spec.raw] = model
             self.batchers[spec.raw] = batcher
-            log.info("%s ready on %s (%s), max batch %d", spec.raw, model.device,
-                     model.precision, batch)
+            log.info("%s ready on %s (%s), max batch %d, %d compute workers", spec.raw,
+                     model.device, model.precision, batch, workers)
 
     @property
     def loaded(self) -> bool:

@@ -55,6 +55,8 @@ class BatchingInfo(Base):
     max_batch_size: int
     max_wait_ms: float
     max_queue: int
+    compute_workers: int
+    compute_threads: int
 
 
 class ModelInfo(Base):

@@ -61,7 +61,13 @@ class Settings:
         "CIDRs or host names img_uri may reach despite the SSRF guard (e.g. an in-cluster "
         "image store). By default private, loopback and link-local addresses are refused.", ())
     preprocess_threads: int = _doc("Threads that decode and preprocess images.", 4)
-    compute_threads: int = _doc("torch intra-op threads for the model (0: torch's default).", 0)
+    compute_workers: int = _doc(
+        "Forward passes each model runs at once, each in its own thread; 0: one per usable CPU "
+        "(affinity mask and cgroup quota) on CPU, where several single-threaded batches beat "
+        "one batch spread over every core, and 1 on CUDA.", 0)
+    compute_threads: int = _doc(
+        "torch intra-op threads for a single item while the other workers are idle (0: one per "
+        "usable CPU); otherwise each worker runs single-threaded.", 0)
     drain_grace_s: float = _doc(
         "After SIGTERM, keep accepting requests this long (readiness is already failing) so "
         "load balancers can stop sending traffic.", 5.0)
@@ -88,6 +94,33 @@ class Settings:
         if self.max_batch_size > 0:
             return self.max_batch_size
         return 128 if device_type == "cuda" else 16
+
+    def workers_for(self, device_type: str) -> int:
+        """The configured compute workers per model, or the device's default."""
+        if self.compute_workers > 0:
+            return self.compute_workers
+        return 1 if device_type == "cuda" else available_cpus()
+
+    def threads(self) -> int:
+        """Intra-op threads of a lone worker: configured, or the CPUs this process may use."""
+        return self.compute_threads if self.compute_threads > 0 else available_cpus()
+
+
+def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    A pod limited to 4 CPUs on a 64-core node sees 64 in os.cpu_count() (and torch starts 64
+    threads); running that many threads against a 4-CPU quota only adds throttling.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open(cpu_max, encoding="ascii") as fh:
+            quota, period = fh.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))  # ceil
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU controller visible: no quota to honour
+    return cpus
 
 
 def env_name(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from clipserve.settings import available_cpus
 
 from tests.service.conftest import png_b64
 from tests.service.server import TINY, Server, start_server
@@ -83,6 +84,9 @@ def test_models_lists_the_loaded_model_with_its_settings(server: Server):
     assert info["embedding_dim"] == EMBED_DIM and info["image_size"] == 224
     assert info["device"] == "cpu" and info["dtype"] == "fp32"
     assert info["batching"]["max_batch_size"] == 16  # the CPU default
+    # CPU default: one worker per usable CPU; a lone item gets every one of them as threads
+    assert info["batching"]["compute_workers"] == available_cpus()
+    assert info["batching"]["compute_threads"] == available_cpus()
     assert "available" not in r.json()
     assert "ViT-B-32:openai" in available and "ViT-L-14:openai" in available
 

@@ -116,9 +116,9 @@ def test_items_of_a_cancelled_request_are_not_computed():
 def test_a_dead_compute_thread_is_reported_and_refuses_work():
     b = ModelBatcher("m", {"text": _double}, max_batch_size=4, max_wait_s=0, max_queue=8,
                      metrics=Metrics())
-    b._next_batch = lambda: (_ for _ in ()).throw(MemoryError("boom"))  # a bug in the loop
+    b._next_batch = lambda worker: (_ for _ in ()).throw(MemoryError("boom"))  # a bug in the loop
     b.start()
-    b._thread.join(5)
+    b._threads[0].join(5)
     assert not b.alive
 
     async def main():
@@ -159,3 +159,72 @@ def test_a_lone_client_in_a_request_loop_gets_no_batching_delay():
             b.stop()
 
     asyncio.run(main())
+
+
+def _recording(log: list, *, block_first: threading.Event | None = None,
+               barrier: threading.Barrier | None = None):
+    """An encoder that records (worker thread, its intra-op threads, batch) for each pass."""
+    def encode(values):
+        log.append((threading.current_thread().name, torch.get_num_threads(), list(values)))
+        if block_first is not None and len(log) == 1:
+            block_first.wait(5)
+        if barrier is not None:
+            barrier.wait()  # every party must be inside a pass at the same time
+        return _double(values)
+    return encode
+
+
+def test_a_second_worker_serves_while_the_first_is_busy():
+    seen: list = []
+    gate = threading.Event()
+
+    async def main():
+        b = _batcher(_recording(seen, block_first=gate), workers=2, threads=2, max_wait_s=0)
+        try:
+            first = asyncio.ensure_future(b.submit("text", [1.0]))
+            await asyncio.sleep(0.1)  # worker 0 holds item 1 behind the gate
+            second = await asyncio.wait_for(b.submit("text", [2.0]), 5)
+            gate.set()
+            return await first, second
+        finally:
+            gate.set()
+            b.stop()
+
+    first, second = asyncio.run(main())
+    assert float(first[0][0]) == 2.0 and float(second[0][0]) == 4.0
+    # a lone item gets every intra-op thread; the overflow worker runs single-threaded
+    assert seen[0] == ("compute-m-0", 2, [1.0])
+    assert seen[1] == ("compute-m-1", 1, [2.0])
+
+
+def test_a_lone_client_always_gets_the_first_worker_with_every_thread():
+    seen: list = []
+
+    async def main():
+        b = _batcher(_recording(seen), workers=2, threads=2, max_wait_s=0)
+        try:
+            for i in range(6):
+                await b.submit("text", [float(i)])
+        finally:
+            b.stop()
+
+    asyncio.run(main())
+    assert [(name, threads) for name, threads, _ in seen] == [("compute-m-0", 2)] * 6
+
+
+def test_ready_items_are_shared_between_idle_workers_and_run_at_once():
+    seen: list = []
+
+    async def main():
+        b = _batcher(_recording(seen, barrier=threading.Barrier(2, timeout=5)), workers=2,
+                     threads=2, max_batch_size=16, max_wait_s=0.2)
+        try:
+            return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
+        finally:
+            b.stop()
+
+    results = asyncio.run(main())
+    assert [float(r[0][0]) for r in results] == [2.0 * i for i in range(8)]
+    # two single-threaded batches of 4 that met at the barrier (so they ran concurrently)
+    assert sorted((name, threads, len(batch)) for name, threads, batch in seen) == [
+        ("compute-m-0", 1, 4), ("compute-m-1", 1, 4)]

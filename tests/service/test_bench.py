@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from clipserve.bench import BenchConfig, run_bench
+from clipserve.bench import BenchConfig, measure_ceiling, run_bench
 from clipserve.loadgen import WORKLOADS, percentile, request_bodies, run_load
 
 from tests.service.server import MODEL_CONFIGS, TINY, Server
@@ -43,11 +43,28 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
     for name in ("text", "text_77", "image"):
         assert set(ceiling[name]["per_batch"]) == {"1", "2"}
         assert ceiling[name]["batch1_ms"] > 0
+        assert set(ceiling[name]["per_layout"]) == set(ceiling["layouts"])
     assert {row["workload"] for row in result["c1_vs_batch1"]} == {"text", "jpeg224"}
     mem = result["memory"]
     assert mem["after_max_batch"]["peak_rss_bytes"] >= mem["ready"]["rss_bytes"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "items/s" in proc.stdout and "ratio" in proc.stdout
+
+
+def test_the_ceiling_is_the_better_of_one_pass_on_all_threads_and_parallel_passes():
+    c = measure_ceiling(TINY, batch_sizes=(1, 4), min_s=0.02, workers=2,
+                        model_config_dir=str(MODEL_CONFIGS))
+    threads = c["torch_threads"]
+    assert c["layouts"] == [f"1x{threads}", "2x1"]
+    for name in ("text", "text_77", "image"):
+        x = c[name]
+        layouts = x["per_layout"]
+        for b in ("1", "4"):
+            assert x["per_batch"][b] == max(layouts[k][b] for k in c["layouts"])
+        assert x["items_per_s"] == x["per_batch"][str(x["best_batch"])]
+        assert x["best_layout"] in c["layouts"]
+        # the lone-request latency comes from one pass on every thread, not from the pair
+        assert x["batch1_ms"] == pytest.approx(1000 / layouts[f"1x{threads}"]["1"], rel=0.01)
 
 
 def test_bench_api_measures_a_running_server_without_a_ceiling(server: Server):

@@ -20,14 +20,14 @@ def test_a_dead_compute_thread_fails_liveness_and_readiness():
         assert client.get("/healthz").status_code == 200
         batcher = app.state.embedder.batchers[TINY]
         # Simulate a bug that escapes the compute loop (the loop never raises by design).
-        def broken():
+        def broken(worker):
             raise RuntimeError("bug in the batch loop")
         batcher._next_batch = broken
         with batcher._cond:
             batcher._cond.notify_all()
         # the thread is parked inside the old loop call: one more item brings it to the bug
         client.post("/encode", json=[{"text": "wake the thread"}])
-        batcher._thread.join(5)
+        batcher._threads[0].join(5)
         health, ready = client.get("/healthz"), client.get("/readyz")
         after = client.post("/encode", json=[{"text": "after"}])
     assert health.status_code == 503 and health.json()["status"] == "dead"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import pytest
 from clipserve import cli
-from clipserve.settings import Settings, env_name, flag_name, from_args, markdown_table
+from clipserve.settings import (
+    Settings,
+    available_cpus,
+    env_name,
+    flag_name,
+    from_args,
+    markdown_table,
+)
 
 from tests.service.conftest import png_bytes
 from tests.service.server import MODEL_CONFIGS, TINY
@@ -79,3 +87,13 @@ def test_models_lists_downloadable_specs():
     r = _clipserve("models")
     lines = r.stdout.split()
     assert r.returncode == 0 and "ViT-B-32:openai" in lines and "ViT-L-14:openai" in lines
+
+
+def test_usable_cpus_honour_the_cgroup_quota(tmp_path: Path):
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("50000 100000\n")  # half a CPU: still one worker
+    assert available_cpus(str(cpu_max)) == 1
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(str(cpu_max)) == affinity
+    assert available_cpus(str(tmp_path / "absent")) == affinity
