@@ -19,7 +19,7 @@ from clipserve.fetch import FetchPolicy, ImageFetcher
 from clipserve.images import ImageLimits
 from clipserve.inputs import IMAGE, TEXT, InputDecoder
 from clipserve.metrics import Metrics
-from clipserve.models import ClipModel, ModelSpec, load_model, normalize
+from clipserve.models import ClipModel, ModelLoadError, ModelSpec, load_model, normalize
 from clipserve.schemas import Item
 from clipserve.settings import Settings
 
@@ -69,10 +69,15 @@ class Embedder:
         for spec in self.specs:
             model = load_model(spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir)
             batch = s.batch_size_for(model.device.type)
+            workers = s.workers_for(model.device.type)
+            if s.compile != "off" and workers > 1:
+                # a compiled module recompiles on unseen shapes, and compiling is not safe
+                # from two threads at once
+                raise ModelLoadError(f"--compile {s.compile} needs --compute-workers 1")
+            model.compile(s.compile)
             _warm_up(model, batch)
             self.metrics.model_info.labels(spec.raw, spec.arch, spec.tag or "", str(model.device),
                                            model.precision).set(1)
-            workers = s.workers_for(model.device.type)
             batcher = ModelBatcher(
                 spec.raw, _encoders(model), max_batch_size=batch,
                 max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue, metrics=self.metrics,
@@ -165,7 +170,12 @@ def _encoders(model: ClipModel) -> dict[str, Callable[[list], torch.Tensor]]:
 
 
 def _warm_up(model: ClipModel, batch: int) -> None:
-    """One pass per modality (at full batch on GPU, to settle kernels and memory) before ready."""
-    n = batch if model.device.type == "cuda" else 1
-    model.encode_text(model.tokenize(["warm up"] * n))
-    model.encode_image(torch.zeros(n, 3, model.image_size, model.image_size, dtype=torch.uint8))
+    """Passes per modality before ready: at full batch on GPU, to settle kernels and memory;
+    compiled, also at batch 1 and 2 (torch compiles batch 1 apart, and 2+ as one graph)."""
+    sizes = {batch if model.device.type == "cuda" else 1}
+    if model.compiled != "off":
+        sizes |= {1, 2}
+    for n in sorted(sizes):
+        model.encode_text(model.tokenize(["warm up"] * (n - 1) + ["a longer warm-up caption"]))
+        model.encode_image(torch.zeros(n, 3, model.image_size, model.image_size,
+                                       dtype=torch.uint8))

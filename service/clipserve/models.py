@@ -91,6 +91,7 @@ def resolve_precision(dtype: str, device: torch.device) -> str:
 
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -114,6 +115,7 @@ class ClipModel:
     # uint8 pixels -> normalized input in one multiply-add: (x/255 - mean)/std = x*scale - shift
     _scale: torch.Tensor = field(repr=False)
     _shift: torch.Tensor = field(repr=False)
+    compiled: str = field(default="off", init=False)  # the torch.compile mode, if any
 
     @property
     def dtype(self) -> torch.dtype:
@@ -168,6 +170,23 @@ class ClipModel:
         x = x * self._scale - self._shift
         return self.model.encode_image(x).float().cpu()
 
+    def compile(self, mode: str) -> None:
+        """torch.compile the towers in place (the first calls then compile; warm up after).
+
+        The towers, not encode_*: the trimmed text path and the uint8 normalisation stay
+        eager around them. Dynamic shapes, so batch size and text length do not each compile
+        a graph of their own (batch 1 still gets its own: torch specialises sizes 0 and 1).
+        """
+        if mode not in COMPILE_MODES:
+            raise ModelLoadError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if mode == "off":
+            return
+        for tower in ("visual", "transformer", "text"):  # "text": open_clip's CustomTextCLIP
+            module = getattr(self.model, tower, None)
+            if isinstance(module, torch.nn.Module):
+                setattr(self.model, tower, torch.compile(module, mode=mode, dynamic=True))
+        self.compiled = mode
+
     def info(self) -> dict[str, object]:
         """What /models reports about this model."""
         return {
@@ -182,6 +201,7 @@ class ClipModel:
             "logit_scale": self.logit_scale,
             "device": str(self.device),
             "dtype": self.precision,
+            "compiled": self.compiled,
         }
 
 

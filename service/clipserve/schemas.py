@@ -71,6 +71,7 @@ class ModelInfo(Base):
     logit_scale: float
     device: str
     dtype: str
+    compiled: str
     batching: BatchingInfo
     default: bool = False
 

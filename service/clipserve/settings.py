@@ -64,10 +64,15 @@ class Settings:
     compute_workers: int = _doc(
         "Forward passes each model runs at once, each in its own thread; 0: one per usable CPU "
         "(affinity mask and cgroup quota) on CPU, where several single-threaded batches beat "
-        "one batch spread over every core, and 1 on CUDA.", 0)
+        "one batch spread over every core, and 1 on CUDA or with --compile.", 0)
     compute_threads: int = _doc(
         "torch intra-op threads for a single item while the other workers are idle (0: one per "
         "usable CPU); otherwise each worker runs single-threaded.", 0)
+    compile: str = _doc(
+        "torch.compile the image and text towers at start-up: off, default, reduce-overhead "
+        "(CUDA graphs on CUDA) or max-autotune. Start-up takes longer (~40 s on 2 CPU cores "
+        "for a tiny model, minutes for large ones); dynamic shapes keep one graph for every "
+        "batch size and text length. Needs one compute worker.", "off")
     drain_grace_s: float = _doc(
         "After SIGTERM, keep accepting requests this long (readiness is already failing) so "
         "load balancers can stop sending traffic.", 5.0)
@@ -99,7 +104,9 @@ class Settings:
         """The configured compute workers per model, or the device's default."""
         if self.compute_workers > 0:
             return self.compute_workers
-        return 1 if device_type == "cuda" else available_cpus()
+        if device_type == "cuda" or self.compile != "off":
+            return 1
+        return available_cpus()
 
     def threads(self) -> int:
         """Intra-op threads of a lone worker: configured, or the CPUs this process may use."""
