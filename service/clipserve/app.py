@@ -40,6 +40,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        embedder.single_threaded_here()  # the event loop's thread
         loading = asyncio.create_task(_load(embedder, lifecycle))
         try:
             yield

@@ -57,7 +57,7 @@ _Outcome = tuple[_Pending, "torch.Tensor | BaseException"]
 
 
 class ModelBatcher:
-    """The queues and compute thread of one model; `encoders` maps modality -> forward pass."""
+    """The queues and compute workers of one model; `encoders` maps modality -> forward pass."""
 
     def __init__(self, name: str, encoders: dict[str, EncodeFn], *, max_batch_size: int,
                  max_wait_s: float, max_queue: int, metrics: Metrics, workers: int = 1,
@@ -115,7 +115,7 @@ class ModelBatcher:
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
         finally:
-            # On error or cancellation (client gone), the compute thread skips what is left.
+            # On error or cancellation (client gone), the compute workers skip what is left.
             for p in pending:
                 p.future.cancel()
 

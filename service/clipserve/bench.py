@@ -3,8 +3,8 @@
 The served numbers (items/s, latency percentiles, errors) come from real HTTP requests against a
 running server (loopback by default, or one this command spawns). The ceiling is the best items/s
 of the model's forward pass alone (no HTTP, no decode) over a range of batch sizes, measured in
-this process with the same spec, device and dtype; served/ceiling is the share of the model's
-speed the service delivers. Importable: `measure_ceiling`, `run_bench` (and
+this process with the same spec, device, dtype and compile mode; served/ceiling is the share
+of the model's speed the service delivers. Importable: `measure_ceiling`, `run_bench` (and
 `clipserve.loadgen.run_load`).
 """
 
@@ -60,7 +60,7 @@ def _single_threaded() -> None:
 def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
                     batch_sizes: Sequence[int] = (1, 4, 8, 16, 32, 64), min_s: float = 1.0,
                     reps: int = 3, model_config_dir: str | None = None,
-                    workers: int | None = None) -> dict[str, Any]:
+                    workers: int | None = None, compile: str = "off") -> dict[str, Any]:
     """The model's forward pass alone: items/s per batch size and modality, best of them,
     batch-1 latency, text trimmed vs. the full 77-token context, and RSS of the loaded model.
 
@@ -68,6 +68,7 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     pass at a time on every intra-op thread, and `workers` single-threaded passes at once (the
     service's CPU layout; default one per CPU on CPU, none on CUDA). A multi-pass "call" is a
     round of `workers` concurrent passes, so its fastest round is comparable to a fastest call.
+    `compile` is the server's --compile mode (then one pass at a time, as the server runs).
     """
     import torch
 
@@ -80,7 +81,10 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     model = load_model(parse_spec(spec), device=device, dtype=dtype)
     rss_model = _rss_bytes() - rss0
     gpu_model = torch.cuda.memory_allocated(model.device) if model.device.type == "cuda" else 0
-    if workers is None:
+    model.compile(compile)
+    if compile != "off":
+        workers = 1
+    elif workers is None:
         workers = 1 if model.device.type == "cuda" else available_cpus()
     size = model.image_size
     texts = captions(max(batch_sizes), seed=1)
@@ -104,7 +108,8 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     if workers > 1:
         layouts[f"{workers}x1"] = workers
     out: dict[str, Any] = {"spec": spec, "device": str(model.device), "dtype": model.precision,
-                           "torch_threads": threads, "layouts": list(layouts),
+                           "compiled": compile, "torch_threads": threads,
+                           "layouts": list(layouts),
                            "model_rss_bytes": rss_model}
     with ThreadPoolExecutor(workers, initializer=_single_threaded) as pool:
 
@@ -283,7 +288,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         ceiling = measure_ceiling(
             info["spec"], device=info["device"], dtype=info["dtype"],
             batch_sizes=cfg.batch_sizes, min_s=cfg.ceiling_min_s,
-            model_config_dir=cfg.model_config_dir) if cfg.ceiling else None
+            model_config_dir=cfg.model_config_dir, compile=info["compiled"]) \
+            if cfg.ceiling else None
         results = []
         for workload in cfg.workloads:
             bodies = request_bodies(workload, cfg.items)

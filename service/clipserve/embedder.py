@@ -1,7 +1,7 @@
 """The served models and the work behind every endpoint: items in, embeddings and scores out.
 
 Handlers call one method here. Models load in a worker thread at start-up (so /healthz answers
-while weights download); each model gets a batcher whose compute thread runs its forward passes.
+while weights download); each model gets a batcher whose compute workers run its forward passes.
 """
 
 from __future__ import annotations
@@ -52,12 +52,18 @@ class Embedder:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @staticmethod
+    def single_threaded_here() -> None:
+        """Keep the calling thread's torch work (the event loop's: stacking rows, /rank's
+        scores) on one thread: a second OpenMP team would slow the compute workers' down."""
+        torch.set_num_threads(1)
+
     def load(self) -> None:
         """Load and warm every model, then start its batcher (blocking; run in a thread)."""
         # In a thread of its own that then exits. torch's OpenMP runtime (libgomp) keeps a team
         # of worker threads for every thread that ran parallel work; once it manages more
         # threads than there are CPUs it stops spin-waiting between parallel regions, and the
-        # compute thread's forward passes ran ~30% slower at batch 1 (docs/performance.md). The
+        # compute workers' forward passes ran ~30% slower at batch 1 (docs/performance.md). The
         # caller's thread (asyncio.to_thread's) lives on, and so would its team.
         with ThreadPoolExecutor(1, thread_name_prefix="load") as loader:
             loader.submit(self._load_all).result()
@@ -142,10 +148,13 @@ class Embedder:
         groups = {m: idx for m, idx in groups.items() if idx}
         results = await asyncio.gather(*(
             batcher.submit(m, [prepared[i].payload for i in idx]) for m, idx in groups.items()))
-        out = torch.empty(len(items), model.embed_dim)
-        for (_, idx), rows in zip(groups.items(), results, strict=True):
-            out[idx] = torch.stack(rows)
-        return out
+        # Back into request order with one stack: indexed assignment into a tensor cost the
+        # event loop ~13% of its time at c=32 (profiled).
+        ordered: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+        for idx, rows in zip(groups.values(), results, strict=True):
+            for i, row in zip(idx, rows, strict=True):
+                ordered[i] = row
+        return torch.stack(ordered)
 
     async def rank(self, model: ClipModel, queries: list[Item],
                    candidates: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:

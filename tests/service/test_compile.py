@@ -11,6 +11,7 @@ import base64
 import pytest
 import torch
 from clipserve import models
+from clipserve.bench import measure_ceiling
 from clipserve.models import ModelLoadError, load_model, parse_spec
 
 from tests.service.conftest import png_bytes
@@ -65,3 +66,12 @@ def test_compile_with_several_workers_is_refused_at_start():
     finally:
         server.stop()
     assert "--compile default needs --compute-workers 1" in server.log()
+
+
+@pytest.mark.slow
+def test_the_bench_ceiling_is_measured_compiled_when_the_server_is():
+    c = measure_ceiling(TINY, batch_sizes=(1, 2), min_s=0.01, compile="default",
+                        model_config_dir=str(MODEL_CONFIGS))
+    # compiled: one pass at a time, as the server runs it
+    assert c["compiled"] == "default" and c["layouts"] == [f"1x{c['torch_threads']}"]
+    assert c["image"]["items_per_s"] > 0 and c["text"]["batch1_ms"] > 0
