@@ -86,8 +86,8 @@ class Embedder:
                                            model.precision).set(1)
             batcher = ModelBatcher(
                 spec.raw, _encoders(model), max_batch_size=batch,
-                max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue, metrics=self.metrics,
-                workers=workers, threads=s.threads())
+                max_wait_s=s.wait_ms_for(model.device.type) / 1000, max_queue=s.max_queue,
+                metrics=self.metrics, workers=workers, threads=s.threads())
             batcher.start()
             self.models[spec.raw] = model
             self.batchers[spec.raw] = batcher

@@ -42,7 +42,8 @@ class Settings:
     max_batch_size: int = _doc(
         "Most items in one forward pass; 0 picks a default for the device (128 CUDA, 16 CPU).", 0)
     max_wait_ms: float = _doc(
-        "Longest an item waits for its batch to fill while the model is idle.", 5.0)
+        "Longest an idle worker waits for a batch to fill (it stops waiting once as many items "
+        "as its last batch are in); 0 picks a default for the device (5 CUDA, 20 CPU).", 0.0)
     max_queue: int = _doc("Items waiting per (model, modality) before requests get 503.", 2048)
     max_items: int = _doc("Most items in one request (encode, or queries+candidates in rank).",
                           1024)
@@ -99,6 +100,12 @@ class Settings:
         if self.max_batch_size > 0:
             return self.max_batch_size
         return 128 if device_type == "cuda" else 16
+
+    def wait_ms_for(self, device_type: str) -> float:
+        """The configured max wait, or the device's default (a few % of a typical pass)."""
+        if self.max_wait_ms > 0:
+            return self.max_wait_ms
+        return 5.0 if device_type == "cuda" else 20.0
 
     def workers_for(self, device_type: str) -> int:
         """The configured compute workers per model, or the device's default."""

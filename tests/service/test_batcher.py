@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -139,26 +140,36 @@ def test_stop_finishes_queued_items_first():
     assert float(asyncio.run(main())[0][0]) == 10.0
 
 
-def test_a_lone_client_in_a_request_loop_gets_no_batching_delay():
-    b = ModelBatcher("m", {"text": _double}, max_batch_size=8, max_wait_s=0.2, max_queue=8,
-                     metrics=Metrics())
+def test_a_worker_waits_for_the_cohort_of_its_last_batch_and_no_longer():
+    sizes: list[int] = []
+
+    def encode(values):
+        sizes.append(len(values))
+        return _double(values)
 
     async def main():
-        b.start()
+        b = _batcher(encode, max_batch_size=8, max_wait_s=0.3)
         try:
-            await b.submit("text", [1.0])  # the first item after idle may wait for a burst
-            assert b._last_size["text"] == 1
-            done = b._last_done["text"]
-            assert b._max_wait("text", done + 0.001) == 0.0  # next item of the same loop
-            assert b._max_wait("text", done + 5.0) == 0.2  # a new burst after an idle spell
-            await b.submit("text", [2.0, 3.0])  # queued together: one batch of 2
-            assert b._last_size["text"] == 2
-            # a group of clients waits so it reassembles into one batch
-            assert b._max_wait("text", b._last_done["text"] + 0.001) == 0.2
+            # before any batch the target is a full one: a lone item waits max_wait_s
+            t0 = time.monotonic()
+            await b.submit("text", [1.0])
+            first = time.monotonic() - t0
+            # a lone client's next item is its whole cohort: served at once
+            t0 = time.monotonic()
+            await b.submit("text", [2.0])
+            second = time.monotonic() - t0
+            # a group of three is served whole; then its next round needs three again
+            await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(3)))
+            t0 = time.monotonic()
+            await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(3)))
+            group = time.monotonic() - t0
         finally:
             b.stop()
+        return first, second, group
 
-    asyncio.run(main())
+    first, second, group = asyncio.run(main())
+    assert first >= 0.3 and second < 0.15 and group < 0.15
+    assert sizes == [1, 1, 3, 3]
 
 
 def _recording(log: list, *, block_first: threading.Event | None = None,
