@@ -77,7 +77,8 @@ def test_should_allow_a_weight_download_if_startup_probe_is_default(
 def test_should_only_set_clipserve_variables_the_service_understands_if_rendered(
         helm: Helm) -> None:
     objs = helm.template({"fetchAllow": ["10.0.0.0/8"], "apiKey": {"secretName": "keys"},
-                          "batching": {"maxBatchSize": 64, "maxWaitMs": 2.5, "maxQueue": 100}})
+                          "batching": {"maxBatchSize": 64, "maxWaitMs": 2.5, "maxQueue": 100,
+                                       "computeWorkers": 3}})
     variables = {k: v for k, v in env(objs).items() if k.startswith(ENV_PREFIX)}
     # from_env parses every CLIPSERVE_* variable into Settings and fails on bad values.
     settings = from_env(variables)
@@ -86,6 +87,7 @@ def test_should_only_set_clipserve_variables_the_service_understands_if_rendered
     assert settings.max_batch_size == 64
     assert settings.max_wait_ms == 2.5
     assert settings.max_queue == 100
+    assert settings.compute_workers == 3
     assert settings.fetch_allow == ("10.0.0.0/8",)
     assert settings.cache_dir == "/cache"
     assert settings.model == ("ViT-B-32:openai",)

@@ -37,7 +37,7 @@ def test_spec_fields_map_onto_chart_values() -> None:
             "nodeSelector": {"pool": "gpu"},
             "tolerations": [{"key": "k", "operator": "Exists"}],
         },
-        batching={"maxBatchSize": 64, "maxWaitMs": 5},
+        batching={"maxBatchSize": 64, "maxWaitMs": 5, "computeWorkers": 4},
         monitoring={"serviceMonitor": True, "interval": "10s"},
         autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 8},
     )
@@ -46,7 +46,7 @@ def test_spec_fields_map_onto_chart_values() -> None:
     assert values["slot"] == "green" and values["service"]["slot"] == "blue"
     assert values["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu"}
     assert values["nodeSelector"] == {"pool": "gpu"}
-    assert values["batching"] == {"maxBatchSize": 64, "maxWaitMs": 5}
+    assert values["batching"] == {"maxBatchSize": 64, "maxWaitMs": 5, "computeWorkers": 4}
     assert values["serviceMonitor"] == {"enabled": True, "interval": "10s"}
     assert values["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 8}
     assert values["podLabels"] == {OWNER_LABEL: "search"}
