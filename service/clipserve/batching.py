@@ -271,6 +271,7 @@ class ModelBatcher:
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
+            failed = [(p, error) for queue in self._queues.values() for p in queue]
             for queue in self._queues.values():
-                while queue:
-                    self._settle([(queue.popleft(), error)])
+                queue.clear()
+        self._settle(failed)

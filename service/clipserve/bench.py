@@ -73,7 +73,7 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     import torch
 
     from clipserve.models import add_model_configs, load_model, parse_spec
-    from clipserve.settings import available_cpus
+    from clipserve.settings import Settings
 
     if model_config_dir:
         add_model_configs(model_config_dir)
@@ -82,10 +82,8 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     rss_model = _rss_bytes() - rss0
     gpu_model = torch.cuda.memory_allocated(model.device) if model.device.type == "cuda" else 0
     model.compile(compile)
-    if compile != "off":
-        workers = 1
-    elif workers is None:
-        workers = 1 if model.device.type == "cuda" else available_cpus()
+    if workers is None or compile != "off":  # the server's rule: see Settings.workers_for
+        workers = Settings(compile=compile).workers_for(model.device.type)
     size = model.image_size
     texts = captions(max(batch_sizes), seed=1)
     gen = torch.Generator().manual_seed(0)

@@ -71,7 +71,8 @@ class Embedder:
     def _load_all(self) -> None:
         """What `load` does, in the loader thread."""
         s = self.settings
-        torch.set_num_threads(s.threads())
+        threads = s.threads()
+        torch.set_num_threads(threads)
         for spec in self.specs:
             model = load_model(spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir)
             batch = s.batch_size_for(model.device.type)
@@ -87,7 +88,7 @@ class Embedder:
             batcher = ModelBatcher(
                 spec.raw, _encoders(model), max_batch_size=batch,
                 max_wait_s=s.wait_ms_for(model.device.type) / 1000, max_queue=s.max_queue,
-                metrics=self.metrics, workers=workers, threads=s.threads())
+                metrics=self.metrics, workers=workers, threads=threads)
             batcher.start()
             self.models[spec.raw] = model
             self.batchers[spec.raw] = batcher

@@ -29,15 +29,24 @@ def _batcher(encode=_double, **kw) -> ModelBatcher:
     return b
 
 
-def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results():
-    sizes: list[int] = []
-
+def _recording(log: list, *, block_first: threading.Event | None = None,
+               barrier: threading.Barrier | None = None):
+    """An encoder that records (worker thread, its intra-op threads, batch) for each pass."""
     def encode(values):
-        sizes.append(len(values))
+        log.append((threading.current_thread().name, torch.get_num_threads(), list(values)))
+        if block_first is not None and len(log) == 1:
+            block_first.wait(5)
+        if barrier is not None:
+            barrier.wait()  # every party must be inside a pass at the same time
         return _double(values)
+    return encode
+
+
+def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results():
+    seen: list = []
 
     async def main():
-        b = _batcher(encode)
+        b = _batcher(_recording(seen))
         try:
             return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
         finally:
@@ -45,6 +54,7 @@ def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results()
 
     results = asyncio.run(main())
     assert [float(r[0][0]) for r in results] == [2.0 * i for i in range(8)]
+    sizes = [len(batch) for _, _, batch in seen]
     assert sum(sizes) == 8 and len(sizes) < 8
 
 
@@ -141,14 +151,10 @@ def test_stop_finishes_queued_items_first():
 
 
 def test_a_worker_waits_for_the_cohort_of_its_last_batch_and_no_longer():
-    sizes: list[int] = []
-
-    def encode(values):
-        sizes.append(len(values))
-        return _double(values)
+    seen: list = []
 
     async def main():
-        b = _batcher(encode, max_batch_size=8, max_wait_s=0.3)
+        b = _batcher(_recording(seen), max_batch_size=8, max_wait_s=0.3)
         try:
             # before any batch the target is a full one: a lone item waits max_wait_s
             t0 = time.monotonic()
@@ -169,20 +175,7 @@ def test_a_worker_waits_for_the_cohort_of_its_last_batch_and_no_longer():
 
     first, second, group = asyncio.run(main())
     assert first >= 0.3 and second < 0.15 and group < 0.15
-    assert sizes == [1, 1, 3, 3]
-
-
-def _recording(log: list, *, block_first: threading.Event | None = None,
-               barrier: threading.Barrier | None = None):
-    """An encoder that records (worker thread, its intra-op threads, batch) for each pass."""
-    def encode(values):
-        log.append((threading.current_thread().name, torch.get_num_threads(), list(values)))
-        if block_first is not None and len(log) == 1:
-            block_first.wait(5)
-        if barrier is not None:
-            barrier.wait()  # every party must be inside a pass at the same time
-        return _double(values)
-    return encode
+    assert [len(batch) for _, _, batch in seen] == [1, 1, 3, 3]
 
 
 def test_a_second_worker_serves_while_the_first_is_busy():
