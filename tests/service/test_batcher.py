@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from clipserve import batching
 from clipserve.batching import ItemFailed, ModelBatcher
 from clipserve.errors import Overloaded
 from clipserve.metrics import Metrics
@@ -178,6 +179,31 @@ def test_a_worker_waits_for_the_cohort_of_its_last_batch_and_no_longer():
     assert [len(batch) for _, _, batch in seen] == [1, 1, 3, 3]
 
 
+def test_only_a_lone_client_skips_the_quiet_gap(monkeypatch):
+    """A lone client's item goes at once; two items of cohort size still wait out the gap."""
+    monkeypatch.setattr(batching, "_QUIET_S", 0.4)
+    seen: list = []
+
+    async def main():
+        b = _batcher(_recording(seen), max_batch_size=8, max_wait_s=1)
+        try:
+            await asyncio.gather(b.submit("text", [1.0]), b.submit("text", [2.0]))
+            await b.submit("text", [3.0])  # under the cohort of 2: waits max_wait_s
+            t0 = time.monotonic()
+            await b.submit("text", [4.0])  # cohort 1, nothing else queued or computing
+            lone = time.monotonic() - t0
+            t0 = time.monotonic()
+            await asyncio.gather(b.submit("text", [5.0]), b.submit("text", [6.0]))
+            pair = time.monotonic() - t0  # the cohort is in, but it may still grow
+        finally:
+            b.stop()
+        return lone, pair
+
+    lone, pair = asyncio.run(main())
+    assert lone < 0.2 and 0.4 <= pair < 1
+    assert [len(batch) for _, _, batch in seen] == [2, 1, 1, 2]
+
+
 def test_a_second_worker_serves_while_the_first_is_busy():
     seen: list = []
     gate = threading.Event()
@@ -232,3 +258,21 @@ def test_ready_items_are_shared_between_idle_workers_and_run_at_once():
     # two single-threaded batches of 4 that met at the barrier (so they ran concurrently)
     assert sorted((name, threads, len(batch)) for name, threads, batch in seen) == [
         ("compute-m-0", 1, 4), ("compute-m-1", 1, 4)]
+
+
+def test_a_cohort_larger_than_its_share_is_split_once_the_other_worker_starves():
+    seen: list = []
+
+    async def main():
+        b = _batcher(_recording(seen, barrier=threading.Barrier(2, timeout=5)), workers=2,
+                     threads=2, max_batch_size=16, max_wait_s=0.05)
+        try:
+            await b.submit("text", [float(i) for i in range(16)])  # two batches of 8
+            await asyncio.sleep(0.1)  # longer than max_wait_s: no cohort comes back
+            for _ in range(2):  # now 8 clients: 4 each, not 8 on one worker
+                await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
+        finally:
+            b.stop()
+
+    asyncio.run(main())
+    assert [len(batch) for _, _, batch in seen] == [8, 8, 4, 4, 4, 4]
