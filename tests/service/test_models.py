@@ -116,3 +116,25 @@ def test_offline_download_failure_stops_startup_with_a_clear_message(tmp_path):
     assert "start-up failed: ViT-B-32:openai" in err
     assert "ViT-B-32:/path/to/ckpt.pt" in err and "ViT-B-32:random" in err
     assert "Traceback" not in err
+
+
+def test_loaded_models_are_out_of_the_cyclic_gcs_sight():
+    """After load the models sit in the permanent generation: a full collection, which held the
+    GIL for 180 ms walking them, no longer does (in a subprocess: freezing is process-wide)."""
+    code = f"""
+import gc
+from clipserve.embedder import Embedder
+from clipserve.metrics import Metrics
+from clipserve.models import add_model_configs, parse_spec
+from clipserve.settings import Settings
+add_model_configs({str(MODEL_CONFIGS)!r})
+emb = Embedder(Settings(model=({TINY!r},)), [parse_spec({TINY!r})], Metrics())
+emb.load()
+module = next(iter(emb.models.values())).model
+tracked = {{id(o) for o in gc.get_objects()}}
+print(gc.get_freeze_count() > 0, id(module) in tracked, id(module.visual) in tracked)
+emb.stop()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["True", "False", "False"]
