@@ -93,7 +93,8 @@ class LoadResult:
     client_cpu_s: float  # this process's CPU time during the run (it shares the machine)
     server_cpu_s: float | None = None
     error_samples: list[str] = field(default_factory=list)
-    ratio: float | None = None  # items/s over the ceiling of the workload's modality
+    ratio: float | None = None  # items/s over the peak ceiling of the workload's modality
+    ratio_sustained: float | None = None  # ... over its sustained ceiling
     # mean items per forward pass, per modality, from the server's metrics: at or near the max
     # batch size the model was never starved; well below it, the requests did not keep up
     mean_batch: dict[str, float] | None = None
