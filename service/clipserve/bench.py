@@ -240,10 +240,13 @@ class BenchConfig:
     client: str = "raw"  # or "httpx"
 
 
-def _probe_peak(url: str, headers: dict[str, str], batch: int) -> None:
-    """One request per modality of exactly the max batch size, so the peak RSS includes it."""
+def _probe_peak(url: str, headers: dict[str, str], batching: dict[str, Any]) -> None:
+    """One request per modality with a max-size batch for every compute worker (they share
+    its items evenly and run at once), so the peak RSS includes the worst case a pod's memory
+    limit must hold."""
+    items = batching["max_batch_size"] * batching["compute_workers"]
     for workload in ("text", "jpeg224"):
-        body = request_bodies(workload, batch, count=1)[0]
+        body = request_bodies(workload, items, count=1)[0]
         r = httpx.post(url + "/encode", content=body, timeout=300,
                        headers={"content-type": "application/json", **headers})
         r.raise_for_status()
@@ -291,7 +294,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         memory: dict[str, Any] = {}
         if spawned:
             memory["ready"] = spawned.memory()
-            _probe_peak(url, headers, info["batching"]["max_batch_size"])
+            _probe_peak(url, headers, info["batching"])
             memory["after_max_batch"] = spawned.memory()
             memory["gpu_allocated_bytes"] = _gpu_bytes(url, headers)
         ceiling = measure_ceiling(

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
-from clipserve.bench import BenchConfig, measure_ceiling, run_bench
+from clipserve.bench import BenchConfig, _probe_peak, batch_totals, measure_ceiling, run_bench
 from clipserve.loadgen import WORKLOADS, percentile, request_bodies, run_load
 
-from tests.service.server import MODEL_CONFIGS, TINY, Server
+from tests.service.server import MODEL_CONFIGS, TINY, Server, start_server
 
 FAST = ["--requests", "12", "--concurrency", "1,4", "--batch-sizes", "1,2",
         "--ceiling-min-s", "0.02", "--model-config-dir", str(MODEL_CONFIGS)]
@@ -100,3 +101,18 @@ def test_percentile_interpolates_and_orders():
     assert percentile([3, 1, 2], 50) == 2
     assert percentile([0, 10], 95) == pytest.approx(9.5)
     assert percentile([5], 99) == 5
+
+
+def test_the_memory_probe_runs_a_max_size_batch_on_every_worker_at_once():
+    srv = start_server("--compute-workers", "2", "--max-batch-size", "4")
+    try:
+        batching = httpx.get(srv.url + "/models").json()["models"][0]["batching"]
+        before = batch_totals(srv.url, {})
+        _probe_peak(srv.url, {}, batching)
+        after = batch_totals(srv.url, {})
+    finally:
+        srv.stop()
+    for modality in ("text", "image"):  # 2 passes of 4 items each
+        passes, items = (a - b for a, b in zip(after[modality], before.get(modality, (0, 0)),
+                                                strict=True))
+        assert (passes, items) == (2, 8)
