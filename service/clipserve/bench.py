@@ -29,7 +29,14 @@ from typing import Any
 
 import httpx
 
-from clipserve.loadgen import WORKLOADS, LoadResult, captions, request_bodies, run_load
+from clipserve.loadgen import (
+    WORKLOADS,
+    LoadResult,
+    captions,
+    percentile,
+    request_bodies,
+    run_load,
+)
 
 # -- the raw model -------------------------------------------------------------------------------
 
@@ -59,10 +66,48 @@ def _single_threaded() -> None:
     torch.set_num_threads(1)
 
 
+class BareModel:
+    """The served spec loaded in this process: its forward passes alone (no HTTP, no decode),
+    for the ceiling and for the bare pass timed beside each concurrency-1 request."""
+
+    def __init__(self, spec: str, *, device: str = "auto", dtype: str = "auto",
+                 compile: str = "off", model_config_dir: str | None = None,
+                 max_batch: int = 64) -> None:
+        import torch
+
+        from clipserve.models import add_model_configs, load_model, parse_spec
+
+        if model_config_dir:
+            add_model_configs(model_config_dir)
+        rss0 = _rss_bytes()
+        self.model = model = load_model(parse_spec(spec), device=device, dtype=dtype)
+        self.rss_bytes = _rss_bytes() - rss0
+        self.gpu_bytes = torch.cuda.memory_allocated(model.device) \
+            if model.device.type == "cuda" else 0
+        model.compile(compile)
+        self.compiled = compile
+        self._texts = captions(max_batch, seed=1)
+        size = model.image_size
+        self._pixels = torch.randint(0, 256, (max_batch, 3, size, size), dtype=torch.uint8,
+                                     generator=torch.Generator().manual_seed(0))
+        self._sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+
+    def forward(self, name: str, batch: int) -> Callable[[], None]:
+        """One pass of `text` (batch-trimmed, as served), `text_77` or `image` at `batch`."""
+        m, sync = self.model, self._sync
+        texts, pixels = self._texts[:batch], self._pixels[:batch]
+        if name == "image":
+            return lambda: (m.encode_image(pixels), sync())[-1]
+        # the service tokenizes in its compute thread too, so tokenizing counts here
+        trim = name == "text"
+        return lambda: (m.encode_text(m.tokenize(texts), trim=trim), sync())[-1]
+
+
 def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
                     batch_sizes: Sequence[int] = (1, 4, 8, 16, 32, 64), min_s: float = 1.0,
                     reps: int = 3, model_config_dir: str | None = None,
-                    workers: int | None = None, compile: str = "off") -> dict[str, Any]:
+                    workers: int | None = None, compile: str = "off",
+                    bare: BareModel | None = None) -> dict[str, Any]:
     """The model's forward pass alone: items/s per batch size and modality, best of them,
     batch-1 latency, text trimmed vs. the full 77-token context, and RSS of the loaded model.
 
@@ -71,38 +116,17 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     service's CPU layout; default one per CPU on CPU, none on CUDA). A multi-pass "call" is a
     round of `workers` concurrent passes, so its fastest round is comparable to a fastest call.
     `compile` is the server's --compile mode (then one pass at a time, as the server runs).
+    `bare` is the model already loaded with these settings, if there is one.
     """
     import torch
 
-    from clipserve.models import add_model_configs, load_model, parse_spec
     from clipserve.settings import Settings
 
-    if model_config_dir:
-        add_model_configs(model_config_dir)
-    rss0 = _rss_bytes()
-    model = load_model(parse_spec(spec), device=device, dtype=dtype)
-    rss_model = _rss_bytes() - rss0
-    gpu_model = torch.cuda.memory_allocated(model.device) if model.device.type == "cuda" else 0
-    model.compile(compile)
+    bare = bare or BareModel(spec, device=device, dtype=dtype, compile=compile,
+                             model_config_dir=model_config_dir, max_batch=max(batch_sizes))
+    model, compile = bare.model, bare.compiled
     if workers is None or compile != "off":  # the server's rule: see Settings.workers_for
         workers = Settings(compile=compile).workers_for(model.device.type)
-    size = model.image_size
-    texts = captions(max(batch_sizes), seed=1)
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (max(batch_sizes), 3, size, size), dtype=torch.uint8,
-                           generator=gen)
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-
-    def run(fn: Callable[[], object]) -> Callable[[], None]:
-        return lambda: (fn(), sync())
-
-    forwards: dict[str, Callable[[int], Callable[[], None]]] = {
-        # the service tokenizes in its compute thread too, so tokenizing counts here
-        "text": lambda b: run(lambda: model.encode_text(model.tokenize(texts[:b]))),
-        "text_77": lambda b: run(lambda: model.encode_text(model.tokenize(texts[:b]),
-                                                           trim=False)),
-        "image": lambda b: run(lambda: model.encode_image(pixels[:b])),
-    }
     threads = torch.get_num_threads()
     layouts = {f"1x{threads}": 1}
     if workers > 1:
@@ -110,19 +134,20 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
     out: dict[str, Any] = {"spec": spec, "device": str(model.device), "dtype": model.precision,
                            "compiled": compile, "torch_threads": threads,
                            "layouts": list(layouts),
-                           "model_rss_bytes": rss_model}
+                           "model_rss_bytes": bare.rss_bytes}
     with ThreadPoolExecutor(workers, initializer=_single_threaded) as pool:
 
         def in_parallel(fn: Callable[[], None]) -> Callable[[], None]:
             return lambda: [f.result() for f in [pool.submit(fn) for _ in range(workers)]]
 
-        for name, make in forwards.items():
+        for name in ("text", "text_77", "image"):
             per_layout: dict[str, dict[int, float]] = {}  # peak items/s
             sustained: dict[int, float] = dict.fromkeys(batch_sizes, 0.0)
             for layout, n in layouts.items():
                 per_layout[layout] = {}
                 for b in batch_sizes:
-                    fastest, mean = _time_calls(make(b) if n == 1 else in_parallel(make(b)),
+                    fn = bare.forward(name, b)
+                    fastest, mean = _time_calls(fn if n == 1 else in_parallel(fn),
                                                 min_s=min_s, reps=reps)
                     per_layout[layout][b] = n * b / fastest
                     sustained[b] = max(sustained[b], n * b / mean)
@@ -142,7 +167,7 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
                 "per_layout": {k: {str(b): round(x, 2) for b, x in v.items()}
                                for k, v in per_layout.items()}}
     if model.device.type == "cuda":
-        out["gpu_model_bytes"] = gpu_model
+        out["gpu_model_bytes"] = bare.gpu_bytes
         out["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(model.device)
     return out
 
@@ -297,20 +322,25 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             _probe_peak(url, headers, info["batching"])
             memory["after_max_batch"] = spawned.memory()
             memory["gpu_allocated_bytes"] = _gpu_bytes(url, headers)
-        ceiling = measure_ceiling(
-            info["spec"], device=info["device"], dtype=info["dtype"],
-            batch_sizes=cfg.batch_sizes, min_s=cfg.ceiling_min_s,
-            model_config_dir=cfg.model_config_dir, compile=info["compiled"]) \
-            if cfg.ceiling else None
+        bare = BareModel(info["spec"], device=info["device"], dtype=info["dtype"],
+                         compile=info["compiled"], model_config_dir=cfg.model_config_dir,
+                         max_batch=max(cfg.batch_sizes)) if cfg.ceiling else None
+        ceiling = measure_ceiling(info["spec"], batch_sizes=cfg.batch_sizes,
+                                  min_s=cfg.ceiling_min_s, bare=bare) if bare else None
         results = []
+        beside: dict[str, list[float]] = {}  # workload -> bare batch-1 passes beside c=1, ms
         for workload in cfg.workloads:
             bodies = request_bodies(workload, cfg.items)
+            modality = WORKLOADS[workload][0]
             for c in cfg.concurrency:
+                between = None
+                if bare and c == 1 and cfg.items == 1 and modality != "mixed":
+                    between = _timed(bare.forward(modality, 1), beside.setdefault(workload, []))
                 before = batch_totals(url, headers)
                 res = asyncio.run(run_load(
                     url, bodies, concurrency=c, requests=cfg.requests, workload=workload,
                     items_per_request=cfg.items, headers=headers, client=cfg.client,
-                    cpu_of=spawned.cpu_seconds if spawned else None))
+                    cpu_of=spawned.cpu_seconds if spawned else None, between=between))
                 # (includes the few warm-up requests: they share the same batches)
                 res.mean_batch = _mean_batch(before, batch_totals(url, headers))
                 if ceiling:
@@ -333,20 +363,33 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "ceiling": ceiling,
         "memory": memory or None,
         "results": [asdict(r) for r in results],
-        "c1_vs_batch1": _c1_summary(results, ceiling),
+        "c1_vs_batch1": _c1_summary(results, ceiling, beside),
     }
 
 
-def _c1_summary(results: list[LoadResult], ceiling: dict[str, Any] | None) -> list[dict]:
-    """Concurrency-1 p50 against one bare forward pass at batch 1 (the latency overhead)."""
+def _timed(fn: Callable[[], None], into: list[float]) -> Callable[[], None]:
+    """fn, appending each call's milliseconds to `into`."""
+    def timed() -> None:
+        start = time.perf_counter()
+        fn()
+        into.append((time.perf_counter() - start) * 1000)
+    return timed
+
+
+def _c1_summary(results: list[LoadResult], ceiling: dict[str, Any] | None,
+                beside: dict[str, list[float]]) -> list[dict]:
+    """Concurrency-1 p50 against the p50 of bare batch-1 passes (every thread) timed between
+    its requests: the latency the service adds, both measured at the same moments. The
+    ceiling's fastest batch-1 pass, minutes apart on a machine whose speed drifts, is kept
+    for reference."""
     out = []
     for r in results:
-        modality = WORKLOADS[r.workload][0]
-        if r.concurrency != 1 or r.items_per_request != 1 or not ceiling or modality == "mixed":
+        if r.concurrency != 1 or r.workload not in beside or not ceiling:
             continue
-        bare = ceiling[modality]["batch1_ms"]
+        bare = round(percentile(beside[r.workload], 50), 2)
         out.append({"workload": r.workload, "p50_ms": r.p50_ms, "forward_batch1_ms": bare,
-                    "overhead_ms": round(r.p50_ms - bare, 2)})
+                    "overhead_ms": round(r.p50_ms - bare, 2), "passes": len(beside[r.workload]),
+                    "fastest_batch1_ms": ceiling[WORKLOADS[r.workload][0]]["batch1_ms"]})
     return out
 
 

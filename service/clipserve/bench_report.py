@@ -39,8 +39,9 @@ def format_report(result: dict[str, Any]) -> str:
                      + "/".join(f"{v:g}" for v in (r.get("mean_batch") or {}).values()))
         lines += [f"    error: {e}" for e in r["error_samples"]]
     for row in result["c1_vs_batch1"]:
-        lines.append(f"c=1 {row['workload']}: p50 {row['p50_ms']} ms vs one batch-1 forward "
-                     f"{row['forward_batch1_ms']} ms (+{row['overhead_ms']} ms)")
+        lines.append(f"c=1 {row['workload']}: p50 {row['p50_ms']} ms vs {row['forward_batch1_ms']}"
+                     f" ms for a bare batch-1 forward between its requests (p50): "
+                     f"{row['overhead_ms']:+} ms")
     mem = result["memory"]
     if mem:
         lines.append("server RSS: " + ", ".join(

@@ -157,13 +157,19 @@ class RawConnection:
 async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, requests: int,
                    workload: str = "", items_per_request: int = 1, headers: dict | None = None,
                    warmup: int | None = None, cpu_of: Callable[[], float] | None = None,
-                   client: str = "raw") -> LoadResult:
+                   client: str = "raw", between: Callable[[], None] | None = None) -> LoadResult:
     """POST `requests` bodies to `url`/encode with at most `concurrency` in flight.
 
-    `client` is `raw` (RawConnection, http only) or `httpx` (https too, but costlier)."""
+    `client` is `raw` (RawConnection, http only) or `httpx` (https too, but costlier).
+    `between` (concurrency 1 only) runs after each recorded request, while nothing is in
+    flight: the bench times a bare forward pass there, so both see the same moment of a
+    machine whose speed drifts. Its time is not counted in items/s."""
+    if between is not None and concurrency != 1:
+        raise ValueError("`between` needs concurrency 1")
     hdrs = {"content-type": "application/json", **(headers or {})}
     latencies: list[float] = []
     errors: list[str] = []
+    paused = [0.0, 0.0]  # seconds, and CPU seconds, spent in `between`
     use_httpx = client == "httpx" or not url.startswith("http://")
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -189,6 +195,11 @@ async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, reque
                     latencies.append(time.perf_counter() - start)
                     if not ok:
                         errors.append(why)
+                    if between is not None:
+                        start, cpu = time.perf_counter(), time.process_time()
+                        between()
+                        paused[0] += time.perf_counter() - start
+                        paused[1] += time.process_time() - cpu
 
         try:
             # Warm-up opens the connections and fills the batcher's pipeline; not recorded.
@@ -197,8 +208,8 @@ async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, reque
             todo = list(range(requests))
             cpu0, srv0, t0 = time.process_time(), cpu_of() if cpu_of else 0.0, time.perf_counter()
             await asyncio.gather(*(worker(n, todo, True) for n in range(concurrency)))
-            seconds = time.perf_counter() - t0
-            client_cpu = time.process_time() - cpu0
+            seconds = time.perf_counter() - t0 - paused[0]
+            client_cpu = time.process_time() - cpu0 - paused[1]
             server_cpu = cpu_of() - srv0 if cpu_of else None
         finally:
             for conn in conns:

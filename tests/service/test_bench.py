@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,10 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
         assert ceiling[name]["batch1_ms"] > 0
         assert set(ceiling[name]["per_layout"]) == set(ceiling["layouts"])
     assert {row["workload"] for row in result["c1_vs_batch1"]} == {"text", "jpeg224"}
+    for row in result["c1_vs_batch1"]:  # one bare pass timed after each recorded request
+        assert row["passes"] == 12 and row["forward_batch1_ms"] > 0
+        assert row["overhead_ms"] == pytest.approx(row["p50_ms"] - row["forward_batch1_ms"],
+                                                   abs=0.02)
     mem = result["memory"]
     assert mem["after_max_batch"]["peak_rss_bytes"] >= mem["ready"]["rss_bytes"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,3 +121,18 @@ def test_the_memory_probe_runs_a_max_size_batch_on_every_worker_at_once():
         passes, items = (a - b for a, b in zip(after[modality], before.get(modality, (0, 0)),
                                                 strict=True))
         assert (passes, items) == (2, 8)
+
+
+def test_work_between_requests_is_not_counted_as_serving_time(server: Server):
+    calls: list[float] = []
+
+    def pause() -> None:
+        calls.append(time.perf_counter())
+        time.sleep(0.2)
+
+    body = [b'[{"text": "a dog"}]']
+    res = asyncio.run(run_load(server.url, body, concurrency=1, requests=5, between=pause))
+    assert len(calls) == 5 and res.errors == 0
+    assert res.seconds < 0.5  # 1 s of pauses, not counted
+    with pytest.raises(ValueError, match="concurrency 1"):
+        asyncio.run(run_load(server.url, body, concurrency=2, requests=2, between=pause))
