@@ -367,12 +367,21 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
+# After a parallel region libgomp's idle threads spin for ~3 ms before they sleep (measured
+# here: 2.9-3.5 ms of CPU). A bare pass right after a request would share the CPUs with the
+# server's spinning team, and the next request with ours; waiting this long on both sides
+# keeps each measurement to itself.
+_SETTLE_S = 0.01
+
+
 def _timed(fn: Callable[[], None], into: list[float]) -> Callable[[], None]:
-    """fn, appending each call's milliseconds to `into`."""
+    """fn on a settled machine, appending each call's milliseconds to `into`."""
     def timed() -> None:
+        time.sleep(_SETTLE_S)
         start = time.perf_counter()
         fn()
         into.append((time.perf_counter() - start) * 1000)
+        time.sleep(_SETTLE_S)
     return timed
 
 
