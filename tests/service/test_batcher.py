@@ -43,6 +43,13 @@ def _recording(log: list, *, block_first: threading.Event | None = None,
     return encode
 
 
+def _two_workers_in_lockstep(log: list, max_wait_s: float) -> ModelBatcher:
+    """Two workers whose every pass must meet another at a barrier: a batch that ran alone
+    (its items not shared between the workers) fails."""
+    return _batcher(_recording(log, barrier=threading.Barrier(2, timeout=5)), workers=2,
+                    threads=2, max_batch_size=16, max_wait_s=max_wait_s)
+
+
 def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results():
     seen: list = []
 
@@ -246,8 +253,7 @@ def test_ready_items_are_shared_between_idle_workers_and_run_at_once():
     seen: list = []
 
     async def main():
-        b = _batcher(_recording(seen, barrier=threading.Barrier(2, timeout=5)), workers=2,
-                     threads=2, max_batch_size=16, max_wait_s=0.2)
+        b = _two_workers_in_lockstep(seen, max_wait_s=0.2)
         try:
             return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
         finally:
@@ -264,8 +270,7 @@ def test_a_cohort_larger_than_its_share_is_split_once_the_other_worker_starves()
     seen: list = []
 
     async def main():
-        b = _batcher(_recording(seen, barrier=threading.Barrier(2, timeout=5)), workers=2,
-                     threads=2, max_batch_size=16, max_wait_s=0.05)
+        b = _two_workers_in_lockstep(seen, max_wait_s=0.05)
         try:
             await b.submit("text", [float(i) for i in range(16)])  # two batches of 8
             await asyncio.sleep(0.1)  # longer than max_wait_s: no cohort comes back
