@@ -94,13 +94,19 @@ class BareModel:
 
     def forward(self, name: str, batch: int) -> Callable[[], None]:
         """One pass of `text` (batch-trimmed, as served), `text_77` or `image` at `batch`."""
-        m, sync = self.model, self._sync
-        texts, pixels = self._texts[:batch], self._pixels[:batch]
-        if name == "image":
-            return lambda: (m.encode_image(pixels), sync())[-1]
-        # the service tokenizes in its compute thread too, so tokenizing counts here
+        m, texts, pixels = self.model, self._texts[:batch], self._pixels[:batch]
         trim = name == "text"
-        return lambda: (m.encode_text(m.tokenize(texts), trim=trim), sync())[-1]
+
+        def image() -> None:
+            m.encode_image(pixels)
+            self._sync()
+
+        def text() -> None:
+            # the service tokenizes in its compute thread too, so tokenizing counts here
+            m.encode_text(m.tokenize(texts), trim=trim)
+            self._sync()
+
+        return image if name == "image" else text
 
 
 def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
