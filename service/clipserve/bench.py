@@ -108,6 +108,23 @@ class BareModel:
 
         return image if name == "image" else text
 
+    def rates(self, name: str, batch: int, passes: int, *, min_s: float,
+              reps: int = 3) -> tuple[float, float]:
+        """(peak, sustained) items/s of `passes` single-threaded passes at once, timed as
+        rounds (or, with passes=1, of one pass on every intra-op thread of this thread)."""
+        fn = self.forward(name, batch)
+        if passes == 1:
+            fastest, mean = _time_calls(fn, min_s=min_s, reps=reps)
+        else:
+            with ThreadPoolExecutor(passes, initializer=_single_threaded) as pool:
+
+                def round_of_passes() -> None:
+                    for future in [pool.submit(fn) for _ in range(passes)]:
+                        future.result()
+
+                fastest, mean = _time_calls(round_of_passes, min_s=min_s, reps=reps)
+        return passes * batch / fastest, passes * batch / mean
+
 
 def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
                     batch_sizes: Sequence[int] = (1, 4, 8, 16, 32, 64), min_s: float = 1.0,
@@ -139,39 +156,33 @@ def measure_ceiling(spec: str, *, device: str = "auto", dtype: str = "auto",
         layouts[f"{workers}x1"] = workers
     out: dict[str, Any] = {"spec": spec, "device": str(model.device), "dtype": model.precision,
                            "compiled": compile, "torch_threads": threads,
-                           "layouts": list(layouts),
+                           "layouts": list(layouts), "passes": layouts,
                            "model_rss_bytes": bare.rss_bytes}
-    with ThreadPoolExecutor(workers, initializer=_single_threaded) as pool:
-
-        def in_parallel(fn: Callable[[], None]) -> Callable[[], None]:
-            return lambda: [f.result() for f in [pool.submit(fn) for _ in range(workers)]]
-
-        for name in ("text", "text_77", "image"):
-            per_layout: dict[str, dict[int, float]] = {}  # peak items/s
-            sustained: dict[int, float] = dict.fromkeys(batch_sizes, 0.0)
-            for layout, n in layouts.items():
-                per_layout[layout] = {}
-                for b in batch_sizes:
-                    fn = bare.forward(name, b)
-                    fastest, mean = _time_calls(fn if n == 1 else in_parallel(fn),
-                                                min_s=min_s, reps=reps)
-                    per_layout[layout][b] = n * b / fastest
-                    sustained[b] = max(sustained[b], n * b / mean)
-            per_batch = {b: max(v[b] for v in per_layout.values()) for b in batch_sizes}
-            best = max(per_batch, key=per_batch.__getitem__)
-            best_sustained = max(sustained, key=sustained.__getitem__)
-            alone = per_layout[f"1x{threads}"]
-            out[name] = {
-                "items_per_s": round(per_batch[best], 2), "best_batch": best,
-                "best_layout": max(per_layout, key=lambda k: per_layout[k][best]),
-                "sustained_items_per_s": round(sustained[best_sustained], 2),
-                "sustained_best_batch": best_sustained,
-                # latency of one pass on every thread: the fastest a lone request can be served
-                "batch1_ms": round(1000 / alone[1], 2) if 1 in alone else None,
-                "per_batch": {str(b): round(v, 2) for b, v in per_batch.items()},
-                "sustained_per_batch": {str(b): round(v, 2) for b, v in sustained.items()},
-                "per_layout": {k: {str(b): round(x, 2) for b, x in v.items()}
-                               for k, v in per_layout.items()}}
+    for name in ("text", "text_77", "image"):
+        per_layout: dict[str, dict[int, float]] = {}  # peak items/s
+        sustained: dict[int, tuple[float, str]] = {}  # best over layouts, and which
+        for layout, n in layouts.items():
+            per_layout[layout] = {}
+            for b in batch_sizes:
+                peak, rate = bare.rates(name, b, n, min_s=min_s, reps=reps)
+                per_layout[layout][b] = peak
+                sustained[b] = max(sustained.get(b, (0.0, layout)), (rate, layout))
+        per_batch = {b: max(v[b] for v in per_layout.values()) for b in batch_sizes}
+        best = max(per_batch, key=per_batch.__getitem__)
+        best_sustained = max(sustained, key=lambda b: sustained[b][0])
+        alone = per_layout[f"1x{threads}"]
+        out[name] = {
+            "items_per_s": round(per_batch[best], 2), "best_batch": best,
+            "best_layout": max(per_layout, key=lambda k: per_layout[k][best]),
+            "sustained_items_per_s": round(sustained[best_sustained][0], 2),
+            "sustained_best_batch": best_sustained,
+            "sustained_best_layout": sustained[best_sustained][1],
+            # latency of one pass on every thread: the fastest a lone request can be served
+            "batch1_ms": round(1000 / alone[1], 2) if 1 in alone else None,
+            "per_batch": {str(b): round(v, 2) for b, v in per_batch.items()},
+            "sustained_per_batch": {str(b): round(v[0], 2) for b, v in sustained.items()},
+            "per_layout": {k: {str(b): round(x, 2) for b, x in v.items()}
+                           for k, v in per_layout.items()}}
     if model.device.type == "cuda":
         out["gpu_model_bytes"] = bare.gpu_bytes
         out["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(model.device)
@@ -349,10 +360,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     cpu_of=spawned.cpu_seconds if spawned else None, between=between))
                 # (includes the few warm-up requests: they share the same batches)
                 res.mean_batch = _mean_batch(before, batch_totals(url, headers))
-                if ceiling:
+                if bare and ceiling:
                     res.ratio = round(res.items_per_s / ceiling_for(workload, ceiling), 3)
                     res.ratio_sustained = round(res.items_per_s / ceiling_for(
                         workload, ceiling, "sustained_items_per_s"), 3)
+                    res.bare_now_items_per_s = round(
+                        _bare_now(bare, ceiling, workload, cfg.ceiling_min_s), 2)
+                    res.ratio_now = round(res.items_per_s / res.bare_now_items_per_s, 3)
                 results.append(res)
                 print(f"  {workload:9} c={c:<3} {res.items_per_s:8.1f} items/s  "
                       f"p50 {res.p50_ms:7.1f} ms  errors {res.errors}", file=sys.stderr)
@@ -371,6 +385,21 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "results": [asdict(r) for r in results],
         "c1_vs_batch1": _c1_summary(results, ceiling, beside),
     }
+
+
+def _bare_now(bare: BareModel, ceiling: dict[str, Any], workload: str, min_s: float) -> float:
+    """The bare model's sustained items/s right after a load run, at the ceiling's best
+    sustained batch size and layout (mixed: half and half): the same minute of a VM whose
+    speed drifts by 10-20% over minutes, so served/now compares like with like."""
+    def rate(modality: str) -> float:
+        c = ceiling[modality]
+        passes = ceiling["passes"][c["sustained_best_layout"]]
+        return bare.rates(modality, c["sustained_best_batch"], passes, min_s=min_s, reps=2)[1]
+
+    modality = WORKLOADS[workload][0]
+    if modality == "mixed":
+        return 1 / (0.5 / rate("text") + 0.5 / rate("image"))
+    return rate(modality)
 
 
 # After a parallel region libgomp's idle threads spin for ~3 ms before they sleep (measured

@@ -95,6 +95,9 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     ratio: float | None = None  # items/s over the peak ceiling of the workload's modality
     ratio_sustained: float | None = None  # ... over its sustained ceiling
+    # the bare model's sustained items/s measured right after this run, and items/s over it
+    bare_now_items_per_s: float | None = None
+    ratio_now: float | None = None
     # mean items per forward pass, per modality, from the server's metrics: at or near the max
     # batch size the model was never starved; well below it, the requests did not keep up
     mean_batch: dict[str, float] | None = None

@@ -36,6 +36,10 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
     for r in rows.values():
         assert r["errors"] == 0 and r["requests"] == 12
         assert r["items_per_s"] > 0 and r["ratio_sustained"] >= r["ratio"] > 0
+        # the bare rate measured right after the row, and the ratio to it
+        assert r["bare_now_items_per_s"] > 0
+        assert r["ratio_now"] == pytest.approx(r["items_per_s"] / r["bare_now_items_per_s"],
+                                               abs=0.002)
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["server_cpu_s"] is not None
         expected = {"text": {"text"}, "jpeg224": {"image"}, "mixed": {"text", "image"}}
@@ -62,6 +66,7 @@ def test_the_ceiling_peak_and_sustained_are_the_better_of_two_layouts():
                         model_config_dir=str(MODEL_CONFIGS))
     threads = c["torch_threads"]
     assert c["layouts"] == [f"1x{threads}", "2x1"]
+    assert c["passes"] == {f"1x{threads}": 1, "2x1": 2}
     for name in ("text", "text_77", "image"):
         x = c[name]
         layouts = x["per_layout"]
@@ -74,6 +79,7 @@ def test_the_ceiling_peak_and_sustained_are_the_better_of_two_layouts():
             assert 0 < x["sustained_per_batch"][b] <= x["per_batch"][b]
         assert x["sustained_items_per_s"] == max(x["sustained_per_batch"].values()) \
             == x["sustained_per_batch"][str(x["sustained_best_batch"])]
+        assert x["sustained_best_layout"] in c["layouts"]
         # the lone-request latency comes from one pass on every thread, not from the pair
         assert x["batch1_ms"] == pytest.approx(1000 / layouts[f"1x{threads}"]["1"], rel=0.01)
 
