@@ -211,6 +211,27 @@ def test_only_a_lone_client_skips_the_quiet_gap(monkeypatch):
     assert [len(batch) for _, _, batch in seen] == [2, 1, 1, 2]
 
 
+def test_items_trickling_in_closer_than_the_quiet_gap_are_batched(monkeypatch):
+    """After a lone item, one arriving soon after the last is no longer alone: it waits."""
+    monkeypatch.setattr(batching, "_QUIET_S", 0.3)
+    seen: list = []
+
+    async def main():
+        b = _batcher(_recording(seen), max_batch_size=8, max_wait_s=1)
+        try:
+            await b.submit("text", [1.0])  # the first batch waits max_wait_s: cohort 1
+            await asyncio.sleep(0.4)
+            await b.submit("text", [2.0])  # alone, after a quiet spell: at once
+            first = asyncio.ensure_future(b.submit("text", [3.0]))  # right after the last
+            await asyncio.sleep(0.05)
+            await asyncio.gather(first, b.submit("text", [4.0]))
+        finally:
+            b.stop()
+
+    asyncio.run(main())
+    assert [batch for _, _, batch in seen] == [[1.0], [2.0], [3.0, 4.0]]
+
+
 def test_a_second_worker_serves_while_the_first_is_busy():
     seen: list = []
     gate = threading.Event()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import asyncio
+import json
 import re
 
 import pytest
+from clipserve.loadgen import RawConnection
 
 from tests.service.conftest import png_b64
 from tests.service.server import TINY, start_server
@@ -20,6 +22,25 @@ def _passes(metrics_text: str, modality: str) -> tuple[float, float]:
     return value("count"), value("sum")
 
 
+async def _post_at_once(url: str, bodies: list[bytes]) -> list[list[float]]:
+    """POST every body at the same moment, each on its own open keep-alive connection.
+
+    Connections are opened first, so the requests themselves reach the server within a
+    fraction of a millisecond: concurrent for the batcher, not a trickle (32 client threads
+    sharing the GIL send theirs milliseconds apart, and a lone item is served at once).
+    """
+    conns = [RawConnection(url, "/encode", {"content-type": "application/json"})
+             for _ in bodies]
+    try:
+        await asyncio.gather(*(c.connect() for c in conns))
+        answers = await asyncio.gather(*(c.post(b) for c, b in zip(conns, bodies, strict=True)))
+    finally:
+        for c in conns:
+            c.close()
+    assert all(status == 200 for status, _ in answers)
+    return [json.loads(data)[0] for _, data in answers]
+
+
 @pytest.mark.slow
 def test_concurrent_requests_share_forward_passes_and_match_unbatched_results():
     srv = start_server("--max-wait-ms", "200", "--max-batch-size", "32")
@@ -31,11 +52,10 @@ def test_concurrent_requests_share_forward_passes_and_match_unbatched_results():
             alone_img = [c.post("/encode", json=[{"img_blob": b}]).json()[0] for b in images]
             before_t, before_i = _passes(c.get("/metrics").text, "text"), _passes(
                 c.get("/metrics").text, "image")
-            with cf.ThreadPoolExecutor(32) as pool:
-                ft = [pool.submit(c.post, "/encode", json=[{"text": t}]) for t in texts]
-                fi = [pool.submit(c.post, "/encode", json=[{"img_blob": b}]) for b in images]
-                together_text = [f.result().json()[0] for f in ft]
-                together_img = [f.result().json()[0] for f in fi]
+            together = asyncio.run(_post_at_once(
+                srv.url, [json.dumps([{"text": t}]).encode() for t in texts]
+                + [json.dumps([{"img_blob": b}]).encode() for b in images]))
+            together_text, together_img = together[:len(texts)], together[len(texts):]
             metrics = c.get("/metrics").text
     finally:
         srv.stop()
