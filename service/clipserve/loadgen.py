@@ -130,16 +130,15 @@ class RawConnection:
         self._head = ("\r\n".join(lines) + "\r\ncontent-length: ").encode()
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def connect(self) -> None:
-        """Open the connection now (post opens it when needed)."""
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The open connection, opened now if it is not (post opens it when needed)."""
         if self._streams is None:
             self._streams = await asyncio.open_connection(self._host, self._port)
+        return self._streams
 
     async def post(self, body: bytes) -> tuple[int, bytes]:
         """(status, response body); reconnects after any failure."""
-        await self.connect()
-        assert self._streams is not None
-        reader, writer = self._streams
+        reader, writer = await self.connect()
         try:
             writer.writelines([self._head, b"%d\r\n\r\n" % len(body), body])
             head = (await reader.readuntil(b"\r\n\r\n")).lower()
