@@ -50,11 +50,9 @@ def _two_workers_in_lockstep(log: list, max_wait_s: float) -> ModelBatcher:
                     threads=2, max_batch_size=16, max_wait_s=max_wait_s)
 
 
-def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results():
-    seen: list = []
-
+def _eight_at_once(b: ModelBatcher) -> None:
+    """Submit items 0..7 concurrently, check each gets its own result, then stop the batcher."""
     async def main():
-        b = _batcher(_recording(seen))
         try:
             return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
         finally:
@@ -62,6 +60,11 @@ def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results()
 
     results = asyncio.run(main())
     assert [float(r[0][0]) for r in results] == [2.0 * i for i in range(8)]
+
+
+def test_items_from_concurrent_submits_share_a_batch_and_get_their_own_results():
+    seen: list = []
+    _eight_at_once(_batcher(_recording(seen)))
     sizes = [len(batch) for _, _, batch in seen]
     assert sum(sizes) == 8 and len(sizes) < 8
 
@@ -186,13 +189,19 @@ def test_a_worker_waits_for_the_cohort_of_its_last_batch_and_no_longer():
     assert [len(batch) for _, _, batch in seen] == [1, 1, 3, 3]
 
 
+def _batcher_with_quiet_gap(monkeypatch, gap_s: float, log: list) -> ModelBatcher:
+    """One recording worker (max batch 8, max wait 1 s) with the quiet gap widened to gap_s,
+    so waiting it out and not waiting are far apart in time."""
+    monkeypatch.setattr(batching, "_QUIET_S", gap_s)
+    return _batcher(_recording(log), max_batch_size=8, max_wait_s=1)
+
+
 def test_only_a_lone_client_skips_the_quiet_gap(monkeypatch):
     """A lone client's item goes at once; two items of cohort size still wait out the gap."""
-    monkeypatch.setattr(batching, "_QUIET_S", 0.4)
     seen: list = []
 
     async def main():
-        b = _batcher(_recording(seen), max_batch_size=8, max_wait_s=1)
+        b = _batcher_with_quiet_gap(monkeypatch, 0.4, seen)
         try:
             await asyncio.gather(b.submit("text", [1.0]), b.submit("text", [2.0]))
             await b.submit("text", [3.0])  # under the cohort of 2: waits max_wait_s
@@ -213,11 +222,10 @@ def test_only_a_lone_client_skips_the_quiet_gap(monkeypatch):
 
 def test_items_trickling_in_closer_than_the_quiet_gap_are_batched(monkeypatch):
     """After a lone item, one arriving soon after the last is no longer alone: it waits."""
-    monkeypatch.setattr(batching, "_QUIET_S", 0.3)
     seen: list = []
 
     async def main():
-        b = _batcher(_recording(seen), max_batch_size=8, max_wait_s=1)
+        b = _batcher_with_quiet_gap(monkeypatch, 0.3, seen)
         try:
             await b.submit("text", [1.0])  # the first batch waits max_wait_s: cohort 1
             await asyncio.sleep(0.4)
@@ -272,16 +280,7 @@ def test_a_lone_client_always_gets_the_first_worker_with_every_thread():
 
 def test_ready_items_are_shared_between_idle_workers_and_run_at_once():
     seen: list = []
-
-    async def main():
-        b = _two_workers_in_lockstep(seen, max_wait_s=0.2)
-        try:
-            return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
-        finally:
-            b.stop()
-
-    results = asyncio.run(main())
-    assert [float(r[0][0]) for r in results] == [2.0 * i for i in range(8)]
+    _eight_at_once(_two_workers_in_lockstep(seen, max_wait_s=0.2))
     # two single-threaded batches of 4 that met at the barrier (so they ran concurrently)
     assert sorted((name, threads, len(batch)) for name, threads, batch in seen) == [
         ("compute-m-0", 1, 4), ("compute-m-1", 1, 4)]
