@@ -47,12 +47,13 @@ tools: ## fetch/build the real test parts: helm, control plane, prometheus (cach
 
 .PHONY: test
 test: dev tools ## install everything, lint, and run every test
-	$(VENV)/bin/ruff check service operator tests scripts
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 .PHONY: lint
-lint: dev ## ruff
+lint: dev ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check service operator tests scripts
+	$(VENV)/bin/ruff format --check service operator tests scripts
 
 .PHONY: cluster
 cluster: dev ## start the local control plane with simulated GPU nodes (prints KUBECONFIG)

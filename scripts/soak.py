@@ -37,15 +37,24 @@ def _image_b64(size: tuple[int, int], fmt: str, seed: int) -> str:
 
 
 def _requests() -> list[tuple[str, object]]:
-    imgs = [_image_b64(s, f, i) for i, (s, f) in enumerate(
-        [((224, 224), "PNG"), ((640, 480), "JPEG"), ((1920, 1080), "JPEG"), ((1, 1), "PNG")])]
+    imgs = [
+        _image_b64(s, f, i)
+        for i, (s, f) in enumerate(
+            [((224, 224), "PNG"), ((640, 480), "JPEG"), ((1920, 1080), "JPEG"), ((1, 1), "PNG")]
+        )
+    ]
     good = [
         ("/encode", [{"text": "a photo of a dog"}]),
         ("/encode", [{"text": f"caption {i}"} for i in range(8)]),
         ("/encode", [{"img_blob": b} for b in imgs]),
         ("/encode", {"items": [{"text": "x"}, {"img_blob": imgs[0]}], "normalize": True}),
-        ("/rank", {"queries": [{"img_blob": imgs[1]}],
-                   "candidates": [{"text": t} for t in ("a dog", "a cat", "a car")]}),
+        (
+            "/rank",
+            {
+                "queries": [{"img_blob": imgs[1]}],
+                "candidates": [{"text": t} for t in ("a dog", "a cat", "a car")],
+            },
+        ),
         ("/v1/embeddings", {"input": ["a", "b", "c"]}),
     ]
     bad = [
@@ -77,21 +86,30 @@ async def soak(url: str, pid: int, minutes: float, concurrency: int, every_s: fl
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        workers = [asyncio.create_task(_worker(client, deadline, random.Random(i).sample(
-            mix, len(mix)), counts)) for i in range(concurrency)]
+        workers = [
+            asyncio.create_task(
+                _worker(client, deadline, random.Random(i).sample(mix, len(mix)), counts)
+            )
+            for i in range(concurrency)
+        ]
         print(f"{'t (s)':>7} {'RSS (MiB)':>10} {'requests':>9}  status counts", flush=True)
         while not all(w.done() for w in workers):
             await asyncio.sleep(every_s)
             rss = proc.memory_info().rss / 2**20
             samples.append((time.monotonic() - start, rss))
-            print(f"{samples[-1][0]:7.0f} {rss:10.1f} {sum(counts.values()):9d}  "
-                  f"{dict(sorted(counts.items()))}", flush=True)
+            print(
+                f"{samples[-1][0]:7.0f} {rss:10.1f} {sum(counts.values()):9d}  "
+                f"{dict(sorted(counts.items()))}",
+                flush=True,
+            )
         await asyncio.gather(*workers)
     warm = samples[min(2, len(samples) - 1)][1]
     end = samples[-1][1]
     peak = max(s[1] for s in samples)
-    print(f"RSS after warm-up {warm:.1f} MiB, at end {end:.1f} MiB, peak {peak:.1f} MiB, "
-          f"growth {end - warm:+.1f} MiB ({(end - warm) / warm * 100:+.1f}%)")
+    print(
+        f"RSS after warm-up {warm:.1f} MiB, at end {end:.1f} MiB, peak {peak:.1f} MiB, "
+        f"growth {end - warm:+.1f} MiB ({(end - warm) / warm * 100:+.1f}%)"
+    )
     return 1 if counts.get("5xx") else 0
 
 
@@ -104,8 +122,9 @@ def main() -> int:
     args = p.parse_args()
     srv = start_server(model=args.model)
     try:
-        return asyncio.run(soak(srv.url, srv.proc.pid, args.minutes, args.concurrency,
-                                args.every_s))
+        return asyncio.run(
+            soak(srv.url, srv.proc.pid, args.minutes, args.concurrency, args.every_s)
+        )
     finally:
         srv.stop()
 

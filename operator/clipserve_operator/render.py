@@ -70,8 +70,9 @@ def chart_values(
     )
     values.update(_present(spec, "dtype", "device", "resources", "modelCache", "hfToken", "apiKey"))
     if spec.get("batching"):
-        values["batching"] = _present(spec["batching"], "maxBatchSize", "maxWaitMs", "maxQueue",
-                                      "computeWorkers")
+        values["batching"] = _present(
+            spec["batching"], "maxBatchSize", "maxWaitMs", "maxQueue", "computeWorkers"
+        )
     if spec.get("image"):
         values["image"] = _present(spec["image"], "repository", "tag", "pullPolicy")
     values = deep_merge(values, spec.get("values") or {})

@@ -37,11 +37,16 @@ from clipserve.schemas import (
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
     """OpenAPI docs for the error statuses a route can answer (all share ErrorBody)."""
-    meaning = {400: "invalid input (the detail names the field)", 401: "missing or bad API key",
-               404: "unknown model", 413: "over a size or count limit",
-               500: "the model failed on an item", 502: "an image URL could not be fetched",
-               503: "queue full or shutting down (see Retry-After)",
-               504: "an image URL timed out"}
+    meaning = {
+        400: "invalid input (the detail names the field)",
+        401: "missing or bad API key",
+        404: "unknown model",
+        413: "over a size or count limit",
+        500: "the model failed on an item",
+        502: "an image URL could not be fetched",
+        503: "queue full or shutting down (see Retry-After)",
+        504: "an image URL timed out",
+    }
     return {c: ResponseSpec(ErrorBody, description=meaning[c]) for c in codes}
 
 
@@ -69,8 +74,7 @@ async def encode(data: JSONBody[EncodeRequest], state: State) -> Response[Embedd
     return _with_model(vectors.tolist(), model)
 
 
-@post("/rank", status_code=200, summary="Score candidates against queries",
-      responses=WORK_ERRORS)
+@post("/rank", status_code=200, summary="Score candidates against queries", responses=WORK_ERRORS)
 async def rank(data: JSONBody[RankRequest], state: State) -> Response[RankResponse]:
     """Softmax over candidates of exp(logit_scale) x cosine, one row per query."""
     emb = _embedder(state)
@@ -79,12 +83,17 @@ async def rank(data: JSONBody[RankRequest], state: State) -> Response[RankRespon
     emb.check_count(len(data.queries) + len(data.candidates), "queries+candidates")
     model = emb.model(data.model)
     probs, cosine = await emb.rank(model, data.queries, data.candidates)
-    return _with_model(RankResponse(probabilities=probs.tolist(),
-                                    cosine_similarities=cosine.tolist()), model)
+    return _with_model(
+        RankResponse(probabilities=probs.tolist(), cosine_similarities=cosine.tolist()), model
+    )
 
 
-@post("/v1/embeddings", status_code=200, summary="OpenAI-compatible text embeddings",
-      responses=WORK_ERRORS)
+@post(
+    "/v1/embeddings",
+    status_code=200,
+    summary="OpenAI-compatible text embeddings",
+    responses=WORK_ERRORS,
+)
 async def openai_embeddings(
     data: JSONBody[EmbeddingsRequest], state: State
 ) -> Response[EmbeddingsResponse]:
@@ -95,29 +104,48 @@ async def openai_embeddings(
     model = emb.model(data.model)
     vectors = normalize(await emb.embed(model, [Item(text=t) for t in texts], "input"))
     tokens = emb.token_count(model, texts)
-    return _with_model(EmbeddingsResponse(
-        data=[EmbeddingData(embedding=v, index=i) for i, v in enumerate(vectors.tolist())],
-        model=model.spec.raw, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)), model)
+    return _with_model(
+        EmbeddingsResponse(
+            data=[EmbeddingData(embedding=v, index=i) for i, v in enumerate(vectors.tolist())],
+            model=model.spec.raw,
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        ),
+        model,
+    )
 
 
-@get("/models", summary="Loaded models (and, with ?available=true, every downloadable spec)",
-     responses=_errors(400, 401))
+@get(
+    "/models",
+    summary="Loaded models (and, with ?available=true, every downloadable spec)",
+    responses=_errors(400, 401),
+)
 async def models(state: State, available: FromQuery[bool] = False) -> ModelsResponse:
     """What is served, how it is batched, and optionally what could be."""
     emb = _embedder(state)
     infos = []
     for name, model in emb.models.items():
         b = emb.batchers[name]
-        infos.append(ModelInfo(
-            **model.info(), default=name == emb.default_model,
-            batching=BatchingInfo(max_batch_size=b.max_batch_size,
-                                  max_wait_ms=b.max_wait_s * 1000, max_queue=b.max_queue,
-                                  compute_workers=b.workers, compute_threads=b.threads)))
+        infos.append(
+            ModelInfo(
+                **model.info(),
+                default=name == emb.default_model,
+                batching=BatchingInfo(
+                    max_batch_size=b.max_batch_size,
+                    max_wait_ms=b.max_wait_s * 1000,
+                    max_queue=b.max_queue,
+                    compute_workers=b.workers,
+                    compute_threads=b.threads,
+                ),
+            )
+        )
     return ModelsResponse(models=infos, available=available_specs() if available else None)
 
 
-@get("/healthz", summary="Liveness: the process and its compute threads are alive",
-     responses={503: ResponseSpec(Health, description="a compute thread died")})
+@get(
+    "/healthz",
+    summary="Liveness: the process and its compute threads are alive",
+    responses={503: ResponseSpec(Health, description="a compute thread died")},
+)
 async def healthz(state: State) -> Response[Health]:
     """503 once a compute thread has died, so Kubernetes restarts the pod."""
     if not _embedder(state).healthy:
@@ -125,16 +153,20 @@ async def healthz(state: State) -> Response[Health]:
     return Response(Health("ok"))
 
 
-@get("/readyz", summary="Readiness: models loaded and warm, not draining",
-     responses={503: ResponseSpec(Health, description="loading, draining or dead")})
+@get(
+    "/readyz",
+    summary="Readiness: models loaded and warm, not draining",
+    responses={503: ResponseSpec(Health, description="loading, draining or dead")},
+)
 async def readyz(state: State) -> Response[Health]:
     """503 while loading, after a compute thread died, and from the start of shutdown."""
     lifecycle: Lifecycle = state.lifecycle
     reason = lifecycle.not_ready_reason(_embedder(state))
     state.metrics.ready.set(0 if reason else 1)
     if reason:
-        return Response(Health("unavailable", reason), status_code=503,
-                        headers={"Retry-After": "1"})
+        return Response(
+            Health("unavailable", reason), status_code=503, headers={"Retry-After": "1"}
+        )
     return Response(Health("ready"))
 
 
@@ -144,7 +176,8 @@ async def metrics(state: State) -> bytes:
     for model in _embedder(state).models.values():
         if model.device.type == "cuda":
             state.metrics.gpu_memory.labels(str(model.device)).set(
-                torch.cuda.memory_allocated(model.device))
+                torch.cuda.memory_allocated(model.device)
+            )
     return state.metrics.render()
 
 
@@ -153,8 +186,9 @@ ROUTES = [encode, rank, openai_embeddings, models, healthz, readyz, metrics]
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
     """The one error shape: {"status_code", "detail"}."""
-    return Response(ErrorBody(status_code=status, detail=detail), status_code=status,
-                    headers=headers)
+    return Response(
+        ErrorBody(status_code=status, detail=detail), status_code=status, headers=headers
+    )
 
 
 def handle_clipserve_error(_: Request, exc: ClipServeError) -> Response:
@@ -169,8 +203,10 @@ def handle_validation_error(_: Request, exc: ValidationException) -> Response:
         detail = str(cause).replace("`$.data", "`$")
     else:
         extra = exc.extra if isinstance(exc.extra, list) else []
-        detail = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
-                           for e in extra) or exc.detail
+        detail = (
+            "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
+            or exc.detail
+        )
     return error_response(400, f"invalid request body: {detail}")
 
 

@@ -52,8 +52,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
-        state=State({"embedder": embedder, "lifecycle": lifecycle, "metrics": metrics,
-                     "settings": settings}),
+        state=State(
+            {"embedder": embedder, "lifecycle": lifecycle, "metrics": metrics, "settings": settings}
+        ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[
             request_metrics(metrics),
@@ -63,10 +64,13 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
         ],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
-            title="clipserve", version=__version__,
+            title="clipserve",
+            version=__version__,
             description="CLIP embeddings and ranking; /encode and /rank are wire-compatible "
-                        "with BentoML's CLIP-API-service.",
-            path="/schema", render_plugins=[SwaggerRenderPlugin()]),
+            "with BentoML's CLIP-API-service.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
     )
 
 

@@ -61,9 +61,18 @@ _Outcome = tuple[_Pending, "torch.Tensor | BaseException"]
 class ModelBatcher:
     """The queues and compute workers of one model; `encoders` maps modality -> forward pass."""
 
-    def __init__(self, name: str, encoders: dict[str, EncodeFn], *, max_batch_size: int,
-                 max_wait_s: float, max_queue: int, metrics: Metrics, workers: int = 1,
-                 threads: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        encoders: dict[str, EncodeFn],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        metrics: Metrics,
+        workers: int = 1,
+        threads: int = 1,
+    ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -83,7 +92,8 @@ class ModelBatcher:
         self._freed = [0.0] * workers  # when each worker last finished a batch
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"compute-{name}-{i}", daemon=True)
-            for i in range(workers)]
+            for i in range(workers)
+        ]
 
     # -- event-loop side -------------------------------------------------------------------
 
@@ -111,8 +121,10 @@ class ModelBatcher:
                 raise Overloaded(f"model {self.name} is shutting down", retry_after_s=1)
             queue = self._queues[modality]
             if len(queue) + len(pending) > self.max_queue:
-                raise Overloaded(f"model {self.name}: {modality} queue is full "
-                                 f"({len(queue)} of {self.max_queue} items waiting)")
+                raise Overloaded(
+                    f"model {self.name}: {modality} queue is full "
+                    f"({len(queue)} of {self.max_queue} items waiting)"
+                )
             queue.extend(pending)
             now = time.monotonic()
             self._gap[modality] = now - self._arrived[modality]
@@ -193,9 +205,12 @@ class ModelBatcher:
                 now = time.monotonic()
                 waited, quiet = now - oldest, now - self._arrived[modality]
                 cohort_in = self._cohort_in(modality, worker, len(queue))
-                if len(queue) >= self.max_batch_size or waited >= self.max_wait_s \
-                        or (cohort_in and (quiet >= _QUIET_S or self._lone(modality, worker)))\
-                        or self._stopping:
+                if (
+                    len(queue) >= self.max_batch_size
+                    or waited >= self.max_wait_s
+                    or (cohort_in and (quiet >= _QUIET_S or self._lone(modality, worker)))
+                    or self._stopping
+                ):
                     ready = len(queue)
                     batch = [queue.popleft() for _ in range(self._take(modality, worker, ready))]
                     batch = [p for p in batch if not p.future.done()]
@@ -229,9 +244,12 @@ class ModelBatcher:
         request's p50, measured). Requests trickling in closer together than the gap (a group
         arriving one by one) still wait for it, and are batched.
         """
-        return self._cohort[modality][worker] == 1 and not any(self._busy) \
-            and sum(len(q) for q in self._queues.values()) == 1 \
+        return (
+            self._cohort[modality][worker] == 1
+            and not any(self._busy)
+            and sum(len(q) for q in self._queues.values()) == 1
             and self._gap[modality] >= _QUIET_S
+        )
 
     def _take(self, modality: str, worker: int, ready: int) -> int:
         """How many ready items this worker takes: its cohort, or an even share with the idle
@@ -262,8 +280,13 @@ class ModelBatcher:
         except Exception as exc:
             if len(batch) > 1:
                 # Fault isolation: find the culprit(s) one by one; the others still succeed.
-                log.warning("%s %s batch of %d failed (%s); retrying items singly",
-                            self.name, modality, len(batch), exc)
+                log.warning(
+                    "%s %s batch of %d failed (%s); retrying items singly",
+                    self.name,
+                    modality,
+                    len(batch),
+                    exc,
+                )
                 return [o for p in batch for o in self._compute(modality, [p])]
             log.exception("%s: %s item failed", self.name, modality)
             m.item_errors.labels("compute").inc()

@@ -35,8 +35,11 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._lifecycle.draining = True
-        log.info("%s: readiness off, still serving for %.1fs, then draining",
-                 signal.Signals(sig).name, self._grace_s)
+        log.info(
+            "%s: readiness off, still serving for %.1fs, then draining",
+            signal.Signals(sig).name,
+            self._grace_s,
+        )
         # Stopping through should_exit (not uvicorn's handler) makes a drained exit a clean 0.
         timer = threading.Timer(self._grace_s, lambda: setattr(self, "should_exit", True))
         timer.daemon = True
@@ -54,12 +57,18 @@ def serve(settings: Settings) -> int:
         print(f"clipserve: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         lifespan="on",
         # C parser and loop: the event loop's share of a core at concurrency 32 fell from
         # 0.07-0.08 to 0.05 (docs/performance.md); named, so a missing one fails loudly.
-        loop="uvloop", http="httptools")
+        loop="uvloop",
+        http="httptools",
+    )
     server = DrainingServer(config, lifecycle, settings.drain_grace_s)
     lifecycle.request_exit = lambda: setattr(server, "should_exit", True)
     server.run()
@@ -85,14 +94,19 @@ def encode_once(settings: Settings, text: str | None, image: Path | None) -> int
     if settings.model_config_dir:
         add_model_configs(settings.model_config_dir)
     try:
-        model = load_model(parse_spec(settings.model[0]), device=settings.device,
-                           dtype=settings.dtype, cache_dir=settings.cache_dir)
+        model = load_model(
+            parse_spec(settings.model[0]),
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_dir=settings.cache_dir,
+        )
     except (ModelLoadError, ValueError) as exc:
         print(f"clipserve: {exc}", file=sys.stderr)
         return 1
     if image is not None:
-        limits = ImageLimits(max_bytes=settings.max_image_bytes,
-                             max_pixels=settings.max_image_pixels)
+        limits = ImageLimits(
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        )
         pixels = prepare_image(image.read_bytes(), model.image_size, limits)
         vector = model.encode_image(pixels.unsqueeze(0))[0]
     else:
@@ -106,9 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipserve", description="CLIP embeddings over HTTP.")
     parser.add_argument("--version", action="version", version=f"clipserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_p = sub.add_parser("serve", help="serve the HTTP API (port 3000)",
-                             description="Serve /encode, /rank, /v1/embeddings, /models, "
-                                         "/healthz, /readyz and /metrics.")
+    serve_p = sub.add_parser(
+        "serve",
+        help="serve the HTTP API (port 3000)",
+        description="Serve /encode, /rank, /v1/embeddings, /models, "
+        "/healthz, /readyz and /metrics.",
+    )
     add_arguments(serve_p)
     sub.add_parser("models", help="list every ARCH:TAG open_clip can download")
     enc = sub.add_parser("encode", help="print one embedding (loads the model locally)")
@@ -127,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return bench.main(args)
     settings = from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "encode":
         if (args.text is None) == (args.image is None):
             print("clipserve encode: give a text or --image PATH (one of them)", file=sys.stderr)

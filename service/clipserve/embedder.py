@@ -36,20 +36,27 @@ class Embedder:
         self.metrics = metrics
         self.models: dict[str, ClipModel] = {}
         self.batchers: dict[str, ModelBatcher] = {}
-        self._pool = ThreadPoolExecutor(settings.preprocess_threads,
-                                        thread_name_prefix="preprocess")
-        self._fetcher = ImageFetcher(FetchPolicy(
-            connect_timeout_s=settings.fetch_connect_timeout_s,
-            read_timeout_s=settings.fetch_timeout_s,
-            total_timeout_s=settings.fetch_timeout_s,
-            max_bytes=settings.max_image_bytes,
-            max_redirects=settings.fetch_max_redirects,
-            allow=settings.fetch_allow))
+        self._pool = ThreadPoolExecutor(
+            settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
+        self._fetcher = ImageFetcher(
+            FetchPolicy(
+                connect_timeout_s=settings.fetch_connect_timeout_s,
+                read_timeout_s=settings.fetch_timeout_s,
+                total_timeout_s=settings.fetch_timeout_s,
+                max_bytes=settings.max_image_bytes,
+                max_redirects=settings.fetch_max_redirects,
+                allow=settings.fetch_allow,
+            )
+        )
         self._decoder = InputDecoder(
             fetcher=self._fetcher,
-            limits=ImageLimits(max_bytes=settings.max_image_bytes,
-                               max_pixels=settings.max_image_pixels),
-            max_text_chars=settings.max_text_chars, pool=self._pool)
+            limits=ImageLimits(
+                max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+            ),
+            max_text_chars=settings.max_text_chars,
+            pool=self._pool,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -90,17 +97,30 @@ class Embedder:
                 raise ModelLoadError(f"--compile {s.compile} needs --compute-workers 1")
             model.compile(s.compile)
             _warm_up(model, batch)
-            self.metrics.model_info.labels(spec.raw, spec.arch, spec.tag or "", str(model.device),
-                                           model.precision).set(1)
+            self.metrics.model_info.labels(
+                spec.raw, spec.arch, spec.tag or "", str(model.device), model.precision
+            ).set(1)
             batcher = ModelBatcher(
-                spec.raw, _encoders(model), max_batch_size=batch,
-                max_wait_s=s.wait_ms_for(model.device.type) / 1000, max_queue=s.max_queue,
-                metrics=self.metrics, workers=workers, threads=threads)
+                spec.raw,
+                _encoders(model),
+                max_batch_size=batch,
+                max_wait_s=s.wait_ms_for(model.device.type) / 1000,
+                max_queue=s.max_queue,
+                metrics=self.metrics,
+                workers=workers,
+                threads=threads,
+            )
             batcher.start()
             self.models[spec.raw] = model
             self.batchers[spec.raw] = batcher
-            log.info("%s ready on %s (%s), max batch %d, %d compute workers", spec.raw,
-                     model.device, model.precision, batch, workers)
+            log.info(
+                "%s ready on %s (%s), max batch %d, %d compute workers",
+                spec.raw,
+                model.device,
+                model.precision,
+                batch,
+                workers,
+            )
 
     @property
     def loaded(self) -> bool:
@@ -146,7 +166,8 @@ class Embedder:
             raise InvalidInput(f"{where}: is empty; give at least one item")
         if count > self.settings.max_items:
             raise PayloadTooLarge(
-                f"{where}: {count} items; the limit is {self.settings.max_items} per request")
+                f"{where}: {count} items; the limit is {self.settings.max_items} per request"
+            )
 
     async def embed(self, model: ClipModel, items: list[Item], where: str) -> torch.Tensor:
         """Embeddings [n, dim] for items, in order."""
@@ -154,8 +175,9 @@ class Embedder:
         batcher = self.batchers[model.spec.raw]
         groups = {m: [i for i, p in enumerate(prepared) if p.modality == m] for m in (TEXT, IMAGE)}
         groups = {m: idx for m, idx in groups.items() if idx}
-        results = await asyncio.gather(*(
-            batcher.submit(m, [prepared[i].payload for i in idx]) for m, idx in groups.items()))
+        results = await asyncio.gather(
+            *(batcher.submit(m, [prepared[i].payload for i in idx]) for m, idx in groups.items())
+        )
         # Back into request order with one stack: indexed assignment into a tensor cost the
         # event loop ~13% of its time at c=32 (profiled).
         ordered: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
@@ -164,11 +186,13 @@ class Embedder:
                 ordered[i] = row
         return torch.stack(ordered)
 
-    async def rank(self, model: ClipModel, queries: list[Item],
-                   candidates: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+    async def rank(
+        self, model: ClipModel, queries: list[Item], candidates: list[Item]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, cosine similarities), each [queries, candidates]."""
-        q, c = await asyncio.gather(self.embed(model, queries, "queries"),
-                                    self.embed(model, candidates, "candidates"))
+        q, c = await asyncio.gather(
+            self.embed(model, queries, "queries"), self.embed(model, candidates, "candidates")
+        )
         cosine = normalize(q) @ normalize(c).T
         probs = torch.softmax(model.logit_scale * cosine, dim=-1)
         return probs, cosine
@@ -194,5 +218,4 @@ def _warm_up(model: ClipModel, batch: int) -> None:
         sizes |= {1, 2}
     for n in sorted(sizes):
         model.encode_text(model.tokenize(["warm up"] * (n - 1) + ["a longer warm-up caption"]))
-        model.encode_image(torch.zeros(n, 3, model.image_size, model.image_size,
-                                       dtype=torch.uint8))
+        model.encode_image(torch.zeros(n, 3, model.image_size, model.image_size, dtype=torch.uint8))

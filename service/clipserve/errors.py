@@ -60,4 +60,3 @@ class UpstreamTimeout(ClipServeError):
     """An image URL took longer than the fetch timeout."""
 
     status_code = 504
-

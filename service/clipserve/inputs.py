@@ -38,8 +38,14 @@ class Prepared:
 class InputDecoder:
     """Turns items into payloads, with the configured limits."""
 
-    def __init__(self, *, fetcher: ImageFetcher, limits: ImageLimits, max_text_chars: int,
-                 pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        *,
+        fetcher: ImageFetcher,
+        limits: ImageLimits,
+        max_text_chars: int,
+        pool: ThreadPoolExecutor,
+    ) -> None:
         self._fetcher = fetcher
         self._limits = limits
         self._max_text_chars = max_text_chars
@@ -47,8 +53,10 @@ class InputDecoder:
 
     async def prepare(self, items: list[Item], image_size: int, where: str) -> list[Prepared]:
         """Decode every item concurrently; the first bad one fails the request."""
-        tasks = [asyncio.ensure_future(self._prepare_one(item, image_size, f"{where}[{i}]"))
-                 for i, item in enumerate(items)]
+        tasks = [
+            asyncio.ensure_future(self._prepare_one(item, image_size, f"{where}[{i}]"))
+            for i, item in enumerate(items)
+        ]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
@@ -78,7 +86,8 @@ class InputDecoder:
     def _check_text(self, text: str) -> str:
         if len(text) > self._max_text_chars:
             raise PayloadTooLarge(
-                f"text has {len(text)} characters; the limit is {self._max_text_chars}")
+                f"text has {len(text)} characters; the limit is {self._max_text_chars}"
+            )
         return text
 
     async def _fetch(self, url: str) -> bytes:

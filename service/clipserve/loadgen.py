@@ -19,10 +19,26 @@ from urllib.parse import urlsplit
 import httpx
 
 # Captions of realistic length (8 to 20 tokens), like search queries and alt texts.
-_SUBJECTS = ("a dog", "two cats", "an old red car", "a child with a kite", "a plate of pasta",
-             "a mountain lake", "a city street at night", "a wooden chair", "a surfer on a wave")
-_SCENES = ("in the snow", "on a sunny beach", "next to a window", "in a busy market",
-           "under a cloudy sky", "on a kitchen table", "in a forest clearing at dawn")
+_SUBJECTS = (
+    "a dog",
+    "two cats",
+    "an old red car",
+    "a child with a kite",
+    "a plate of pasta",
+    "a mountain lake",
+    "a city street at night",
+    "a wooden chair",
+    "a surfer on a wave",
+)
+_SCENES = (
+    "in the snow",
+    "on a sunny beach",
+    "next to a window",
+    "in a busy market",
+    "under a cloudy sky",
+    "on a kitchen table",
+    "in a forest clearing at dawn",
+)
 
 # name -> (modality, image format, (width, height)); text workloads have no image.
 WORKLOADS: dict[str, tuple[str, str | None, tuple[int, int] | None]] = {
@@ -39,8 +55,9 @@ WORKLOADS: dict[str, tuple[str, str | None, tuple[int, int] | None]] = {
 def captions(n: int, seed: int = 0) -> list[str]:
     """`n` distinct captions of realistic length."""
     rng = random.Random(seed)
-    return [f"a photo of {rng.choice(_SUBJECTS)} {rng.choice(_SCENES)}, number {i}"
-            for i in range(n)]
+    return [
+        f"a photo of {rng.choice(_SUBJECTS)} {rng.choice(_SCENES)}, number {i}" for i in range(n)
+    ]
 
 
 def photo_bytes(fmt: str, size: tuple[int, int], seed: int = 0) -> bytes:
@@ -63,8 +80,9 @@ def request_bodies(workload: str, items: int, count: int = 64) -> list[bytes]:
     """`count` distinct /encode bodies of `items` items each, JSON-encoded up front."""
     modality, fmt, size = WORKLOADS[workload]
     texts = captions(count * items)
-    blobs = ([base64.b64encode(photo_bytes(fmt, size, seed=i)).decode() for i in range(8)]
-             if fmt else [])
+    blobs = (
+        [base64.b64encode(photo_bytes(fmt, size, seed=i)).decode() for i in range(8)] if fmt else []
+    )
     bodies = []
     for r in range(count):
         batch = []
@@ -125,8 +143,11 @@ class RawConnection:
     def __init__(self, url: str, path: str, headers: dict[str, str]) -> None:
         u = urlsplit(url)
         self._host, self._port = u.hostname or "127.0.0.1", u.port or 80
-        lines = [f"POST {u.path.rstrip('/')}{path} HTTP/1.1", f"host: {u.netloc}",
-                 *(f"{k}: {v}" for k, v in headers.items())]
+        lines = [
+            f"POST {u.path.rstrip('/')}{path} HTTP/1.1",
+            f"host: {u.netloc}",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         self._head = ("\r\n".join(lines) + "\r\ncontent-length: ").encode()
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
@@ -146,7 +167,7 @@ class RawConnection:
             at = head.find(b"\r\ncontent-length:")
             if at < 0:
                 raise ConnectionError("response without content-length")
-            length = int(head[at + 17:head.index(b"\r\n", at + 2)])
+            length = int(head[at + 17 : head.index(b"\r\n", at + 2)])
             data = await reader.readexactly(length)
             if b"\r\nconnection: close" in head:
                 self.close()
@@ -161,10 +182,20 @@ class RawConnection:
             self._streams = None
 
 
-async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, requests: int,
-                   workload: str = "", items_per_request: int = 1, headers: dict | None = None,
-                   warmup: int | None = None, cpu_of: Callable[[], float] | None = None,
-                   client: str = "raw", between: Callable[[], None] | None = None) -> LoadResult:
+async def run_load(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    concurrency: int,
+    requests: int,
+    workload: str = "",
+    items_per_request: int = 1,
+    headers: dict | None = None,
+    warmup: int | None = None,
+    cpu_of: Callable[[], float] | None = None,
+    client: str = "raw",
+    between: Callable[[], None] | None = None,
+) -> LoadResult:
     """POST `requests` bodies to `url`/encode with at most `concurrency` in flight.
 
     `client` is `raw` (RawConnection, http only) or `httpx` (https too, but costlier).
@@ -181,6 +212,7 @@ async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, reque
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=hdrs) as hc:
+
         async def post_httpx(body: bytes) -> tuple[int, bytes]:
             r = await hc.post("/encode", content=body)
             return r.status_code, r.content
@@ -195,8 +227,14 @@ async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, reque
                 try:
                     status, data = await asyncio.wait_for(post(bodies[i % len(bodies)]), 300)
                     ok, why = status == 200, f"HTTP {status}: {data[:200].decode(errors='replace')}"
-                except (OSError, ValueError, EOFError, TimeoutError, httpx.HTTPError,
-                        asyncio.IncompleteReadError) as exc:
+                except (
+                    OSError,
+                    ValueError,
+                    EOFError,
+                    TimeoutError,
+                    httpx.HTTPError,
+                    asyncio.IncompleteReadError,
+                ) as exc:
                     ok, why = False, f"{type(exc).__name__}: {exc}"
                 if record:
                     latencies.append(time.perf_counter() - start)
@@ -224,10 +262,17 @@ async def run_load(url: str, bodies: Sequence[bytes], *, concurrency: int, reque
     ms = [x * 1000 for x in latencies]
     good = requests - len(errors)
     return LoadResult(
-        workload=workload, concurrency=concurrency, items_per_request=items_per_request,
-        requests=requests, errors=len(errors), seconds=round(seconds, 3),
+        workload=workload,
+        concurrency=concurrency,
+        items_per_request=items_per_request,
+        requests=requests,
+        errors=len(errors),
+        seconds=round(seconds, 3),
         items_per_s=round(good * items_per_request / seconds, 2),
-        p50_ms=round(percentile(ms, 50), 2), p95_ms=round(percentile(ms, 95), 2),
-        p99_ms=round(percentile(ms, 99), 2), client_cpu_s=round(client_cpu, 2),
+        p50_ms=round(percentile(ms, 50), 2),
+        p95_ms=round(percentile(ms, 95), 2),
+        p99_ms=round(percentile(ms, 99), 2),
+        client_cpu_s=round(client_cpu, 2),
         server_cpu_s=None if server_cpu is None else round(server_cpu, 2),
-        error_samples=sorted(set(errors))[:5])
+        error_samples=sorted(set(errors))[:5],
+    )

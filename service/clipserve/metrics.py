@@ -26,34 +26,61 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         r = self.registry
         self.requests = Counter(
-            "clipserve_requests", "HTTP requests by endpoint and status code",
-            ["endpoint", "status"], registry=r)
+            "clipserve_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self.request_duration = Histogram(
-            "clipserve_request_duration_seconds", "HTTP request latency", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.items = Counter(
-            "clipserve_items", "Items embedded", ["model", "modality"], registry=r)
+            "clipserve_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.items = Counter("clipserve_items", "Items embedded", ["model", "modality"], registry=r)
         self.batch_size = Histogram(
-            "clipserve_batch_size", "Items per forward pass", ["model", "modality"],
-            buckets=BATCH_BUCKETS, registry=r)
+            "clipserve_batch_size",
+            "Items per forward pass",
+            ["model", "modality"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "clipserve_queue_depth", "Items waiting for a forward pass", ["model", "modality"],
-            registry=r)
+            "clipserve_queue_depth",
+            "Items waiting for a forward pass",
+            ["model", "modality"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "clipserve_queue_wait_seconds", "Time an item waited before its forward pass",
-            ["model", "modality"], buckets=LATENCY_BUCKETS, registry=r)
+            "clipserve_queue_wait_seconds",
+            "Time an item waited before its forward pass",
+            ["model", "modality"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.compute = Histogram(
-            "clipserve_compute_seconds", "Duration of one forward pass", ["model", "modality"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "clipserve_compute_seconds",
+            "Duration of one forward pass",
+            ["model", "modality"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.item_errors = Counter(
-            "clipserve_item_errors", "Items rejected or failed, by reason", ["reason"],
-            registry=r)
+            "clipserve_item_errors", "Items rejected or failed, by reason", ["reason"], registry=r
+        )
         self.model_info = Gauge(
-            "clipserve_model_info", "Loaded models (value 1)",
-            ["model", "architecture", "pretrained", "device", "dtype"], registry=r)
+            "clipserve_model_info",
+            "Loaded models (value 1)",
+            ["model", "architecture", "pretrained", "device", "dtype"],
+            registry=r,
+        )
         self.gpu_memory = Gauge(
-            "clipserve_gpu_memory_allocated_bytes", "GPU memory allocated by torch", ["device"],
-            registry=r)
+            "clipserve_gpu_memory_allocated_bytes",
+            "GPU memory allocated by torch",
+            ["device"],
+            registry=r,
+        )
         self.ready = Gauge("clipserve_ready", "1 while /readyz answers 200", registry=r)
 
     def render(self) -> bytes:

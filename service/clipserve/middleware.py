@@ -78,7 +78,8 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
                 scheme, _, token = value.partition(b" ")
                 # compare against every key so timing says nothing about which one matched
                 return scheme.lower() == b"bearer" and any(
-                    [hmac.compare_digest(token.strip(), k) for k in encoded])
+                    [hmac.compare_digest(token.strip(), k) for k in encoded]
+                )
         return False
 
     def middleware(app: ASGIApp) -> ASGIApp:
@@ -89,10 +90,17 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
             if scope["type"] != "http" or scope["path"] in open_set or allowed(scope):
                 await app(scope, receive, send)
                 return
-            await send({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/json"),
-                (b"www-authenticate", b'Bearer realm="clipserve"'),
-                (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"www-authenticate", b'Bearer realm="clipserve"'),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
         return wrapped

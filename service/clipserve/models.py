@@ -47,8 +47,11 @@ class ModelSpec:
 
 
 def _looks_like_path(tag: str) -> bool:
-    return tag.startswith(("/", "./", "../", "~")) or os.sep in tag or Path(tag).suffix in {
-        ".pt", ".pth", ".bin", ".safetensors"}
+    return (
+        tag.startswith(("/", "./", "../", "~"))
+        or os.sep in tag
+        or Path(tag).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    )
 
 
 def parse_spec(raw: str) -> ModelSpec:
@@ -60,7 +63,8 @@ def parse_spec(raw: str) -> ModelSpec:
     if not sep or not arch or not tag:
         raise ValueError(
             f"model spec {raw!r} must be ARCH:TAG (e.g. ViT-B-32:openai, ViT-B-32:/path/ckpt.pt, "
-            "ViT-B-32:random) or hf-hub:org/repo")
+            "ViT-B-32:random) or hf-hub:org/repo"
+        )
     return ModelSpec(raw=raw, arch=arch, tag=tag)
 
 
@@ -140,8 +144,11 @@ class ClipModel:
         # no token before the EOT attends to the padding after it, so dropping padding columns
         # that every row has changes nothing.
         m = self.model
-        return (isinstance(m, open_clip.CLIP) and getattr(m, "attn_mask", None) is not None
-                and getattr(m, "text_pool_type", "argmax") in ("argmax", "eos"))
+        return (
+            isinstance(m, open_clip.CLIP)
+            and getattr(m, "attn_mask", None) is not None
+            and getattr(m, "text_pool_type", "argmax") in ("argmax", "eos")
+        )
 
     def _encode_text_trimmed(self, tokens: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -155,7 +162,8 @@ class ClipModel:
         x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
         x = m.ln_final(x)
         x = open_clip.transformer.text_global_pool(
-            x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+            x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None)
+        )
         proj = m.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
@@ -213,8 +221,9 @@ def _quick_gelu_for(spec: ModelSpec) -> bool:
     return bool(cfg.get("quick_gelu", False))
 
 
-def load_model(spec: ModelSpec, *, device: str = "auto", dtype: str = "auto",
-               cache_dir: str | None = None) -> ClipModel:
+def load_model(
+    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", cache_dir: str | None = None
+) -> ClipModel:
     """Build the model for `spec` with its weights; raise ModelLoadError with a way forward."""
     dev = resolve_device(device)
     precision = resolve_precision(dtype, dev)
@@ -224,25 +233,40 @@ def load_model(spec: ModelSpec, *, device: str = "auto", dtype: str = "auto",
         known = open_clip.list_pretrained_tags_by_model(spec.arch)
         raise ModelLoadError(
             f"{spec.raw}: unknown pretrained tag {spec.tag!r} for {spec.arch} "
-            f"(known: {', '.join(known) or 'none'}); or give a checkpoint path, or 'random'")
+            f"(known: {', '.join(known) or 'none'}); or give a checkpoint path, or 'random'"
+        )
     if spec.kind == "checkpoint" and not Path(spec.tag).expanduser().is_file():
         raise ModelLoadError(f"{spec.raw}: checkpoint file {spec.tag} does not exist")
     quick_gelu = _quick_gelu_for(spec)
-    name, pretrained = (spec.arch, None) if spec.kind in ("schema", "random") else (
-        spec.arch, str(Path(spec.tag).expanduser()) if spec.kind == "checkpoint" else spec.tag)
+    name, pretrained = (
+        (spec.arch, None)
+        if spec.kind in ("schema", "random")
+        else (
+            spec.arch,
+            str(Path(spec.tag).expanduser()) if spec.kind == "checkpoint" else spec.tag,
+        )
+    )
     try:
         model = open_clip.create_model(
-            name, pretrained=pretrained, precision=precision, device=dev, cache_dir=cache_dir,
-            force_quick_gelu=quick_gelu, pretrained_text=False,
-            require_pretrained=spec.kind != "random")
+            name,
+            pretrained=pretrained,
+            precision=precision,
+            device=dev,
+            cache_dir=cache_dir,
+            force_quick_gelu=quick_gelu,
+            pretrained_text=False,
+            require_pretrained=spec.kind != "random",
+        )
     except RuntimeError as exc:
         if "not found in built-ins" in str(exc):
-            raise ModelLoadError(f"{spec.raw}: unknown architecture {spec.arch!r}; "
-                                 "`clipserve models` lists them") from exc
+            raise ModelLoadError(
+                f"{spec.raw}: unknown architecture {spec.arch!r}; `clipserve models` lists them"
+            ) from exc
         raise ModelLoadError(
             f"{spec.raw}: could not load weights ({_first_line(exc)}). Offline? Point "
             f"CLIPSERVE_CACHE_DIR at a cache that holds them, give a local checkpoint "
-            f"({spec.arch}:/path/to/ckpt.pt), or use {spec.arch}:random for a smoke test") from exc
+            f"({spec.arch}:/path/to/ckpt.pt), or use {spec.arch}:random for a smoke test"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{spec.raw}: could not load ({_first_line(exc)})") from exc
     model.eval()
@@ -255,8 +279,9 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def _wrap(spec: ModelSpec, model: torch.nn.Module, dev: torch.device, precision: str,
-          quick_gelu: bool) -> ClipModel:
+def _wrap(
+    spec: ModelSpec, model: torch.nn.Module, dev: torch.device, precision: str, quick_gelu: bool
+) -> ClipModel:
     pcfg = open_clip.get_model_preprocess_cfg(model)
     size = pcfg["size"]
     size = size if isinstance(size, int) else size[0]
@@ -266,11 +291,18 @@ def _wrap(spec: ModelSpec, model: torch.nn.Module, dev: torch.device, precision:
     tokenizer = open_clip.get_tokenizer(spec.arch)
     embed_dim = int(getattr(model, "embed_dim", 0) or _probe_embed_dim(model, tokenizer, dev))
     return ClipModel(
-        spec=spec, model=model, tokenizer=tokenizer, device=dev, precision=precision,
-        image_size=int(size), context_length=int(tokenizer.context_length),
-        logit_scale=float(model.logit_scale.exp().item()), embed_dim=embed_dim,
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        device=dev,
+        precision=precision,
+        image_size=int(size),
+        context_length=int(tokenizer.context_length),
+        logit_scale=float(model.logit_scale.exp().item()),
+        embed_dim=embed_dim,
         quick_gelu=quick_gelu,
-        _scale=(1.0 / (255.0 * std)).to(dtype), _shift=(mean / std).to(dtype),
+        _scale=(1.0 / (255.0 * std)).to(dtype),
+        _shift=(mean / std).to(dtype),
     )
 
 

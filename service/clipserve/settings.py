@@ -30,61 +30,82 @@ class Settings:
         "Model spec(s) to serve, ARCH:TAG (open_clip pretrained tag, checkpoint path, or "
         "`random`) or hf-hub:org/repo; repeat the flag or comma-separate. The first is the "
         "default.",
-        ("ViT-B-32:openai",))
+        ("ViT-B-32:openai",),
+    )
     host: str = _doc("Address to listen on (containers use 0.0.0.0).", "127.0.0.1")
     port: int = _doc("HTTP port for the API and /metrics.", 3000)
     device: str = _doc("auto (cuda if available), cpu, cuda or cuda:N.", "auto")
     dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
-    cache_dir: str | None = _doc("Where downloaded weights are cached (default: the HF hub cache).",
-                                 None)
+    cache_dir: str | None = _doc(
+        "Where downloaded weights are cached (default: the HF hub cache).", None
+    )
     model_config_dir: str | None = _doc(
-        "Folder (or JSON file) of extra open_clip architecture configs to register.", None)
+        "Folder (or JSON file) of extra open_clip architecture configs to register.", None
+    )
     max_batch_size: int = _doc(
-        "Most items in one forward pass; 0 picks a default for the device (128 CUDA, 16 CPU).", 0)
+        "Most items in one forward pass; 0 picks a default for the device (128 CUDA, 16 CPU).", 0
+    )
     max_wait_ms: float = _doc(
         "Longest an idle worker waits for a batch to fill (it stops waiting once as many items "
-        "as its last batch are in); 0 picks a default for the device (5 CUDA, 20 CPU).", 0.0)
+        "as its last batch are in); 0 picks a default for the device (5 CUDA, 20 CPU).",
+        0.0,
+    )
     max_queue: int = _doc("Items waiting per (model, modality) before requests get 503.", 2048)
-    max_items: int = _doc("Most items in one request (encode, or queries+candidates in rank).",
-                          1024)
+    max_items: int = _doc(
+        "Most items in one request (encode, or queries+candidates in rank).", 1024
+    )
     max_body_bytes: int = _doc("Largest request body accepted (413 above).", 64 * 2**20)
     max_text_chars: int = _doc(
         "Longest text accepted, in characters; texts longer than the model's context (77 "
-        "tokens for CLIP) are truncated as CLIP's tokenizer does.", 10_000)
-    max_image_bytes: int = _doc("Largest image (blob, data: URI or download), in bytes.",
-                                20 * 2**20)
-    max_image_pixels: int = _doc("Largest image, in pixels (decompression-bomb guard).",
-                                 40_000_000)
+        "tokens for CLIP) are truncated as CLIP's tokenizer does.",
+        10_000,
+    )
+    max_image_bytes: int = _doc(
+        "Largest image (blob, data: URI or download), in bytes.", 20 * 2**20
+    )
+    max_image_pixels: int = _doc("Largest image, in pixels (decompression-bomb guard).", 40_000_000)
     fetch_timeout_s: float = _doc("Total time allowed to download one img_uri.", 10.0)
     fetch_connect_timeout_s: float = _doc("Connect timeout for img_uri downloads.", 3.0)
     fetch_max_redirects: int = _doc("Redirects followed per img_uri (each one re-checked).", 3)
     fetch_allow: tuple[str, ...] = _doc(
         "CIDRs or host names img_uri may reach despite the SSRF guard (e.g. an in-cluster "
-        "image store). By default private, loopback and link-local addresses are refused.", ())
+        "image store). By default private, loopback and link-local addresses are refused.",
+        (),
+    )
     preprocess_threads: int = _doc("Threads that decode and preprocess images.", 4)
     compute_workers: int = _doc(
         "Forward passes each model runs at once, each in its own thread; 0: one per usable CPU "
         "(affinity mask and cgroup quota) on CPU, where several single-threaded batches beat "
-        "one batch spread over every core, and 1 on CUDA or with --compile.", 0)
+        "one batch spread over every core, and 1 on CUDA or with --compile.",
+        0,
+    )
     compute_threads: int = _doc(
         "torch intra-op threads for a single item while the other workers are idle (0: one per "
-        "usable CPU); otherwise each worker runs single-threaded.", 0)
+        "usable CPU); otherwise each worker runs single-threaded.",
+        0,
+    )
     compile: str = _doc(
         "torch.compile the image and text towers at start-up: off, default, reduce-overhead "
         "(CUDA graphs on CUDA) or max-autotune. Start-up takes longer (~40 s on 2 CPU cores "
         "for a tiny model, minutes for large ones); dynamic shapes keep one graph for every "
-        "batch size and text length. Needs one compute worker.", "off")
+        "batch size and text length. Needs one compute worker.",
+        "off",
+    )
     drain_grace_s: float = _doc(
         "After SIGTERM, keep accepting requests this long (readiness is already failing) so "
-        "load balancers can stop sending traffic.", 5.0)
+        "load balancers can stop sending traffic.",
+        5.0,
+    )
     drain_timeout_s: float = _doc(
-        "Then wait at most this long for queued and in-flight requests to finish.", 20.0)
+        "Then wait at most this long for queued and in-flight requests to finish.", 20.0
+    )
     api_key: tuple[str, ...] = _doc(
-        "Bearer API key(s) required on every path except the open ones; none means no auth.", ())
-    api_key_file: str | None = _doc("File with one API key per line (e.g. a mounted Secret).",
-                                    None)
+        "Bearer API key(s) required on every path except the open ones; none means no auth.", ()
+    )
+    api_key_file: str | None = _doc("File with one API key per line (e.g. a mounted Secret).", None)
     open_paths: tuple[str, ...] = _doc(
-        "Paths reachable without an API key.", ("/healthz", "/readyz", "/metrics"))
+        "Paths reachable without an API key.", ("/healthz", "/readyz", "/metrics")
+    )
     log_level: str = _doc("Logging level: debug, info, warning, error.", "info")
 
     def api_keys(self) -> frozenset[str]:
@@ -174,8 +195,11 @@ def _parse(name: str, raw: str) -> Any:
 def from_env(environ: dict[str, str] | None = None) -> Settings:
     """Settings from CLIPSERVE_* variables over the defaults."""
     environ = os.environ if environ is None else environ
-    values = {f.name: _parse(f.name, environ[env_name(f.name)])
-              for f in fields(Settings) if env_name(f.name) in environ}
+    values = {
+        f.name: _parse(f.name, environ[env_name(f.name)])
+        for f in fields(Settings)
+        if env_name(f.name) in environ
+    }
     return Settings(**values)
 
 
@@ -188,11 +212,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default = ",".join(default) or "none"
         help_text = f"{f.metadata['doc']} [{env_name(f.name)}; default: {default}]"
         if base is tuple:
-            parser.add_argument(flag_name(f.name), dest=f.name, action="append", help=help_text,
-                                metavar="VALUE")
+            parser.add_argument(
+                flag_name(f.name), dest=f.name, action="append", help=help_text, metavar="VALUE"
+            )
         else:
-            parser.add_argument(flag_name(f.name), dest=f.name, help=help_text,
-                                metavar=base.__name__.upper())
+            parser.add_argument(
+                flag_name(f.name), dest=f.name, help=help_text, metavar=base.__name__.upper()
+            )
 
 
 def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
@@ -219,6 +245,7 @@ def markdown_table() -> str:
             default = ",".join(default) or "(none)"
         elif default is None:
             default = "(unset)"
-        rows.append(f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{default}` | "
-                    f"{f.metadata['doc']} |")
+        rows.append(
+            f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{default}` | {f.metadata['doc']} |"
+        )
     return "\n".join(rows)

@@ -24,8 +24,9 @@ Obj = dict[str, Any]
 
 def install_tool(script: str) -> str:
     """Run one of scripts/install-*.sh (idempotent) and return the path it prints last."""
-    out = subprocess.run(["bash", str(ROOT / "scripts" / script)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / script)], check=True, capture_output=True, text=True
+    ).stdout
     return out.strip().splitlines()[-1]
 
 
@@ -45,9 +46,13 @@ class Helm:
             raise HelmError(proc.stderr.strip() or proc.stdout.strip())
         return proc.stdout
 
-    def template_text(self, values: dict[str, Any] | None = None,
-                      values_files: Iterable[Path] = (), release: str = RELEASE,
-                      namespace: str = NAMESPACE) -> str:
+    def template_text(
+        self,
+        values: dict[str, Any] | None = None,
+        values_files: Iterable[Path] = (),
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
+    ) -> str:
         """`helm template` output; `values` goes in as a values file (types survive)."""
         args = ["template", release, str(CHART), "--namespace", namespace]
         for path in values_files:
@@ -59,8 +64,12 @@ class Helm:
                 args += ["-f", fh.name]
             return self.run(*args)
 
-    def notes(self, values: dict[str, Any] | None = None, release: str = RELEASE,
-              namespace: str = NAMESPACE) -> str:
+    def notes(
+        self,
+        values: dict[str, Any] | None = None,
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
+    ) -> str:
         """NOTES.txt as rendered for an install.
 
         helm 3.17's `install --dry-run=client` still wants a cluster, and `helm template` skips
@@ -73,20 +82,30 @@ class Helm:
             notes = (chart / "templates" / "NOTES.txt").read_text()
             (chart / "templates" / "NOTES.txt").unlink()
             (chart / "templates" / "_notes.tpl").write_text(
-                '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n")
+                '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n"
+            )
             (chart / "templates" / "notes-configmap.yaml").write_text(
                 "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
-                'data:\n  notes: {{ include "test.notes" . | toJson }}\n')
-            args = ["template", release, str(chart), "--namespace", namespace,
-                    "--show-only", "templates/notes-configmap.yaml"]
+                'data:\n  notes: {{ include "test.notes" . | toJson }}\n'
+            )
+            args = [
+                "template",
+                release,
+                str(chart),
+                "--namespace",
+                namespace,
+                "--show-only",
+                "templates/notes-configmap.yaml",
+            ]
             with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
                 yaml.safe_dump(values or {}, fh)
                 fh.flush()
                 out = self.run(*args, "-f", fh.name)
         return yaml.safe_load(out)["data"]["notes"]
 
-    def template(self, values: dict[str, Any] | None = None,
-                 values_files: Iterable[Path] = (), **kw: Any) -> list[Obj]:
+    def template(
+        self, values: dict[str, Any] | None = None, values_files: Iterable[Path] = (), **kw: Any
+    ) -> list[Obj]:
         """Rendered objects, in helm's order."""
         text = self.template_text(values, values_files, **kw)
         return [doc for doc in yaml.safe_load_all(text) if doc]
@@ -121,6 +140,7 @@ def env(objs: list[Obj]) -> dict[str, Any]:
 
 def validate_custom_resources(validator: str, objs: list[Obj]) -> list[Obj]:
     """Run the CRD-derived validators (node) over `objs`; returns one result per object."""
-    proc = subprocess.run(["node", validator], input=json.dumps(objs), capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        ["node", validator], input=json.dumps(objs), capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout)

@@ -9,21 +9,25 @@ from tests.chart.rendering import CHART, NAMESPACE, Helm, HelmError, kinds, only
 pytestmark = pytest.mark.helm
 
 
-def test_should_scale_on_cpu_memory_and_queue_depth_if_hpa_scenario_is_used(
-        helm: Helm) -> None:
+def test_should_scale_on_cpu_memory_and_queue_depth_if_hpa_scenario_is_used(helm: Helm) -> None:
     objs = helm.template(values_files=[CHART / "ci" / "autoscaling-hpa-values.yaml"])
     hpa = only(objs, "HorizontalPodAutoscaler")
     spec = hpa["spec"]
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                      "name": only(objs, "Deployment")["metadata"]["name"]}
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": only(objs, "Deployment")["metadata"]["name"],
+    }
     assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 8)
-    by_type = {m.get("resource", {}).get("name") or m["pods"]["metric"]["name"]: m
-               for m in spec["metrics"]}
-    assert by_type["cpu"]["resource"]["target"] == {"type": "Utilization",
-                                                    "averageUtilization": 70}
+    by_type = {
+        m.get("resource", {}).get("name") or m["pods"]["metric"]["name"]: m for m in spec["metrics"]
+    }
+    assert by_type["cpu"]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
     assert by_type["memory"]["resource"]["target"]["averageUtilization"] == 85
-    assert by_type["clipserve_queue_depth"]["pods"]["target"] == {"type": "AverageValue",
-                                                                  "averageValue": "32"}
+    assert by_type["clipserve_queue_depth"]["pods"]["target"] == {
+        "type": "AverageValue",
+        "averageValue": "32",
+    }
     assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
 
 
@@ -41,8 +45,10 @@ def test_should_render_a_scaled_object_on_queue_depth_if_keda_is_enabled(helm: H
     (trigger,) = so["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metricType"] == "AverageValue"
-    assert trigger["metadata"]["query"] == \
-        f'sum(clipserve_queue_depth{{namespace="{NAMESPACE}",job="clip-clipserve"}})'
+    assert (
+        trigger["metadata"]["query"]
+        == f'sum(clipserve_queue_depth{{namespace="{NAMESPACE}",job="clip-clipserve"}})'
+    )
     assert trigger["metadata"]["threshold"] == "64"
     assert trigger["authenticationRef"] == {"name": "prometheus-auth"}
 
@@ -71,29 +77,37 @@ def test_should_fail_if_min_replicas_exceed_max_replicas(helm: Helm) -> None:
         helm.template({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}})
 
 
-@pytest.mark.parametrize(("values", "rendered"), [
-    ({}, False),
-    ({"replicaCount": 2}, True),
-    ({"replicaCount": 3, "podDisruptionBudget": {"enabled": False}}, False),
-    ({"autoscaling": {"enabled": True, "minReplicas": 1}, "replicaCount": 5}, False),
-    ({"autoscaling": {"enabled": True, "minReplicas": 2}}, True),
-    ({"keda": {"enabled": True, "minReplicas": 0}}, False),
-], ids=["one-replica", "two-replicas", "disabled", "hpa-min-1", "hpa-min-2", "keda-min-0"])
+@pytest.mark.parametrize(
+    ("values", "rendered"),
+    [
+        ({}, False),
+        ({"replicaCount": 2}, True),
+        ({"replicaCount": 3, "podDisruptionBudget": {"enabled": False}}, False),
+        ({"autoscaling": {"enabled": True, "minReplicas": 1}, "replicaCount": 5}, False),
+        ({"autoscaling": {"enabled": True, "minReplicas": 2}}, True),
+        ({"keda": {"enabled": True, "minReplicas": 0}}, False),
+    ],
+    ids=["one-replica", "two-replicas", "disabled", "hpa-min-1", "hpa-min-2", "keda-min-0"],
+)
 def test_should_render_a_pdb_only_if_more_than_one_replica_is_guaranteed(
-        helm: Helm, values: dict, rendered: bool) -> None:
+    helm: Helm, values: dict, rendered: bool
+) -> None:
     assert ("PodDisruptionBudget" in kinds(helm.template(values))) is rendered
 
 
 def test_should_allow_one_eviction_if_pdb_scenario_is_used(helm: Helm) -> None:
     objs = helm.template(values_files=[CHART / "ci" / "pdb-values.yaml"])
     pdb = only(objs, "PodDisruptionBudget")["spec"]
-    assert pdb == {"selector": {"matchLabels": only(objs, "Deployment")["spec"]["selector"]
-                                ["matchLabels"]},
-                   "maxUnavailable": 1}
+    assert pdb == {
+        "selector": {"matchLabels": only(objs, "Deployment")["spec"]["selector"]["matchLabels"]},
+        "maxUnavailable": 1,
+    }
 
 
 def test_should_keep_min_available_if_max_unavailable_is_unset(helm: Helm) -> None:
-    pdb = only(helm.template({"replicaCount": 4, "podDisruptionBudget": {"minAvailable": "50%"}}),
-               "PodDisruptionBudget")["spec"]
+    pdb = only(
+        helm.template({"replicaCount": 4, "podDisruptionBudget": {"minAvailable": "50%"}}),
+        "PodDisruptionBudget",
+    )["spec"]
     assert pdb["minAvailable"] == "50%"
     assert "maxUnavailable" not in pdb

@@ -27,10 +27,21 @@ QUICK_EXIT = {"drain": {"preStopSleepSeconds": 0}, "terminationGracePeriodSecond
 
 def apply(cluster: Cluster, objs: list[dict[str, Any]], *flags: str) -> str:
     """Server-side apply as the operator does, rejecting unknown or duplicate fields."""
-    doc = {"apiVersion": "v1", "kind": "List",
-           "items": [o for o in objs if o["kind"] not in CUSTOM_KINDS]}
-    return cluster.kubectl("apply", "--server-side", "--field-manager=clipserve-chart-test",
-                           "--validate=strict", *flags, "-f", "-", input=json.dumps(doc))
+    doc = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [o for o in objs if o["kind"] not in CUSTOM_KINDS],
+    }
+    return cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=clipserve-chart-test",
+        "--validate=strict",
+        *flags,
+        "-f",
+        "-",
+        input=json.dumps(doc),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +59,22 @@ def pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
 
 def scheduled(cluster: Cluster, namespace: str, count: int) -> list[dict[str, Any]]:
     """Wait until `count` pods have a node; return them."""
-    return eventually(lambda: [p for p in pods(cluster, namespace)
-                               if p["spec"].get("nodeName")][:count]
-                      if len([p for p in pods(cluster, namespace)
-                              if p["spec"].get("nodeName")]) >= count else None,
-                      f"{count} scheduled pods")
+    return eventually(
+        lambda: (
+            [p for p in pods(cluster, namespace) if p["spec"].get("nodeName")][:count]
+            if len([p for p in pods(cluster, namespace) if p["spec"].get("nodeName")]) >= count
+            else None
+        ),
+        f"{count} scheduled pods",
+    )
 
 
-@pytest.mark.parametrize("values_file", CI_VALUES,
-                         ids=[p.name.removesuffix("-values.yaml") for p in CI_VALUES])
+@pytest.mark.parametrize(
+    "values_file", CI_VALUES, ids=[p.name.removesuffix("-values.yaml") for p in CI_VALUES]
+)
 def test_should_be_accepted_by_the_apiserver_if_applied_server_side(
-        cluster: Cluster, helm: Helm, dry_run_namespace: str, values_file: Path) -> None:
+    cluster: Cluster, helm: Helm, dry_run_namespace: str, values_file: Path
+) -> None:
     # --dry-run=server runs the apiserver's whole write path (defaulting, validation,
     # admission) without persisting, so no pods are created for the 11 scenarios.
     objs = helm.template(values_files=[values_file], namespace=dry_run_namespace)
@@ -69,16 +85,32 @@ def test_should_be_accepted_by_the_apiserver_if_applied_server_side(
 
 
 def test_should_schedule_gpu_pods_on_the_gpu_pool_if_gpu_scenario_is_used(
-        cluster: Cluster, helm: Helm, namespace: str) -> None:
+    cluster: Cluster, helm: Helm, namespace: str
+) -> None:
     # The scenario names a RuntimeClass and a PriorityClass; admission rejects pods without them.
-    classes = [{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-                "metadata": {"name": "nvidia"}, "handler": "nvidia"},
-               {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-                "metadata": {"name": "ml-serving"}, "value": 1000}]
-    cluster.kubectl("apply", "-f", "-",
-                    input=json.dumps({"apiVersion": "v1", "kind": "List", "items": classes}))
-    apply(cluster, helm.template(QUICK_EXIT, values_files=[CHART / "ci" / "gpu-pool-values.yaml"],
-                                 namespace=namespace))
+    classes = [
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "nvidia"},
+            "handler": "nvidia",
+        },
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": "ml-serving"},
+            "value": 1000,
+        },
+    ]
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": classes})
+    )
+    apply(
+        cluster,
+        helm.template(
+            QUICK_EXIT, values_files=[CHART / "ci" / "gpu-pool-values.yaml"], namespace=namespace
+        ),
+    )
     placed = scheduled(cluster, namespace, 2)
     assert {p["spec"]["nodeName"] for p in placed} <= GPU_NODES
     for pod in placed:
@@ -89,23 +121,31 @@ def test_should_schedule_gpu_pods_on_the_gpu_pool_if_gpu_scenario_is_used(
 
 
 def test_should_keep_cpu_pods_off_the_gpu_pool_if_no_gpu_is_requested(
-        cluster: Cluster, helm: Helm, namespace: str) -> None:
+    cluster: Cluster, helm: Helm, namespace: str
+) -> None:
     apply(cluster, helm.template({"replicaCount": 2, **QUICK_EXIT}, namespace=namespace))
     placed = scheduled(cluster, namespace, 2)
     assert {p["spec"]["nodeName"] for p in placed} <= CPU_NODES
 
 
 def test_should_leave_a_pod_pending_for_gpus_if_the_gpu_pool_is_full(
-        cluster: Cluster, helm: Helm, namespace: str) -> None:
+    cluster: Cluster, helm: Helm, namespace: str
+) -> None:
     # 2 GPU nodes x 4 GPUs: three pods wanting 4 each cannot all fit.
-    apply(cluster, helm.template({"replicaCount": 3, "gpu": {"count": 4}, **QUICK_EXIT},
-                                 namespace=namespace))
+    apply(
+        cluster,
+        helm.template({"replicaCount": 3, "gpu": {"count": 4}, **QUICK_EXIT}, namespace=namespace),
+    )
     placed = scheduled(cluster, namespace, 2)
     assert {p["spec"]["nodeName"] for p in placed} == GPU_NODES
 
     def unschedulable() -> list[dict[str, Any]]:
-        return [c for p in pods(cluster, namespace) for c in p["status"].get("conditions", [])
-                if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"]
+        return [
+            c
+            for p in pods(cluster, namespace)
+            for c in p["status"].get("conditions", [])
+            if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+        ]
 
     (condition,) = eventually(unschedulable, "the third pod to be found unschedulable")
     assert "Insufficient nvidia.com/gpu" in condition["message"]

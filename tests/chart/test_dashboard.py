@@ -51,7 +51,7 @@ def test_should_filter_every_query_by_the_template_variables_if_panels_change() 
     assert {"datasource", "namespace", "instance", "model"} <= variables
     for panel, target in targets(dashboard):
         assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-        assert '$namespace' in target["expr"] and '$instance' in target["expr"], panel["title"]
+        assert "$namespace" in target["expr"] and "$instance" in target["expr"], panel["title"]
 
 
 def test_should_have_unique_panel_ids_and_a_stable_uid_if_panels_change() -> None:
@@ -63,8 +63,12 @@ def test_should_have_unique_panel_ids_and_a_stable_uid_if_panels_change() -> Non
 
 def test_should_chart_every_metric_the_service_exports_if_metrics_change() -> None:
     exported = {m.name for m in Metrics().registry.collect() if m.name.startswith("clipserve_")}
-    used = {n.removesuffix(s) for n in NAME.findall(DASHBOARD.read_text()) for s in SUFFIXES
-            if n.endswith(s)} | set(NAME.findall(DASHBOARD.read_text()))
+    used = {
+        n.removesuffix(s)
+        for n in NAME.findall(DASHBOARD.read_text())
+        for s in SUFFIXES
+        if n.endswith(s)
+    } | set(NAME.findall(DASHBOARD.read_text()))
     # Counters are collected without their _total suffix.
     used |= {n.removesuffix("_total") for n in used}
     assert exported - used == set()
@@ -87,8 +91,9 @@ class Prometheus:
         return body["data"]
 
     def label_values(self, label: str, match: str) -> list[str]:
-        body = httpx.get(f"{self.url}/api/v1/label/{label}/values",
-                         params={"match[]": match}, timeout=10).json()
+        body = httpx.get(
+            f"{self.url}/api/v1/label/{label}/values", params={"match[]": match}, timeout=10
+        ).json()
         assert body["status"] == "success", (label, match, body)
         return body["data"]
 
@@ -117,20 +122,35 @@ def wait_for(condition: Any, what: str, timeout: float = 90) -> None:
 def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
     """Scrape `target` every second, labelled as a ServiceMonitor-discovered pod would be."""
     config = workdir / "prometheus.yml"
-    config.write_text(json.dumps({  # JSON is YAML
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{
-            "job_name": "clip-clipserve",
-            "static_configs": [{"targets": [target], "labels": {"namespace": NAMESPACE}}],
-        }],
-    }))
+    config.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "clip-clipserve",
+                        "static_configs": [
+                            {"targets": [target], "labels": {"namespace": NAMESPACE}}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     port = free_port()
     log_path = workdir / "prometheus.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
     prom = Prometheus(proc, f"http://127.0.0.1:{port}", log_path)
 
     def ready() -> bool:
@@ -175,17 +195,29 @@ def live() -> Iterator[tuple[Prometheus, Server]]:
         # Counters with labels appear on first use: let a scrape see them before the load, or a
         # load that ends within one scrape interval leaves rate() with no increase to show.
         items = put_load(server, rounds=1)
-        wait_for(lambda: prom.query("sum(clipserve_items_total) > 0")["result"],
-                 "the first items to be scraped")
+        wait_for(
+            lambda: prom.query("sum(clipserve_items_total) > 0")["result"],
+            "the first items to be scraped",
+        )
         items += put_load(server)
         httpx.get(server.url + "/readyz", timeout=5)  # sets clipserve_ready
         # rate() needs two samples that include the load: wait until a scrape has seen it all.
-        wait_for(lambda: float(
-            (prom.query("sum(clipserve_items_total)")["result"] or [{"value": [0, "0"]}])[0]
-            ["value"][1]) >= items and prom.query("clipserve_ready == 1")["result"],
-                 "the load to be scraped")
-        wait_for(lambda: prom.query("sum(rate(clipserve_items_total[1m])) > 0")["result"],
-                 "a rate over the load")
+        wait_for(
+            lambda: (
+                float(
+                    (prom.query("sum(clipserve_items_total)")["result"] or [{"value": [0, "0"]}])[
+                        0
+                    ]["value"][1]
+                )
+                >= items
+                and prom.query("clipserve_ready == 1")["result"]
+            ),
+            "the load to be scraped",
+        )
+        wait_for(
+            lambda: prom.query("sum(rate(clipserve_items_total[1m])) > 0")["result"],
+            "a rate over the load",
+        )
         yield prom, server
     finally:
         if prom:
@@ -201,22 +233,26 @@ def promql_regex(value: str) -> str:
 
 def substitute(expr: str, instance: str) -> str:
     """What Grafana sends for one selected namespace, instance and model."""
-    return (expr.replace("$__rate_interval", "1m")
-            .replace("$namespace", promql_regex(NAMESPACE))
-            .replace("$instance", promql_regex(instance))
-            .replace("$model", promql_regex(TINY)))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$namespace", promql_regex(NAMESPACE))
+        .replace("$instance", promql_regex(instance))
+        .replace("$model", promql_regex(TINY))
+    )
 
 
 @pytest.mark.prometheus
 @pytest.mark.slow
 def test_should_return_data_for_every_panel_if_prometheus_scrapes_a_loaded_service(
-        live: tuple[Prometheus, Server]) -> None:
+    live: tuple[Prometheus, Server],
+) -> None:
     prom, server = live
     instance = server.url.removeprefix("http://")
     empty_panels = []
     for panel in load()["panels"]:
-        results = [prom.query(substitute(t["expr"], instance))["result"]
-                   for t in panel["targets"]]  # query() asserts each evaluates without error
+        results = [
+            prom.query(substitute(t["expr"], instance))["result"] for t in panel["targets"]
+        ]  # query() asserts each evaluates without error
         if not any(results):
             empty_panels.append(panel["title"])
     assert empty_panels == []
@@ -225,7 +261,8 @@ def test_should_return_data_for_every_panel_if_prometheus_scrapes_a_loaded_servi
 @pytest.mark.prometheus
 @pytest.mark.slow
 def test_should_offer_the_live_values_if_template_variables_are_queried(
-        live: tuple[Prometheus, Server]) -> None:
+    live: tuple[Prometheus, Server],
+) -> None:
     prom, server = live
     instance = server.url.removeprefix("http://")
     expected = {"namespace": NAMESPACE, "instance": instance, "model": TINY}
@@ -241,7 +278,8 @@ def test_should_offer_the_live_values_if_template_variables_are_queried(
 @pytest.mark.prometheus
 @pytest.mark.slow
 def test_should_only_use_metric_names_the_service_exposes_if_scraped(
-        live: tuple[Prometheus, Server]) -> None:
+    live: tuple[Prometheus, Server],
+) -> None:
     _, server = live
     text = httpx.get(server.url + "/metrics", timeout=10).text
     families = set(re.findall(r"^# TYPE (\S+)", text, re.MULTILINE))

@@ -45,8 +45,9 @@ def test_should_run_clipserve_serve_as_uid_10001_on_port_3000_if_built() -> None
     assert instructions("EXPOSE") == ["3000"]
     assert instructions("VOLUME") == ['["/cache"]']
     assert instructions("FROM")[0].startswith("${CUDA_IMAGE}")
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-runtime-", DOCKERFILE.read_text(),
-                     re.MULTILINE)
+    assert re.search(
+        r"^ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-runtime-", DOCKERFILE.read_text(), re.MULTILINE
+    )
 
 
 def test_should_point_caches_at_the_volume_and_listen_on_all_interfaces_if_built() -> None:

@@ -21,8 +21,7 @@ SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 EXPECTED_KINDS = {
     "default": {"Deployment", "Service"},
     "gpu-pool": {"Deployment", "Service", "PodDisruptionBudget"},
-    "autoscaling-hpa": {"Deployment", "Service", "HorizontalPodAutoscaler",
-                        "PodDisruptionBudget"},
+    "autoscaling-hpa": {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
     "keda": {"Deployment", "Service", "ScaledObject", "ServiceMonitor"},
     "pdb": {"Deployment", "Service", "PodDisruptionBudget"},
     "servicemonitor": {"Deployment", "Service", "ServiceMonitor", "ConfigMap"},
@@ -33,9 +32,15 @@ EXPECTED_KINDS = {
     "slot-green": {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
 }
 
-COMMON_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
-                 "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
-                 "app.kubernetes.io/part-of", "app.kubernetes.io/component", "helm.sh/chart")
+COMMON_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+    "helm.sh/chart",
+)
 
 scenario = pytest.mark.parametrize("values_file", CI_VALUES, ids=list(SCENARIOS))
 
@@ -46,15 +51,24 @@ def test_should_cover_every_scenario_the_issue_lists_if_ci_values_change() -> No
 
 @scenario
 def test_should_pass_helm_lint_strict_if_scenario_values_are_used(
-        helm: Helm, values_file: Path) -> None:
-    out = helm.run("lint", "--strict", "--namespace", NAMESPACE, str(values_file.parents[1]),
-                   "-f", str(values_file))
+    helm: Helm, values_file: Path
+) -> None:
+    out = helm.run(
+        "lint",
+        "--strict",
+        "--namespace",
+        NAMESPACE,
+        str(values_file.parents[1]),
+        "-f",
+        str(values_file),
+    )
     assert "0 chart(s) failed" in out
 
 
 @scenario
 def test_should_render_the_expected_kinds_if_scenario_values_are_used(
-        helm: Helm, values_file: Path) -> None:
+    helm: Helm, values_file: Path
+) -> None:
     objs = helm.template(values_files=[values_file])
     scenario_name = values_file.name.removesuffix("-values.yaml")
     assert {o["kind"] for o in objs} == EXPECTED_KINDS[scenario_name]
@@ -62,9 +76,9 @@ def test_should_render_the_expected_kinds_if_scenario_values_are_used(
 
 @scenario
 def test_should_render_objects_valid_against_kubernetes_schemas_if_scenario_values_are_used(
-        helm: Helm, values_file: Path) -> None:
-    objs = [o for o in helm.template(values_files=[values_file])
-            if o["kind"] not in CUSTOM_KINDS]
+    helm: Helm, values_file: Path
+) -> None:
+    objs = [o for o in helm.template(values_files=[values_file]) if o["kind"] not in CUSTOM_KINDS]
     for obj in objs:
         # strict: unknown fields are errors too (as server-side apply with strict validation).
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -72,9 +86,9 @@ def test_should_render_objects_valid_against_kubernetes_schemas_if_scenario_valu
 
 @pytest.mark.parametrize("name", [n for n, k in EXPECTED_KINDS.items() if k & CUSTOM_KINDS])
 def test_should_render_custom_resources_valid_against_their_crd_schemas_if_enabled(
-        helm: Helm, crd_validator: str, name: str) -> None:
-    custom = [o for o in helm.template(values_files=[SCENARIOS[name]])
-              if o["kind"] in CUSTOM_KINDS]
+    helm: Helm, crd_validator: str, name: str
+) -> None:
+    custom = [o for o in helm.template(values_files=[SCENARIOS[name]]) if o["kind"] in CUSTOM_KINDS]
     assert custom
     results = validate_custom_resources(crd_validator, custom)
     assert [r for r in results if r["error"]] == []
@@ -82,7 +96,8 @@ def test_should_render_custom_resources_valid_against_their_crd_schemas_if_enabl
 
 @scenario
 def test_should_namespace_and_label_every_object_if_scenario_values_are_used(
-        helm: Helm, values_file: Path) -> None:
+    helm: Helm, values_file: Path
+) -> None:
     for obj in helm.template(values_files=[values_file]):
         meta = obj["metadata"]
         assert meta["namespace"] == NAMESPACE, obj["kind"]
@@ -99,15 +114,26 @@ def test_should_render_identical_output_if_rendered_twice(helm: Helm, values_fil
     assert helm.template_text(values_files=[values_file]) == first
 
 
-def test_should_reject_invalid_custom_resources_if_crd_validator_runs(
-        crd_validator: str) -> None:
+def test_should_reject_invalid_custom_resources_if_crd_validator_runs(crd_validator: str) -> None:
     # The validators must be able to fail, or the test above proves nothing.
-    bad = [{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
-            "spec": {"scaleTargetRef": {"name": "x"}, "minReplicaCount": "one",
-                     "triggers": [{"type": "prometheus", "metadata": {}}]}},
-           {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+    bad = [
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "ScaledObject",
             "metadata": {"name": "x"},
-            "spec": {"selector": {}, "endpoints": [{"port": "http", "interval": "15 seconds"}]}}]
+            "spec": {
+                "scaleTargetRef": {"name": "x"},
+                "minReplicaCount": "one",
+                "triggers": [{"type": "prometheus", "metadata": {}}],
+            },
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "x"},
+            "spec": {"selector": {}, "endpoints": [{"port": "http", "interval": "15 seconds"}]},
+        },
+    ]
     results = validate_custom_resources(crd_validator, bad)
     assert all(r["error"] for r in results), results
 

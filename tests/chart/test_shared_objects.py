@@ -13,8 +13,7 @@ pytestmark = pytest.mark.helm
 DASHBOARD = CHART / "dashboards" / "clipserve.json"
 
 
-def test_should_scrape_metrics_on_the_http_port_if_service_monitor_is_enabled(
-        helm: Helm) -> None:
+def test_should_scrape_metrics_on_the_http_port_if_service_monitor_is_enabled(helm: Helm) -> None:
     objs = helm.template(values_files=[CHART / "ci" / "servicemonitor-values.yaml"])
     sm = only(objs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -36,14 +35,16 @@ def test_should_render_no_service_monitor_if_the_service_is_disabled(helm: Helm)
 
 
 def test_should_admit_only_the_http_port_from_listed_peers_if_network_policy_is_enabled(
-        helm: Helm) -> None:
+    helm: Helm,
+) -> None:
     objs = helm.template(values_files=[CHART / "ci" / "network-ingress-values.yaml"])
     spec = only(objs, "NetworkPolicy")["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     (rule,) = spec["ingress"]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "ingress-nginx"}
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
     # DNS first, then the user's egress rules.
     assert {"port": 53, "protocol": "UDP"} in spec["egress"][0]["ports"]
     assert spec["egress"][1]["ports"] == [{"port": 443, "protocol": "TCP"}]
@@ -64,11 +65,13 @@ def test_should_route_hosts_to_the_service_port_if_ingress_is_enabled(helm: Helm
     (rule,) = spec["rules"]
     assert rule["host"] == "clip.example.com"
     assert rule["http"]["paths"][0]["backend"] == {
-        "service": {"name": only(objs, "Service")["metadata"]["name"], "port": {"name": "http"}}}
+        "service": {"name": only(objs, "Service")["metadata"]["name"], "port": {"name": "http"}}
+    }
 
 
 def test_should_ship_the_dashboard_with_the_sidecar_label_if_dashboards_are_enabled(
-        helm: Helm) -> None:
+    helm: Helm,
+) -> None:
     objs = helm.template(values_files=[CHART / "ci" / "servicemonitor-values.yaml"])
     cm = only(objs, "ConfigMap")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -96,10 +99,19 @@ def test_should_tell_the_user_how_to_call_the_service_if_installed(helm: Helm) -
 
 
 def test_should_point_notes_at_the_ingress_and_auth_if_they_are_enabled(helm: Helm) -> None:
-    notes = helm.notes({"slot": "blue", "apiKey": {"secretName": "keys"},
-                        "ingress": {"enabled": True, "tls": [{"hosts": ["c.example.com"]}],
-                                    "hosts": [{"host": "c.example.com",
-                                               "paths": [{"path": "/", "pathType": "Prefix"}]}]}})
+    notes = helm.notes(
+        {
+            "slot": "blue",
+            "apiKey": {"secretName": "keys"},
+            "ingress": {
+                "enabled": True,
+                "tls": [{"hosts": ["c.example.com"]}],
+                "hosts": [
+                    {"host": "c.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
+                ],
+            },
+        }
+    )
     assert "export CLIPSERVE_URL=https://c.example.com" in notes
     assert "Authorization: Bearer" in notes
     assert "deployment/clip-clipserve-blue" in notes

@@ -23,8 +23,7 @@ def names(objs: list[dict]) -> dict[str, str]:
     return {o["kind"]: o["metadata"]["name"] for o in objs}
 
 
-def test_should_suffix_slotted_objects_and_keep_shared_names_if_slot_is_set(
-        helm: Helm) -> None:
+def test_should_suffix_slotted_objects_and_keep_shared_names_if_slot_is_set(helm: Helm) -> None:
     assert names(helm.template({"slot": "blue", **EVERYTHING})) == {
         "Deployment": "clip-clipserve-blue",
         "HorizontalPodAutoscaler": "clip-clipserve-blue",
@@ -41,8 +40,10 @@ def test_should_suffix_slotted_objects_and_keep_shared_names_if_slot_is_set(
 
 def test_should_target_the_slotted_deployment_if_slot_is_set(helm: Helm) -> None:
     objs = helm.template({"slot": "green", **EVERYTHING})
-    assert only(objs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] \
+    assert (
+        only(objs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"]
         == "clip-clipserve-green"
+    )
     keda = helm.template({"slot": "green", "keda": {"enabled": True}})
     assert only(keda, "ScaledObject")["spec"]["scaleTargetRef"]["name"] == "clip-clipserve-green"
 
@@ -65,8 +66,9 @@ def test_should_select_only_the_service_slot_if_service_slot_is_set(helm: Helm) 
 def test_should_select_every_slot_if_service_slot_is_empty(helm: Helm) -> None:
     objs = helm.template({"slot": "green"})
     assert only(objs, "Service")["spec"]["selector"] == SELECTOR
-    policy = only(helm.template({"slot": "green", "networkPolicy": {"enabled": True}}),
-                  "NetworkPolicy")
+    policy = only(
+        helm.template({"slot": "green", "networkPolicy": {"enabled": True}}), "NetworkPolicy"
+    )
     assert policy["spec"]["podSelector"]["matchLabels"] == SELECTOR
 
 
@@ -80,6 +82,8 @@ def test_should_carry_no_slot_label_nor_suffix_if_slot_is_empty(helm: Helm) -> N
 
 def test_should_render_only_the_slot_objects_if_service_is_disabled(helm: Helm) -> None:
     objs = helm.template(values_files=[CHART / "ci" / "slot-green-values.yaml"])
-    assert names(objs) == {"Deployment": "clip-clipserve-green",
-                           "HorizontalPodAutoscaler": "clip-clipserve-green",
-                           "PodDisruptionBudget": "clip-clipserve-green"}
+    assert names(objs) == {
+        "Deployment": "clip-clipserve-green",
+        "HorizontalPodAutoscaler": "clip-clipserve-green",
+        "PodDisruptionBudget": "clip-clipserve-green",
+    }

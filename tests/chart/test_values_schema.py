@@ -14,50 +14,59 @@ from tests.chart.rendering import CHART, Helm, HelmError
 pytestmark = pytest.mark.helm
 
 
-@pytest.mark.parametrize(("values", "field"), [
-    ({"replicaCount": -1}, "replicaCount"),
-    ({"replicaCount": "two"}, "replicaCount"),
-    ({"dtype": "fp8"}, "dtype"),
-    ({"device": "tpu"}, "device"),
-    ({"model": ""}, "model"),
-    ({"model": "ViT-B-32"}, "model"),
-    ({"model": "ViT-B-32:openai, RN50:openai"}, "model"),
-    ({"gpu": {"count": -1}}, "gpu.count"),
-    ({"gpu": {"count": 0.5}}, "gpu.count"),
-    ({"batching": {"maxBatchSize": -4}}, "batching.maxBatchSize"),
-    ({"batching": {"maxQueue": 0}}, "batching.maxQueue"),
-    ({"service": {"port": 70000}}, "service.port"),
-    ({"service": {"type": "ExternalName"}}, "service.type"),
-    ({"slot": "Blue!"}, "slot"),
-    ({"modelCache": {"type": "hostPath"}}, "modelCache.type"),
-    ({"modelCache": {"type": "existingClaim"}}, "modelCache.existingClaim"),
-    ({"modelCache": {"size": "ten gigs"}}, "modelCache.size"),
-    ({"autoscaling": {"minReplicas": 0}}, "autoscaling.minReplicas"),
-    ({"keda": {"prometheus": {"threshold": 0}}}, "keda.prometheus.threshold"),
-    ({"drain": {"graceSeconds": -5}}, "drain.graceSeconds"),
-    ({"serviceMonitor": {"interval": "15 seconds"}}, "serviceMonitor.interval"),
-    ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
-    ({"nodeSelector": {"pool": 1}}, "nodeSelector.pool"),
-    ({"replicas": 2}, "replicas"),  # a typo for replicaCount
-    ({"gpu": {"cout": 1}}, "cout"),
-], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"replicaCount": -1}, "replicaCount"),
+        ({"replicaCount": "two"}, "replicaCount"),
+        ({"dtype": "fp8"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+        ({"model": ""}, "model"),
+        ({"model": "ViT-B-32"}, "model"),
+        ({"model": "ViT-B-32:openai, RN50:openai"}, "model"),
+        ({"gpu": {"count": -1}}, "gpu.count"),
+        ({"gpu": {"count": 0.5}}, "gpu.count"),
+        ({"batching": {"maxBatchSize": -4}}, "batching.maxBatchSize"),
+        ({"batching": {"maxQueue": 0}}, "batching.maxQueue"),
+        ({"service": {"port": 70000}}, "service.port"),
+        ({"service": {"type": "ExternalName"}}, "service.type"),
+        ({"slot": "Blue!"}, "slot"),
+        ({"modelCache": {"type": "hostPath"}}, "modelCache.type"),
+        ({"modelCache": {"type": "existingClaim"}}, "modelCache.existingClaim"),
+        ({"modelCache": {"size": "ten gigs"}}, "modelCache.size"),
+        ({"autoscaling": {"minReplicas": 0}}, "autoscaling.minReplicas"),
+        ({"keda": {"prometheus": {"threshold": 0}}}, "keda.prometheus.threshold"),
+        ({"drain": {"graceSeconds": -5}}, "drain.graceSeconds"),
+        ({"serviceMonitor": {"interval": "15 seconds"}}, "serviceMonitor.interval"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+        ({"nodeSelector": {"pool": 1}}, "nodeSelector.pool"),
+        ({"replicas": 2}, "replicas"),  # a typo for replicaCount
+        ({"gpu": {"cout": 1}}, "cout"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
+)
 def test_should_reject_values_if_they_break_the_schema(
-        helm: Helm, values: dict, field: str) -> None:
+    helm: Helm, values: dict, field: str
+) -> None:
     with pytest.raises(HelmError) as err:
         helm.template(values)
     assert "values don't meet the specifications of the schema" in str(err.value)
     assert re.search(re.escape(field), str(err.value)), str(err.value)
 
 
-@pytest.mark.parametrize("values", [
-    {"model": "ViT-B-32:openai,ViT-L-14:openai"},
-    {"model": "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"},
-    {"model": "ViT-B-32:/weights/finetuned.pt"},
-    {"device": "cuda:1", "dtype": "bf16"},
-    {"replicaCount": 0},
-    {"podDisruptionBudget": {"minAvailable": "50%"}},
-    {"terminationGracePeriodSeconds": 90},
-], ids=lambda v: json.dumps(v))
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"model": "ViT-B-32:openai,ViT-L-14:openai"},
+        {"model": "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"},
+        {"model": "ViT-B-32:/weights/finetuned.pt"},
+        {"device": "cuda:1", "dtype": "bf16"},
+        {"replicaCount": 0},
+        {"podDisruptionBudget": {"minAvailable": "50%"}},
+        {"terminationGracePeriodSeconds": 90},
+    ],
+    ids=lambda v: json.dumps(v),
+)
 def test_should_accept_values_if_they_are_valid(helm: Helm, values: dict) -> None:
     assert helm.template(values)
 

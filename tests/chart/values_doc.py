@@ -40,8 +40,14 @@ def documented_values(text: str) -> list[tuple[str, str, str | None]]:
                 stack.pop()
             stack.append((indent, key.group(2)))
             if comment:
-                default = next((c.removeprefix("@default --").strip() for c in comment
-                                if c.startswith("@default --")), None)
+                default = next(
+                    (
+                        c.removeprefix("@default --").strip()
+                        for c in comment
+                        if c.startswith("@default --")
+                    ),
+                    None,
+                )
                 desc = " ".join(c for c in comment if not c.startswith("@default --"))
                 rows.append((".".join(k for _, k in stack), desc, default))
         comment = []
@@ -62,8 +68,15 @@ def table() -> str:
     lines = ["| Key | Type | Default | Description |", "| --- | --- | --- | --- |"]
     for key, desc, default in documented_values(text):
         value = lookup(values, key)
-        kind = {dict: "object", list: "list", str: "string", bool: "bool", int: "int",
-                float: "float", type(None): "null"}[type(value)]
+        kind = {
+            dict: "object",
+            list: "list",
+            str: "string",
+            bool: "bool",
+            int: "int",
+            float: "float",
+            type(None): "null",
+        }[type(value)]
         shown = default if default is not None else json.dumps(value, separators=(",", ":"))
         cell = desc.replace("|", "\\|")
         lines.append(f"| `{key}` | {kind} | `{shown}` | {cell} |")
@@ -73,7 +86,7 @@ def table() -> str:
 def current_table() -> str:
     """The table as it stands in the README."""
     text = README.read_text()
-    return text[text.index(START) + len(START):text.index(END)].strip()
+    return text[text.index(START) + len(START) : text.index(END)].strip()
 
 
 def write() -> None:

@@ -39,8 +39,9 @@ def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
     return dict(json.loads(cluster.kubectl("get", *args, "-o", "json")))
 
 
-def apply_available_deployment(cluster: Cluster, namespace: str, name: str, replicas: int,
-                               pod_spec: dict[str, Any]) -> None:
+def apply_available_deployment(
+    cluster: Cluster, namespace: str, name: str, replicas: int, pod_spec: dict[str, Any]
+) -> None:
     """Apply a Deployment of `pod_spec` labelled app=<name> and wait until it is Available."""
     labels = {"app": name}
     deployment = {

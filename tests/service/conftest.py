@@ -20,8 +20,9 @@ def server() -> Iterator[Server]:
     srv.stop()
 
 
-def png_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
-              mode: str = "RGB") -> bytes:
+def png_bytes(
+    size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30), mode: str = "RGB"
+) -> bytes:
     """A real PNG image."""
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, format="PNG")

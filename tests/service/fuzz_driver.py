@@ -7,10 +7,15 @@ import sys
 
 from tests.service.server import start_server
 
-CHECKS = ",".join([
-    "not_a_server_error", "status_code_conformance", "content_type_conformance",
-    "response_schema_conformance", "negative_data_rejection",
-])
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+    ]
+)
 
 
 def main() -> int:
@@ -18,10 +23,24 @@ def main() -> int:
     srv = start_server("--fetch-timeout-s", "1", "--max-items", "64")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "run", f"{srv.url}/schema/openapi.json",
-             "--checks", CHECKS, "--max-examples", sys.argv[1], "--workers", "2",
-             "--generation-deterministic", "--request-timeout", "60"],
-            timeout=900)
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "run",
+                f"{srv.url}/schema/openapi.json",
+                "--checks",
+                CHECKS,
+                "--max-examples",
+                sys.argv[1],
+                "--workers",
+                "2",
+                "--generation-deterministic",
+                "--request-timeout",
+                "60",
+            ],
+            timeout=900,
+        )
     finally:
         code = srv.stop()
     print(f"server exit code {code}")

@@ -53,14 +53,31 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(*args: str, model: str = TINY, env: dict[str, str] | None = None,
-                 wait_ready: bool = True, timeout: float = 120) -> Server:
+def start_server(
+    *args: str,
+    model: str = TINY,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    timeout: float = 120,
+) -> Server:
     """Start `clipserve serve` and (by default) wait until /readyz says 200."""
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="clipserve-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "clipserve.cli", "serve", "--model", model,
-           "--model-config-dir", str(MODEL_CONFIGS), "--port", str(port),
-           "--drain-grace-s", "0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "clipserve.cli",
+        "serve",
+        "--model",
+        model,
+        "--model-config-dir",
+        str(MODEL_CONFIGS),
+        "--port",
+        str(port),
+        "--drain-grace-s",
+        "0",
+        *args,
+    ]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)

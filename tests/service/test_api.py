@@ -65,7 +65,8 @@ def test_rank_rows_sum_to_one_and_follow_the_models_logit_scale(server: Server):
     assert set(out) == {"probabilities", "cosine_similarities"}
     assert len(out["probabilities"]) == 2 and all(len(row) == 3 for row in out["probabilities"])
     for qi, (probs, cosines) in enumerate(
-            zip(out["probabilities"], out["cosine_similarities"], strict=True)):
+        zip(out["probabilities"], out["cosine_similarities"], strict=True)
+    ):
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
         expected_cos = [_cos(q[qi], kj) for kj in k]
         assert cosines == pytest.approx(expected_cos, abs=1e-4)
@@ -112,7 +113,10 @@ def test_every_response_names_the_model_even_errors(server: Server):
         responses = [
             c.post("/encode", json=[{"text": "x"}]),
             c.post("/rank", json={"queries": [{"text": "x"}], "candidates": [{"text": "y"}]}),
-            c.get("/models"), c.get("/healthz"), c.get("/readyz"), c.get("/metrics"),
+            c.get("/models"),
+            c.get("/healthz"),
+            c.get("/readyz"),
+            c.get("/metrics"),
             c.post("/encode", json=[]),  # 400
             c.post("/encode", json={"items": [{"text": "x"}], "model": "nope"}),  # 404
         ]
@@ -138,10 +142,18 @@ def test_metrics_expose_the_documented_families(server: Server):
     with server.client() as c:
         c.post("/encode", json=[{"text": "x"}, {"img_blob": png_b64()}])
         text = c.get("/metrics").text
-    for name in ("clipserve_requests_total", "clipserve_request_duration_seconds_bucket",
-                 "clipserve_items_total", "clipserve_batch_size_bucket", "clipserve_queue_depth",
-                 "clipserve_queue_wait_seconds_bucket", "clipserve_compute_seconds_bucket",
-                 "clipserve_model_info", "clipserve_ready", "process_resident_memory_bytes"):
+    for name in (
+        "clipserve_requests_total",
+        "clipserve_request_duration_seconds_bucket",
+        "clipserve_items_total",
+        "clipserve_batch_size_bucket",
+        "clipserve_queue_depth",
+        "clipserve_queue_wait_seconds_bucket",
+        "clipserve_compute_seconds_bucket",
+        "clipserve_model_info",
+        "clipserve_ready",
+        "process_resident_memory_bytes",
+    ):
         assert name in text, name
     assert f'clipserve_items_total{{modality="image",model="{TINY}"}}' in text
     assert 'clipserve_requests_total{endpoint="/encode",status="200"}' in text
@@ -162,4 +174,3 @@ def test_several_models_are_served_and_picked_by_name():
     assert default.headers["x-clip-model"] == TINY and len(default.json()[0]) == EMBED_DIM
     assert big.headers["x-clip-model"] == "ViT-B-32:random" and len(big.json()[0]) == 512
     assert by_arch.json() == big.json()
-

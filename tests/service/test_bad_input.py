@@ -13,33 +13,67 @@ CASES = [
     # (name, path, body or raw bytes, expected status, words the message must contain)
     ("empty array", "/encode", [], 400, ["items", "empty"]),
     ("item with no field", "/encode", [{}], 400, ["items[0]", "exactly one"]),
-    ("item with two fields", "/encode", [{"text": "a", "img_blob": png_b64()}], 400,
-     ["items[0]", "text and img_blob"]),
+    (
+        "item with two fields",
+        "/encode",
+        [{"text": "a", "img_blob": png_b64()}],
+        400,
+        ["items[0]", "text and img_blob"],
+    ),
     ("unknown field", "/encode", [{"txt": "a"}], 400, ["txt"]),
-    ("invalid base64", "/encode", [{"text": "ok"}, {"img_blob": "!!!not base64!!!"}], 400,
-     ["items[1].img_blob", "base64"]),
-    ("bytes that are not an image", "/encode",
-     [{"img_blob": base64.b64encode(b"hello, I am text").decode()}], 400,
-     ["items[0].img_blob", "image"]),
-    ("unknown model", "/encode", {"items": [{"text": "a"}], "model": "ViT-Nope:x"}, 404,
-     ["model", "ViT-Nope:x"]),
+    (
+        "invalid base64",
+        "/encode",
+        [{"text": "ok"}, {"img_blob": "!!!not base64!!!"}],
+        400,
+        ["items[1].img_blob", "base64"],
+    ),
+    (
+        "bytes that are not an image",
+        "/encode",
+        [{"img_blob": base64.b64encode(b"hello, I am text").decode()}],
+        400,
+        ["items[0].img_blob", "image"],
+    ),
+    (
+        "unknown model",
+        "/encode",
+        {"items": [{"text": "a"}], "model": "ViT-Nope:x"},
+        404,
+        ["model", "ViT-Nope:x"],
+    ),
     ("text is a number", "/encode", [{"text": 5}], 400, ["str", "$[0].text"]),
-    ("queries not a list", "/rank", {"queries": "a", "candidates": [{"text": "b"}]}, 400,
-     ["queries"]),
+    (
+        "queries not a list",
+        "/rank",
+        {"queries": "a", "candidates": [{"text": "b"}]},
+        400,
+        ["queries"],
+    ),
     ("rank without candidates", "/rank", {"queries": [{"text": "a"}]}, 400, ["candidates"]),
-    ("empty candidates", "/rank", {"queries": [{"text": "a"}], "candidates": []}, 400,
-     ["candidates", "empty"]),
-    ("bad item inside rank", "/rank",
-     {"queries": [{"text": "a"}], "candidates": [{"text": "b"}, {"img_uri": "ftp://x/y.png"}]},
-     400, ["candidates[1].img_uri"]),
+    (
+        "empty candidates",
+        "/rank",
+        {"queries": [{"text": "a"}], "candidates": []},
+        400,
+        ["candidates", "empty"],
+    ),
+    (
+        "bad item inside rank",
+        "/rank",
+        {"queries": [{"text": "a"}], "candidates": [{"text": "b"}, {"img_uri": "ftp://x/y.png"}]},
+        400,
+        ["candidates[1].img_uri"],
+    ),
     ("openai input of the wrong type", "/v1/embeddings", {"input": 3}, 400, ["input"]),
     ("non-JSON body", "/encode", b"this is not json", 400, ["JSON"]),
     ("truncated JSON", "/encode", b'[{"text": "a"', 400, ["JSON"]),
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "body", "status", "words"), CASES,
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "words"), CASES, ids=[c[0] for c in CASES]
+)
 def test_bad_input_is_a_4xx_naming_the_problem(server: Server, name, path, body, status, words):
     with server.client() as c:
         if isinstance(body, bytes):

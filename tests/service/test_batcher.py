@@ -30,9 +30,14 @@ def _batcher(encode=_double, **kw) -> ModelBatcher:
     return b
 
 
-def _recording(log: list, *, block_first: threading.Event | None = None,
-               barrier: threading.Barrier | None = None):
+def _recording(
+    log: list,
+    *,
+    block_first: threading.Event | None = None,
+    barrier: threading.Barrier | None = None,
+):
     """An encoder that records (worker thread, its intra-op threads, batch) for each pass."""
+
     def encode(values):
         log.append((threading.current_thread().name, torch.get_num_threads(), list(values)))
         if block_first is not None and len(log) == 1:
@@ -40,18 +45,25 @@ def _recording(log: list, *, block_first: threading.Event | None = None,
         if barrier is not None:
             barrier.wait()  # every party must be inside a pass at the same time
         return _double(values)
+
     return encode
 
 
 def _two_workers_in_lockstep(log: list, max_wait_s: float) -> ModelBatcher:
     """Two workers whose every pass must meet another at a barrier: a batch that ran alone
     (its items not shared between the workers) fails."""
-    return _batcher(_recording(log, barrier=threading.Barrier(2, timeout=5)), workers=2,
-                    threads=2, max_batch_size=16, max_wait_s=max_wait_s)
+    return _batcher(
+        _recording(log, barrier=threading.Barrier(2, timeout=5)),
+        workers=2,
+        threads=2,
+        max_batch_size=16,
+        max_wait_s=max_wait_s,
+    )
 
 
 def _eight_at_once(b: ModelBatcher) -> None:
     """Submit items 0..7 concurrently, check each gets its own result, then stop the batcher."""
+
     async def main():
         try:
             return await asyncio.gather(*(b.submit("text", [float(i)]) for i in range(8)))
@@ -74,8 +86,11 @@ def test_a_poisoned_item_fails_only_its_own_request():
         b = _batcher()
         try:
             return await asyncio.gather(
-                b.submit("text", [1.0]), b.submit("text", [2.0, POISON]), b.submit("text", [3.0]),
-                return_exceptions=True)
+                b.submit("text", [1.0]),
+                b.submit("text", [2.0, POISON]),
+                b.submit("text", [3.0]),
+                return_exceptions=True,
+            )
         finally:
             b.stop()
 
@@ -136,8 +151,9 @@ def test_items_of_a_cancelled_request_are_not_computed():
 
 
 def test_a_dead_compute_thread_is_reported_and_refuses_work():
-    b = ModelBatcher("m", {"text": _double}, max_batch_size=4, max_wait_s=0, max_queue=8,
-                     metrics=Metrics())
+    b = ModelBatcher(
+        "m", {"text": _double}, max_batch_size=4, max_wait_s=0, max_queue=8, metrics=Metrics()
+    )
     b._next_batch = lambda worker: (_ for _ in ()).throw(MemoryError("boom"))  # a bug in the loop
     b.start()
     b._threads[0].join(5)
@@ -283,7 +299,9 @@ def test_ready_items_are_shared_between_idle_workers_and_run_at_once():
     _eight_at_once(_two_workers_in_lockstep(seen, max_wait_s=0.2))
     # two single-threaded batches of 4 that met at the barrier (so they ran concurrently)
     assert sorted((name, threads, len(batch)) for name, threads, batch in seen) == [
-        ("compute-m-0", 1, 4), ("compute-m-1", 1, 4)]
+        ("compute-m-0", 1, 4),
+        ("compute-m-1", 1, 4),
+    ]
 
 
 def test_a_cohort_larger_than_its_share_is_split_once_the_other_worker_starves():

@@ -15,10 +15,12 @@ from tests.service.server import TINY, start_server
 
 def _passes(metrics_text: str, modality: str) -> tuple[float, float]:
     """(forward passes, items) so far for a modality, from the batch-size histogram."""
+
     def value(suffix: str) -> float:
         labels = f'{{modality="{modality}",model="{re.escape(TINY)}"}}'
         m = re.search(rf"clipserve_batch_size_{suffix}{labels} (\S+)", metrics_text)
         return float(m.group(1)) if m else 0.0
+
     return value("count"), value("sum")
 
 
@@ -29,8 +31,7 @@ async def _post_at_once(url: str, bodies: list[bytes]) -> list[list[float]]:
     fraction of a millisecond: concurrent for the batcher, not a trickle (32 client threads
     sharing the GIL send theirs milliseconds apart, and a lone item is served at once).
     """
-    conns = [RawConnection(url, "/encode", {"content-type": "application/json"})
-             for _ in bodies]
+    conns = [RawConnection(url, "/encode", {"content-type": "application/json"}) for _ in bodies]
     try:
         await asyncio.gather(*(c.connect() for c in conns))
         answers = await asyncio.gather(*(c.post(b) for c, b in zip(conns, bodies, strict=True)))
@@ -50,12 +51,18 @@ def test_concurrent_requests_share_forward_passes_and_match_unbatched_results():
         with srv.client() as c:
             alone_text = [c.post("/encode", json=[{"text": t}]).json()[0] for t in texts]
             alone_img = [c.post("/encode", json=[{"img_blob": b}]).json()[0] for b in images]
-            before_t, before_i = _passes(c.get("/metrics").text, "text"), _passes(
-                c.get("/metrics").text, "image")
-            together = asyncio.run(_post_at_once(
-                srv.url, [json.dumps([{"text": t}]).encode() for t in texts]
-                + [json.dumps([{"img_blob": b}]).encode() for b in images]))
-            together_text, together_img = together[:len(texts)], together[len(texts):]
+            before_t, before_i = (
+                _passes(c.get("/metrics").text, "text"),
+                _passes(c.get("/metrics").text, "image"),
+            )
+            together = asyncio.run(
+                _post_at_once(
+                    srv.url,
+                    [json.dumps([{"text": t}]).encode() for t in texts]
+                    + [json.dumps([{"img_blob": b}]).encode() for b in images],
+                )
+            )
+            together_text, together_img = together[: len(texts)], together[len(texts) :]
             metrics = c.get("/metrics").text
     finally:
         srv.stop()

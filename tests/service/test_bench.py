@@ -17,17 +17,45 @@ from clipserve.loadgen import WORKLOADS, percentile, request_bodies, run_load
 
 from tests.service.server import MODEL_CONFIGS, TINY, Server, start_server
 
-FAST = ["--requests", "12", "--concurrency", "1,4", "--batch-sizes", "1,2",
-        "--ceiling-min-s", "0.02", "--model-config-dir", str(MODEL_CONFIGS)]
+FAST = [
+    "--requests",
+    "12",
+    "--concurrency",
+    "1,4",
+    "--batch-sizes",
+    "1,2",
+    "--ceiling-min-s",
+    "0.02",
+    "--model-config-dir",
+    str(MODEL_CONFIGS),
+]
 
 
 @pytest.mark.slow
 def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "clipserve.cli", "bench", "--spawn", "--model", TINY,
-         "--workload", "text,jpeg224,mixed", *FAST, "--json", str(out), "--plot", str(png)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-m",
+            "clipserve.cli",
+            "bench",
+            "--spawn",
+            "--model",
+            TINY,
+            "--workload",
+            "text,jpeg224,mixed",
+            *FAST,
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["model"]["spec"] == TINY
@@ -38,8 +66,9 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
         assert r["items_per_s"] > 0 and r["ratio_sustained"] >= r["ratio"] > 0
         # the bare rate measured right after the row, and the ratio to it
         assert r["bare_now_items_per_s"] > 0
-        assert r["ratio_now"] == pytest.approx(r["items_per_s"] / r["bare_now_items_per_s"],
-                                               abs=0.002)
+        assert r["ratio_now"] == pytest.approx(
+            r["items_per_s"] / r["bare_now_items_per_s"], abs=0.002
+        )
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["server_cpu_s"] is not None
         expected = {"text": {"text"}, "jpeg224": {"image"}, "mixed": {"text", "image"}}
@@ -53,8 +82,9 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
     assert {row["workload"] for row in result["c1_vs_batch1"]} == {"text", "jpeg224"}
     for row in result["c1_vs_batch1"]:  # one bare pass timed after each recorded request
         assert row["passes"] == 12 and row["forward_batch1_ms"] > 0
-        assert row["overhead_ms"] == pytest.approx(row["p50_ms"] - row["forward_batch1_ms"],
-                                                   abs=0.02)
+        assert row["overhead_ms"] == pytest.approx(
+            row["p50_ms"] - row["forward_batch1_ms"], abs=0.02
+        )
     mem = result["memory"]
     assert mem["after_max_batch"]["peak_rss_bytes"] >= mem["ready"]["rss_bytes"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -62,8 +92,9 @@ def test_bench_cli_spawns_a_server_and_writes_json_and_a_plot(tmp_path: Path):
 
 
 def test_the_ceiling_peak_and_sustained_are_the_better_of_two_layouts():
-    c = measure_ceiling(TINY, batch_sizes=(1, 4), min_s=0.02, workers=2,
-                        model_config_dir=str(MODEL_CONFIGS))
+    c = measure_ceiling(
+        TINY, batch_sizes=(1, 4), min_s=0.02, workers=2, model_config_dir=str(MODEL_CONFIGS)
+    )
     threads = c["torch_threads"]
     assert c["layouts"] == [f"1x{threads}", "2x1"]
     assert c["passes"] == {f"1x{threads}": 1, "2x1": 2}
@@ -77,16 +108,22 @@ def test_the_ceiling_peak_and_sustained_are_the_better_of_two_layouts():
         # sustained: the mean call, so never above the fastest; the best batch of its own
         for b in ("1", "4"):
             assert 0 < x["sustained_per_batch"][b] <= x["per_batch"][b]
-        assert x["sustained_items_per_s"] == max(x["sustained_per_batch"].values()) \
+        assert (
+            x["sustained_items_per_s"]
+            == max(x["sustained_per_batch"].values())
             == x["sustained_per_batch"][str(x["sustained_best_batch"])]
+        )
         assert x["sustained_best_layout"] in c["layouts"]
         # the lone-request latency comes from one pass on every thread, not from the pair
         assert x["batch1_ms"] == pytest.approx(1000 / layouts[f"1x{threads}"]["1"], rel=0.01)
 
 
 def test_bench_api_measures_a_running_server_without_a_ceiling(server: Server):
-    result = run_bench(BenchConfig(url=server.url, workloads=("png224",), concurrency=(2,),
-                                   requests=6, ceiling=False))
+    result = run_bench(
+        BenchConfig(
+            url=server.url, workloads=("png224",), concurrency=(2,), requests=6, ceiling=False
+        )
+    )
     (row,) = result["results"]
     assert row["errors"] == 0 and row["ratio"] is None and row["server_cpu_s"] is None
     assert result["ceiling"] is None and result["memory"] is None
@@ -124,8 +161,9 @@ def test_the_memory_probe_runs_a_max_size_batch_on_every_worker_at_once():
     finally:
         srv.stop()
     for modality in ("text", "image"):  # 2 passes of 4 items each
-        passes, items = (a - b for a, b in zip(after[modality], before.get(modality, (0, 0)),
-                                                strict=True))
+        passes, items = (
+            a - b for a, b in zip(after[modality], before.get(modality, (0, 0)), strict=True)
+        )
         assert (passes, items) == (2, 8)
 
 

@@ -30,12 +30,13 @@ def test_compiled_towers_give_the_eager_embeddings_for_any_batch_and_text_length
     eager = [(model.encode_image(p), model.encode_text(model.tokenize(t))) for p, t in cases]
     model.compile("default")
     assert model.compiled == "default" and model.info()["compiled"] == "default"
-    assert all(isinstance(getattr(model.model, tower), torch._dynamo.eval_frame.OptimizedModule)
-               for tower in ("visual", "transformer"))
+    assert all(
+        isinstance(getattr(model.model, tower), torch._dynamo.eval_frame.OptimizedModule)
+        for tower in ("visual", "transformer")
+    )
     for (p, t), (image, text) in zip(cases, eager, strict=True):
         torch.testing.assert_close(model.encode_image(p), image, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(model.encode_text(model.tokenize(t)), text,
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.encode_text(model.tokenize(t)), text, rtol=1e-4, atol=1e-5)
 
 
 def test_an_unknown_compile_mode_is_refused_with_the_choices():
@@ -70,8 +71,9 @@ def test_compile_with_several_workers_is_refused_at_start():
 
 @pytest.mark.slow
 def test_the_bench_ceiling_is_measured_compiled_when_the_server_is():
-    c = measure_ceiling(TINY, batch_sizes=(1, 2), min_s=0.01, compile="default",
-                        model_config_dir=str(MODEL_CONFIGS))
+    c = measure_ceiling(
+        TINY, batch_sizes=(1, 2), min_s=0.01, compile="default", model_config_dir=str(MODEL_CONFIGS)
+    )
     # compiled: one pass at a time, as the server runs it
     assert c["compiled"] == "default" and c["layouts"] == [f"1x{c['torch_threads']}"]
     assert c["image"]["items_per_s"] > 0 and c["text"]["batch1_ms"] > 0

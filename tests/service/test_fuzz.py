@@ -21,8 +21,13 @@ ROOT = Path(__file__).parents[2]
 def test_schemathesis_finds_no_server_error_or_contract_violation():
     assert shutil.which("unshare"), "util-linux unshare is needed to isolate the fuzzer"
     cmd = f"ip link set lo up && exec {sys.executable} -m tests.service.fuzz_driver 100"
-    proc = subprocess.run(["unshare", "--net", "sh", "-c", cmd], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", "-c", cmd],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "server exit code 0" in out

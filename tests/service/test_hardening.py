@@ -28,30 +28,47 @@ def origin():
 @pytest.fixture(scope="module")
 def allowing(origin):
     """A server whose SSRF guard lets it reach the test origin on loopback, with small caps."""
-    srv = start_server("--fetch-allow", "127.0.0.1/32", "--fetch-timeout-s", "2",
-                       "--max-image-bytes", "1000000", "--max-items", "8",
-                       "--max-text-chars", "500", "--max-body-bytes", "2000000")
+    srv = start_server(
+        "--fetch-allow",
+        "127.0.0.1/32",
+        "--fetch-timeout-s",
+        "2",
+        "--max-image-bytes",
+        "1000000",
+        "--max-items",
+        "8",
+        "--max-text-chars",
+        "500",
+        "--max-body-bytes",
+        "2000000",
+    )
     yield srv
     srv.stop()
 
 
 def test_an_allowed_url_is_fetched_and_embedded_like_the_same_bytes(allowing, origin):
     with allowing.client() as c:
-        by_url = c.post("/encode", json=[{"img_uri": origin.url("/cat.png")},
-                                         {"img_uri": origin.url("/to-cat")}])
+        by_url = c.post(
+            "/encode",
+            json=[{"img_uri": origin.url("/cat.png")}, {"img_uri": origin.url("/to-cat")}],
+        )
         by_blob = c.post("/encode", json=[{"img_blob": png_b64()}])
     assert by_url.status_code == 200, by_url.text
     assert by_url.json()[0] == pytest.approx(by_blob.json()[0], abs=1e-6)
     assert by_url.json()[1] == pytest.approx(by_blob.json()[0], abs=1e-6)
 
 
-@pytest.mark.parametrize(("path", "status", "words"), [
-    ("/missing.png", 502, ["items[0].img_uri", "404"]),
-    ("/slow.png", 504, ["items[0].img_uri"]),
-    ("/big.png", 413, ["items[0].img_uri"]),
-])
-def test_upstream_failures_are_502_504_or_413_naming_the_item(allowing, origin, path, status,
-                                                              words):
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/missing.png", 502, ["items[0].img_uri", "404"]),
+        ("/slow.png", 504, ["items[0].img_uri"]),
+        ("/big.png", 413, ["items[0].img_uri"]),
+    ],
+)
+def test_upstream_failures_are_502_504_or_413_naming_the_item(
+    allowing, origin, path, status, words
+):
     start = time.monotonic()
     with allowing.client() as c:
         r = c.post("/encode", json=[{"img_uri": origin.url(path)}])
@@ -78,8 +95,9 @@ def test_request_limits_answer_413_naming_the_limit(allowing):
         many = c.post("/encode", json=[{"text": "a"}] * 9)
         long_text = c.post("/encode", json=[{"text": "a" * 501}])
         big_body = c.post("/encode", json=[{"text": "a" * 2_100_000}])
-        rank = c.post("/rank", json={"queries": [{"text": "a"}] * 5,
-                                     "candidates": [{"text": "b"}] * 5})
+        rank = c.post(
+            "/rank", json={"queries": [{"text": "a"}] * 5, "candidates": [{"text": "b"}] * 5}
+        )
         ok = c.post("/encode", json=[{"text": "a " * 200}])  # 200 tokens > 77: truncated, fine
     assert many.status_code == 413 and "limit is 8" in many.json()["detail"]
     assert long_text.status_code == 413 and "items[0].text" in long_text.json()["detail"]
@@ -95,11 +113,14 @@ def test_api_keys_guard_everything_but_the_open_paths(tmp_path):
     try:
         with srv.client() as c:
             none = c.post("/encode", json=[{"text": "a"}])
-            wrong = c.post("/encode", json=[{"text": "a"}],
-                           headers={"authorization": "Bearer nope"})
+            wrong = c.post(
+                "/encode", json=[{"text": "a"}], headers={"authorization": "Bearer nope"}
+            )
             basic = c.get("/models", headers={"authorization": "Basic azE6"})
-            oks = [c.post("/encode", json=[{"text": "a"}], headers={"authorization": f"Bearer {k}"})
-                   for k in ("k1", "k2", "from-file")]
+            oks = [
+                c.post("/encode", json=[{"text": "a"}], headers={"authorization": f"Bearer {k}"})
+                for k in ("k1", "k2", "from-file")
+            ]
             open_paths = [c.get(p) for p in ("/healthz", "/readyz", "/metrics")]
     finally:
         srv.stop()
@@ -159,8 +180,11 @@ def test_sigterm_under_load_drains_without_cutting_a_response():
 
 def _items_done(client: httpx.Client) -> float:
     text = client.get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("clipserve_items_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("clipserve_items_total{")
+    )
 
 
 def test_a_client_that_disconnects_has_its_queued_items_dropped():

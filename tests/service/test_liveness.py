@@ -19,9 +19,11 @@ def test_a_dead_compute_thread_fails_liveness_and_readiness():
             time.sleep(0.05)
         assert client.get("/healthz").status_code == 200
         batcher = app.state.embedder.batchers[TINY]
+
         # Simulate a bug that escapes the compute loop (the loop never raises by design).
         def broken(worker):
             raise RuntimeError("bug in the batch loop")
+
         batcher._next_batch = broken
         with batcher._cond:
             batcher._cond.notify_all()

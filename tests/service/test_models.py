@@ -21,13 +21,16 @@ def tiny() -> models.ClipModel:
     return load_model(parse_spec(TINY))
 
 
-@pytest.mark.parametrize(("raw", "arch", "tag", "kind"), [
-    ("ViT-B-32:openai", "ViT-B-32", "openai", "pretrained"),
-    ("ViT-B-32:random", "ViT-B-32", "random", "random"),
-    ("ViT-B-32:/models/ckpt.pt", "ViT-B-32", "/models/ckpt.pt", "checkpoint"),
-    ("ViT-B-32:weights.safetensors", "ViT-B-32", "weights.safetensors", "checkpoint"),
-    ("hf-hub:timm/ViT-B-16-SigLIP", "hf-hub:timm/ViT-B-16-SigLIP", None, "schema"),
-])
+@pytest.mark.parametrize(
+    ("raw", "arch", "tag", "kind"),
+    [
+        ("ViT-B-32:openai", "ViT-B-32", "openai", "pretrained"),
+        ("ViT-B-32:random", "ViT-B-32", "random", "random"),
+        ("ViT-B-32:/models/ckpt.pt", "ViT-B-32", "/models/ckpt.pt", "checkpoint"),
+        ("ViT-B-32:weights.safetensors", "ViT-B-32", "weights.safetensors", "checkpoint"),
+        ("hf-hub:timm/ViT-B-16-SigLIP", "hf-hub:timm/ViT-B-16-SigLIP", None, "schema"),
+    ],
+)
 def test_specs_parse_into_architecture_and_tag(raw, arch, tag, kind):
     spec = parse_spec(raw)
     assert (spec.arch, spec.tag, spec.kind) == (arch, tag, kind)
@@ -86,11 +89,14 @@ def test_a_checkpoint_file_loads_its_weights(tmp_path):
     assert model.info()["random_weights"] is False
 
 
-@pytest.mark.parametrize(("raw", "words"), [
-    ("Tiny-ViT-T:/no/such/file.pt", ["does not exist"]),
-    ("ViT-B-32:not-a-tag", ["unknown pretrained tag", "openai"]),
-    ("ViT-Nope-99:random", ["unknown architecture"]),
-])
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("Tiny-ViT-T:/no/such/file.pt", ["does not exist"]),
+        ("ViT-B-32:not-a-tag", ["unknown pretrained tag", "openai"]),
+        ("ViT-Nope-99:random", ["unknown architecture"]),
+    ],
+)
 def test_load_errors_say_what_is_wrong(raw, words):
     with pytest.raises(ModelLoadError) as err:
         load_model(parse_spec(raw))
@@ -107,10 +113,23 @@ def test_half_precision_is_refused_on_cpu():
 def test_offline_download_failure_stops_startup_with_a_clear_message(tmp_path):
     # HF_HUB_OFFLINE makes the real hub client fail fast, as an air-gapped node would.
     proc = subprocess.run(
-        [sys.executable, "-m", "clipserve.cli", "serve", "--model", "ViT-B-32:openai",
-         "--port", "0", "--cache-dir", str(tmp_path)],
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "clipserve.cli",
+            "serve",
+            "--model",
+            "ViT-B-32:openai",
+            "--port",
+            "0",
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     err = proc.stderr
     assert "start-up failed: ViT-B-32:openai" in err
@@ -135,6 +154,7 @@ tracked = {{id(o) for o in gc.get_objects()}}
 print(gc.get_freeze_count() > 0, id(module) in tracked, id(module.visual) in tracked)
 emb.stop()
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
     assert out == ["True", "False", "False"]

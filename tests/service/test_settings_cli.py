@@ -32,8 +32,12 @@ def _serve_args(*argv: str):
 
 
 def test_flags_override_variables_which_override_defaults():
-    env = {"CLIPSERVE_PORT": "4000", "CLIPSERVE_MAX_WAIT_MS": "2.5",
-           "CLIPSERVE_MODEL": "A:x, B:y", "CLIPSERVE_FETCH_ALLOW": "10.0.0.0/8"}
+    env = {
+        "CLIPSERVE_PORT": "4000",
+        "CLIPSERVE_MAX_WAIT_MS": "2.5",
+        "CLIPSERVE_MODEL": "A:x, B:y",
+        "CLIPSERVE_FETCH_ALLOW": "10.0.0.0/8",
+    }
     s = from_args(_serve_args("--port", "5000"), env)
     assert s.port == 5000 and s.max_wait_ms == 2.5
     assert s.model == ("A:x", "B:y") and s.fetch_allow == ("10.0.0.0/8",)
@@ -62,8 +66,13 @@ def test_readme_configuration_table_matches_the_settings():
 
 def _clipserve(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "clipserve.cli", *argv], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "clipserve.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_encode_prints_a_text_or_image_embedding(tmp_path):
