@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from clipserve import __version__
-from clipserve.api import EXCEPTION_HANDLERS, ROUTES
+from clipserve.api import ROUTES
 from clipserve.embedder import Embedder
+from clipserve.errors import EXCEPTION_HANDLERS
 from clipserve.lifecycle import Lifecycle
 from clipserve.metrics import Metrics
 from clipserve.middleware import (
@@ -52,10 +53,12 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
-        state=State(
-            {"embedder": embedder, "lifecycle": lifecycle, "metrics": metrics, "settings": settings}
-        ),
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        dependencies={
+            "embedder": _provide(embedder),
+            "lifecycle": _provide(lifecycle),
+            "metrics": _provide(metrics),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             request_metrics(metrics),
             default_model_header(lambda: embedder.default_model),
@@ -72,6 +75,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
             render_plugins=[SwaggerRenderPlugin()],
         ),
     )
+
+
+def _provide(value: object) -> Provide:
+    """Inject one object the app holds for its lifetime (no call per request in a thread)."""
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
 async def _load(embedder: Embedder, lifecycle: Lifecycle) -> None:

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 # cohort must be able to grow it (tried without: cohorts only ever shrank).
 _QUIET_S = 0.002
 
-# One forward pass over a list of items' payloads; returns one embedding row per item.
-EncodeFn = Callable[[list[Any]], torch.Tensor]
+# One forward pass over a list of items' payloads; returns one result (an embedding row) per item.
+EncodeFn = Callable[[list[Any]], Sequence[Any]]
 
 
 class ItemFailed(ClipServeError):
@@ -50,12 +50,12 @@ class ItemFailed(ClipServeError):
 @dataclass(eq=False)
 class _Pending:
     payload: Any
-    future: asyncio.Future[torch.Tensor]
+    future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.monotonic)
 
 
-# An item and what it gets: its embedding row, or the error to raise in its request.
-_Outcome = tuple[_Pending, "torch.Tensor | BaseException"]
+# An item and what it gets: its result, or the error to raise in its request.
+_Outcome = tuple[_Pending, Any]
 
 
 class ModelBatcher:
@@ -112,8 +112,8 @@ class ModelBatcher:
         """False once a compute worker has died (it never should) or they have been stopped."""
         return all(t.is_alive() for t in self._threads) and not self._crashed
 
-    async def submit(self, modality: str, payloads: Sequence[Any]) -> list[torch.Tensor]:
-        """Queue items and wait for their embeddings; Overloaded if the queue is full."""
+    async def submit(self, modality: str, payloads: Sequence[Any]) -> list[Any]:
+        """Queue items and wait for their results; Overloaded if the queue is full."""
         loop = asyncio.get_running_loop()
         pending = [_Pending(p, loop.create_future()) for p in payloads]
         with self._cond:

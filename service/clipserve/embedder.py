@@ -1,7 +1,8 @@
 """The served models and the work behind every endpoint: items in, embeddings and scores out.
 
-Handlers call one method here. Models load in a worker thread at start-up (so /healthz answers
-while weights download); each model gets a batcher whose compute workers run its forward passes.
+Handlers call one method here, which checks item counts, looks the model up and normalizes.
+Models load in a worker thread at start-up (so /healthz answers while weights download); each
+model gets a batcher whose compute workers run its forward passes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,11 +23,36 @@ from clipserve.fetch import FetchPolicy, ImageFetcher
 from clipserve.images import ImageLimits
 from clipserve.inputs import IMAGE, TEXT, InputDecoder
 from clipserve.metrics import Metrics
-from clipserve.models import ClipModel, ModelLoadError, ModelSpec, load_model, normalize
-from clipserve.schemas import Item
+from clipserve.models import (
+    ClipModel,
+    ModelLoadError,
+    ModelSpec,
+    available_specs,
+    load_model,
+)
+from clipserve.models import normalize as l2_normalize
+from clipserve.schemas import BatchingInfo, Item, ModelInfo, ModelsResponse
 from clipserve.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A request's items, embedded: rows in request order."""
+
+    model: str  # the spec that embedded them (the X-Clip-Model header)
+    vectors: torch.Tensor  # [items, dim]
+    tokens: int  # tokens the texts used, counting start and end tokens
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Every candidate scored against every query: [queries, candidates] each."""
+
+    model: str
+    probabilities: torch.Tensor
+    cosine: torch.Tensor
 
 
 class Embedder:
@@ -148,7 +176,59 @@ class Embedder:
     def default_model(self) -> str:
         return self.specs[0].raw
 
-    def model(self, name: str | None) -> ClipModel:
+    async def encode(
+        self, items: list[Item], *, model: str | None, normalize: bool, where: str
+    ) -> Embedded:
+        """Embeddings for a request's items, in order, by the model it names."""
+        self._check_count(len(items), where)
+        served = self._model(model)
+        vectors, tokens = await self._embed(served, items, where)
+        return Embedded(served.spec.raw, l2_normalize(vectors) if normalize else vectors, tokens)
+
+    async def rank(
+        self, queries: list[Item], candidates: list[Item], *, model: str | None
+    ) -> Ranked:
+        """Softmax over candidates of exp(logit_scale) x cosine, one row per query."""
+        self._check_count(len(queries), "queries")
+        self._check_count(len(candidates), "candidates")
+        self._check_count(len(queries) + len(candidates), "queries+candidates")
+        served = self._model(model)
+        (q, _), (c, _) = await asyncio.gather(
+            self._embed(served, queries, "queries"), self._embed(served, candidates, "candidates")
+        )
+        cosine = l2_normalize(q) @ l2_normalize(c).T
+        probs = torch.softmax(served.logit_scale * cosine, dim=-1)
+        return Ranked(served.spec.raw, probs, cosine)
+
+    def describe(self, *, available: bool) -> ModelsResponse:
+        """What /models reports: each model, how it is batched, optionally every downloadable."""
+        infos = []
+        for name, model in self.models.items():
+            b = self.batchers[name]
+            infos.append(
+                ModelInfo(
+                    **model.info(),
+                    default=name == self.default_model,
+                    batching=BatchingInfo(
+                        max_batch_size=b.max_batch_size,
+                        max_wait_ms=b.max_wait_s * 1000,
+                        max_queue=b.max_queue,
+                        compute_workers=b.workers,
+                        compute_threads=b.threads,
+                    ),
+                )
+            )
+        return ModelsResponse(models=infos, available=available_specs() if available else None)
+
+    def gpu_memory(self) -> dict[str, int]:
+        """Bytes torch has allocated on each CUDA device a model runs on."""
+        return {
+            str(m.device): torch.cuda.memory_allocated(m.device)
+            for m in self.models.values()
+            if m.device.type == "cuda"
+        }
+
+    def _model(self, name: str | None) -> ClipModel:
         """The model a request names (full spec or unambiguous architecture); default first."""
         if name is None:
             name = self.default_model
@@ -160,7 +240,7 @@ class Embedder:
         served = ", ".join(self.models) or "none loaded yet"
         raise UnknownModel(f"model: {name!r} is not served here (served: {served})")
 
-    def check_count(self, count: int, where: str) -> None:
+    def _check_count(self, count: int, where: str) -> None:
         """Reject empty and oversized item lists before any work is done."""
         if count == 0:
             raise InvalidInput(f"{where}: is empty; give at least one item")
@@ -169,8 +249,10 @@ class Embedder:
                 f"{where}: {count} items; the limit is {self.settings.max_items} per request"
             )
 
-    async def embed(self, model: ClipModel, items: list[Item], where: str) -> torch.Tensor:
-        """Embeddings [n, dim] for items, in order."""
+    async def _embed(
+        self, model: ClipModel, items: list[Item], where: str
+    ) -> tuple[torch.Tensor, int]:
+        """Embeddings [n, dim] for items, in order, and the tokens their texts used."""
         prepared = await self._decoder.prepare(items, model.image_size, where)
         batcher = self.batchers[model.spec.raw]
         groups = {m: [i for i, p in enumerate(prepared) if p.modality == m] for m in (TEXT, IMAGE)}
@@ -181,33 +263,31 @@ class Embedder:
         # Back into request order with one stack: indexed assignment into a tensor cost the
         # event loop ~13% of its time at c=32 (profiled).
         ordered: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+        tokens = 0
         for idx, rows in zip(groups.values(), results, strict=True):
             for i, row in zip(idx, rows, strict=True):
-                ordered[i] = row
-        return torch.stack(ordered)
-
-    async def rank(
-        self, model: ClipModel, queries: list[Item], candidates: list[Item]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, cosine similarities), each [queries, candidates]."""
-        q, c = await asyncio.gather(
-            self.embed(model, queries, "queries"), self.embed(model, candidates, "candidates")
-        )
-        cosine = normalize(q) @ normalize(c).T
-        probs = torch.softmax(model.logit_scale * cosine, dim=-1)
-        return probs, cosine
-
-    def token_count(self, model: ClipModel, texts: list[str]) -> int:
-        """Tokens the texts use (for /v1/embeddings usage), counting start/end tokens."""
-        tokens = model.tokenize(texts)
-        return int((tokens != 0).sum())
+                ordered[i] = row.vector
+                tokens += row.tokens
+        return torch.stack(ordered), tokens
 
 
-def _encoders(model: ClipModel) -> dict[str, Callable[[list], torch.Tensor]]:
-    return {
-        TEXT: lambda texts: model.encode_text(model.tokenize(texts)),
-        IMAGE: lambda pixels: model.encode_image(torch.stack(pixels)),
-    }
+class Row(NamedTuple):
+    """One item's result from a forward pass (in the compute thread)."""
+
+    vector: torch.Tensor
+    tokens: int  # tokens of a text, counting start and end; 0 for an image
+
+
+def _encoders(model: ClipModel) -> dict[str, Callable[[list[Any]], list[Row]]]:
+    def text(texts: list[str]) -> list[Row]:
+        tokens = model.tokenize(texts)  # once, here: its counts are /v1/embeddings' usage
+        counts = (tokens != 0).sum(dim=1).tolist()
+        return [Row(v, n) for v, n in zip(model.encode_text(tokens), counts, strict=True)]
+
+    def image(pixels: list[torch.Tensor]) -> list[Row]:
+        return [Row(v, 0) for v in model.encode_image(torch.stack(pixels))]
+
+    return {TEXT: text, IMAGE: image}
 
 
 def _warm_up(model: ClipModel, batch: int) -> None:

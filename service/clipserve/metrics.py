@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -83,6 +85,9 @@ class Metrics:
         )
         self.ready = Gauge("clipserve_ready", "1 while /readyz answers 200", registry=r)
 
-    def render(self) -> bytes:
-        """The exposition text for /metrics."""
+    def render(self, *, ready: bool, gpu_memory: Mapping[str, int]) -> bytes:
+        """The exposition text for /metrics, with the gauges sampled at scrape time."""
+        self.ready.set(1 if ready else 0)
+        for device, allocated in gpu_memory.items():
+            self.gpu_memory.labels(device).set(allocated)
         return generate_latest(self.registry)

@@ -200,7 +200,6 @@ def live() -> Iterator[tuple[Prometheus, Server]]:
             "the first items to be scraped",
         )
         items += put_load(server)
-        httpx.get(server.url + "/readyz", timeout=5)  # sets clipserve_ready
         # rate() needs two samples that include the load: wait until a scrape has seen it all.
         wait_for(
             lambda: (

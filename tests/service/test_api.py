@@ -157,6 +157,7 @@ def test_metrics_expose_the_documented_families(server: Server):
         assert name in text, name
     assert f'clipserve_items_total{{modality="image",model="{TINY}"}}' in text
     assert 'clipserve_requests_total{endpoint="/encode",status="200"}' in text
+    assert "\nclipserve_ready 1.0\n" in text  # sampled at scrape time, not by /readyz
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ def test_a_dead_compute_thread_fails_liveness_and_readiness():
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.get("/healthz").status_code == 200
-        batcher = app.state.embedder.batchers[TINY]
+        embedder = app.dependencies["embedder"].dependency()  # what the handlers are given
+        batcher = embedder.batchers[TINY]
 
         # Simulate a bug that escapes the compute loop (the loop never raises by design).
         def broken(worker):
