@@ -8,11 +8,9 @@ from typing import Any, NoReturn
 
 import kopf
 
+from .constants import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
 from .kube import ApiError, KubeClient
 from .render import object_key
-from .settings import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
-
-Obj = dict[str, Any]
 
 # Kinds the clipserve chart can render; prune looks at these plus whatever was rendered.
 PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (

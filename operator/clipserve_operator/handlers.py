@@ -10,10 +10,11 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from .constants import GROUP, KOPF_PREFIX, OWNER_LABEL, PLURAL, VERSION
 from .kube import KubeClient, connection_info
 from .metrics import Metrics
 from .reconcile import Context, Reconciler
-from .settings import GROUP, OWNER_LABEL, PLURAL, VERSION, Settings
+from .settings import Settings
 
 
 @kopf.on.startup()
@@ -22,8 +23,8 @@ async def configure(
 ) -> None:
     """kopf settings, the API client, metrics and the reconciler (shared through memo)."""
     # No change handlers write progress, but keep any kopf bookkeeping under our own prefix.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="clipserve.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="clipserve.io")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.posting.level = logging.INFO
     # Resources are known up front (the CRD ships with the chart): no cluster-wide scans of
     # CRDs and namespaces, so the ClusterRole needs no access to them.

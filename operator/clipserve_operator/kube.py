@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import kopf
 
-Obj = dict[str, Any]
+from .constants import Obj
+
 # Statuses worth retrying: conflicts, throttling, and the apiserver's own trouble.
 _TRANSIENT = {409, 429, 500, 502, 503, 504}
 

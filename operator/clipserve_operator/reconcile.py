@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from .apply import apply_objects, patch_status, prune
+from .constants import API_VERSION, KIND, MODEL_ANNOTATION, OWNER_LABEL, PLURAL, SLOT_LABEL, Obj
 from .kube import ApiError, KubeClient
 from .metrics import Metrics
 from .render import (
@@ -24,19 +25,10 @@ from .render import (
     object_key,
     render_state,
 )
-from .settings import (
-    API_VERSION,
-    KIND,
-    MODEL_ANNOTATION,
-    OWNER_LABEL,
-    PLURAL,
-    SLOT_LABEL,
-    Settings,
-)
+from .settings import Settings
 from .status import Observed, compute_status, transitions
 from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
 
-Obj = dict[str, Any]
 logger = logging.getLogger("clipserve_operator")
 _RENDER_CACHE_MAX = 256
 

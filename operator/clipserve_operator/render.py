@@ -12,10 +12,8 @@ from typing import Any
 import kopf
 import yaml
 
-from .settings import API_VERSION, KIND, MANAGED_BY, OWNER_LABEL
+from .constants import API_VERSION, KIND, MANAGED_BY, OWNER_LABEL, Obj
 from .swap import SwapState
-
-Obj = dict[str, Any]
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,18 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GROUP = "clipserve.io"
-VERSION = "v1alpha1"
-PLURAL = "clipservices"
-KIND = "ClipService"
-API_VERSION = f"{GROUP}/{VERSION}"
-FIELD_MANAGER = "clipserve-operator"
-# Every child object carries this label (value: the ClipService name); prune and watches use it.
-OWNER_LABEL = "clipserve.io/clipservice"
-SLOT_LABEL = "clipserve.io/slot"
-MODEL_ANNOTATION = "clipserve.io/model"
-MANAGED_BY = "clipserve-operator"
-
 
 def _default_chart() -> str:
     """The chart bundled in the image, else the one in this source tree."""

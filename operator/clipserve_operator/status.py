@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .constants import Obj
 from .swap import SwapState
 
-Obj = Mapping[str, Any]
 # Container waiting reasons that will not fix themselves.
 _STUCK_REASONS = {
     "CrashLoopBackOff",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from clipserve_operator.constants import MODEL_ANNOTATION, OWNER_LABEL, SLOT_LABEL
 from clipserve_operator.render import (
     autoscaling_enabled,
     chart_values,
@@ -16,7 +17,6 @@ from clipserve_operator.render import (
     helm_template,
     render_state,
 )
-from clipserve_operator.settings import MODEL_ANNOTATION, OWNER_LABEL, SLOT_LABEL
 from clipserve_operator.swap import SwapState
 
 REPO = Path(__file__).resolve().parents[2]

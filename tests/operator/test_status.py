@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clipserve_operator.settings import SLOT_LABEL
+from clipserve_operator.constants import SLOT_LABEL
 from clipserve_operator.status import Observed, compute_status, merge_conditions, transitions
 from clipserve_operator.swap import SwapState
 

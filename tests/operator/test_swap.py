@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clipserve_operator.settings import MODEL_ANNOTATION
+from clipserve_operator.constants import MODEL_ANNOTATION
 from clipserve_operator.swap import SwapState, next_state, rolled_out
 
 A, B, C = "ViT-B-32:openai", "ViT-L-14:openai", "ViT-H-14:laion2b_s32b_b79k"

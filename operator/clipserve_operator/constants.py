@@ -1,0 +1,29 @@
+"""Names the operator shares with the CRD, the chart and the cluster: group, labels, annotations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The ClipService API (charts/clipserve-operator/crds/clipservices.yaml).
+GROUP = "clipserve.io"
+VERSION = "v1alpha1"
+PLURAL = "clipservices"
+KIND = "ClipService"
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Server-side apply field manager, and the app.kubernetes.io/managed-by value on every child.
+FIELD_MANAGER = "clipserve-operator"
+MANAGED_BY = "clipserve-operator"
+# Prefix of kopf's own bookkeeping annotations on ClipServices.
+KOPF_PREFIX = GROUP
+
+# Every child object carries this label (value: the ClipService name); prune and watches use it.
+OWNER_LABEL = f"{GROUP}/clipservice"
+# The blue/green slot of a Deployment and its pods; the Service selects on it.
+SLOT_LABEL = f"{GROUP}/slot"
+# The model a slot's Deployment and pod template run (rendered by charts/clipserve).
+MODEL_ANNOTATION = f"{GROUP}/model"
+
+# A Kubernetes object as JSON, the one shape every module passes objects in.
+Obj = dict[str, Any]
