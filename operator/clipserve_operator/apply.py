@@ -6,10 +6,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
-import kopf
-
 from .constants import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
-from .kube import ApiError, KubeClient
+from .errors import ApiError, ReconcileError, TransientError
+from .kube import KubeClient
 from .render import object_key
 
 # Kinds the clipserve chart can render; prune looks at these plus whatever was rendered.
@@ -28,12 +27,12 @@ PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (
 
 
 def _raise_for(exc: ApiError, delay: float) -> NoReturn:
-    """Re-raise an API failure with kopf's retry semantics (a dying namespace passes through)."""
+    """Re-raise an API failure as retried or not (a dying namespace passes through)."""
     if exc.namespace_terminating:
         raise exc
     if exc.transient:
-        raise kopf.TemporaryError(str(exc), delay=delay) from exc
-    raise kopf.PermanentError(str(exc)) from exc
+        raise TransientError(str(exc), delay) from exc
+    raise ReconcileError(str(exc)) from exc
 
 
 async def apply_objects(
@@ -69,7 +68,7 @@ async def apply_objects(
                 _raise_for(exc, retry_delay)
             failures.append(str(exc))
     if failures:
-        raise kopf.PermanentError("; ".join(failures))
+        raise ReconcileError("; ".join(failures))
 
 
 async def prune(

@@ -1,10 +1,11 @@
-"""kopf handlers: they only configure kopf and hand work to the Reconciler in memo."""
+"""kopf handlers: they only configure kopf and hand work to the work queue in memo."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from functools import partial
 from typing import Any
 
 import kopf
@@ -13,15 +14,16 @@ from prometheus_client import start_http_server
 from .constants import GROUP, KOPF_PREFIX, OWNER_LABEL, PLURAL, VERSION
 from .kube import KubeClient, connection_info
 from .metrics import Metrics
-from .reconcile import Context, Reconciler
+from .reconcile import Context, reconcile, resync_forever
 from .settings import Settings
+from .workqueue import WorkQueue
 
 
 @kopf.on.startup()
 async def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
 ) -> None:
-    """kopf settings, the API client, metrics and the reconciler (shared through memo)."""
+    """kopf settings, the API client, metrics and the work queue (shared through memo)."""
     # No change handlers write progress, but keep any kopf bookkeeping under our own prefix.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
@@ -39,8 +41,11 @@ async def configure(
     metrics = Metrics()
     client = KubeClient(lambda: connection_info(settings))
     ctx = Context(client=client, settings=config, metrics=metrics)
-    memo.reconciler = Reconciler(ctx)
-    memo.resync = asyncio.get_running_loop().create_task(memo.reconciler.resync_forever())
+    memo.client = client
+    memo.queue = WorkQueue(
+        partial(reconcile, ctx), metrics=metrics, retry_delay_s=config.retry_delay_s
+    )
+    memo.resync = asyncio.get_running_loop().create_task(resync_forever(ctx, memo.queue.trigger))
     if config.metrics_port:
         memo.metrics_server, _thread = start_http_server(
             config.metrics_port, registry=metrics.registry
@@ -58,8 +63,8 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Stop reconciles, the resync loop and the metrics server."""
     memo.resync.cancel()
-    await memo.reconciler.close()
-    await memo.reconciler.ctx.client.close()
+    await memo.queue.close()
+    await memo.client.close()
     if memo.get("metrics_server") is not None:
         memo.metrics_server.shutdown()
         memo.metrics_server.server_close()  # free the port for a restart in the same process
@@ -68,7 +73,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="reconciles")
 async def reconciles(memo: kopf.Memo, **_: Any) -> int:
     """Liveness detail: ClipServices being reconciled right now."""
-    return len(memo.reconciler._tasks)
+    return int(memo.queue.running)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -77,7 +82,7 @@ async def clipservice_changed(
 ) -> None:
     """Any change of a ClipService (and the initial listing after a restart) reconciles it."""
     if type != "DELETED":
-        memo.reconciler.trigger(namespace, name)
+        memo.queue.trigger(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
@@ -85,16 +90,16 @@ async def deployment_changed(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     """Rollout progress and drift (an edited Deployment) reconcile the owning ClipService."""
-    memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
+    memo.queue.trigger(namespace, labels[OWNER_LABEL])
 
 
 @kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
 async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Pod readiness and scheduling failures update the owning ClipService's status."""
-    memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
+    memo.queue.trigger(namespace, labels[OWNER_LABEL])
 
 
 @kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT})
 async def service_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """An edited Service (say, its selector moved by hand) is put back at once."""
-    memo.reconciler.trigger(namespace, labels[OWNER_LABEL])
+    memo.queue.trigger(namespace, labels[OWNER_LABEL])

@@ -12,27 +12,7 @@ import httpx
 import kopf
 
 from .constants import Obj
-
-# Statuses worth retrying: conflicts, throttling, and the apiserver's own trouble.
-_TRANSIENT = {409, 429, 500, 502, 503, 504}
-
-
-class ApiError(Exception):
-    """An API call failed; `status` is the HTTP status (0 when no response came)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def namespace_terminating(self) -> bool:
-        """True when the namespace is being deleted: nothing new can be created there."""
-        return self.status == 403 and "is being terminated" in str(self)
-
-    @property
-    def transient(self) -> bool:
-        """True when retrying the same call can succeed."""
-        return self.status == 0 or self.status in _TRANSIENT
+from .errors import ApiError
 
 
 def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:

@@ -6,8 +6,7 @@ import asyncio
 import datetime
 import json
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -16,7 +15,8 @@ import kopf
 
 from .apply import apply_objects, patch_status, prune
 from .constants import API_VERSION, KIND, MODEL_ANNOTATION, OWNER_LABEL, PLURAL, SLOT_LABEL, Obj
-from .kube import ApiError, KubeClient
+from .errors import ApiError, ReconcileError, TransientError
+from .kube import KubeClient
 from .metrics import Metrics
 from .render import (
     autoscaling_enabled,
@@ -183,7 +183,7 @@ async def _report(
 
 
 async def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    """Bring one ClipService's children to its spec and report status; raises kopf errors."""
+    """Bring one ClipService's children to its spec and report status; raises errors.py's."""
     owner = await ctx.client.get(API_VERSION, KIND, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the garbage collector removes the children
@@ -193,98 +193,23 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     try:
         objects = await _desired(ctx, owner, state)
         await _apply_and_prune(ctx, owner, objects)
-    except kopf.PermanentError as exc:
+    except TransientError:
+        raise  # retried soon; the status keeps describing the last completed reconcile
+    except ReconcileError as exc:
         error = str(exc)  # reported as Degraded; retried on the next change
     await _report(ctx, owner, state, objects, selector, error)
     if error:
-        raise kopf.PermanentError(error)
+        raise ReconcileError(error)
 
 
-class Reconciler:
-    """Runs at most one reconcile per ClipService at a time; triggers during a run coalesce."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._dirty: set[tuple[str, str]] = set()
-        self._retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
-
-    def trigger(self, namespace: str, name: str) -> None:
-        """Reconcile soon (now, or right after the running reconcile of the same object)."""
-        key = (namespace, name)
-        if key in self._tasks:
-            self._dirty.add(key)
-            return
-        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key))
-
-    async def _run(self, key: tuple[str, str]) -> None:
-        """Reconcile until no trigger arrived meanwhile; schedule a retry after a failure."""
+async def resync_forever(ctx: Context, trigger: Callable[[str, str], None]) -> None:
+    """Periodically trigger every ClipService: a safety net for missed watch events."""
+    while ctx.settings.resync_s > 0:
+        await asyncio.sleep(ctx.settings.resync_s)
         try:
-            while True:
-                self._dirty.discard(key)
-                retry = await self._once(key)
-                if retry is not None:
-                    self._schedule(key, retry)
-                if key not in self._dirty:
-                    break
-        finally:
-            self._tasks.pop(key, None)
-
-    def _schedule(self, key: tuple[str, str], delay: float) -> None:
-        """Retry later (one pending retry per object)."""
-        old = self._retries.pop(key, None)
-        if old is not None:
-            old.cancel()
-        self._retries[key] = asyncio.get_running_loop().call_later(delay, self.trigger, *key)
-
-    async def _once(self, key: tuple[str, str]) -> float | None:
-        """One reconcile with metrics; returns a retry delay or None."""
-        metrics, started = self.ctx.metrics, time.monotonic()
-        result, retry = "error", None
-        try:
-            await reconcile(self.ctx, *key)
-            result = "ok"
-        except kopf.TemporaryError as exc:
-            metrics.errors.labels("temporary").inc()
-            logger.warning("%s/%s: %s (retrying in %ss)", *key, exc, exc.delay)
-            retry = exc.delay if exc.delay is not None else self.ctx.settings.retry_delay_s
-        except kopf.PermanentError as exc:
-            # Waits for the next change of the ClipService or its children.
-            metrics.errors.labels("permanent").inc()
-            logger.error("%s/%s: %s", *key, exc)
+            found = await ctx.client.request("GET", f"/apis/{API_VERSION}/{PLURAL}") or {}
         except ApiError as exc:
-            if exc.namespace_terminating:  # the namespace and the ClipService are going away
-                logger.debug("%s/%s: %s", *key, exc)
-                return None
-            metrics.errors.labels("temporary" if exc.transient else "permanent").inc()
-            logger.warning("%s/%s: %s", *key, exc)
-            retry = self.ctx.settings.retry_delay_s * (1 if exc.transient else 6)
-        except Exception:
-            metrics.errors.labels("unexpected").inc()
-            logger.exception("%s/%s: reconcile failed", *key)
-            retry = self.ctx.settings.retry_delay_s * 6
-        finally:
-            metrics.duration.observe(time.monotonic() - started)
-            metrics.reconciles.labels(result).inc()
-        return retry
-
-    async def resync_forever(self) -> None:
-        """Periodically reconcile every ClipService: a safety net for missed watch events."""
-        while self.ctx.settings.resync_s > 0:
-            await asyncio.sleep(self.ctx.settings.resync_s)
-            try:
-                found = await self.ctx.client.request("GET", f"/apis/{API_VERSION}/{PLURAL}") or {}
-            except ApiError as exc:
-                logger.warning("resync: %s", exc)
-                continue
-            for item in found.get("items", []):
-                self.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
-
-    async def close(self) -> None:
-        """Stop retries and running reconciles."""
-        for handle in self._retries.values():
-            handle.cancel()
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            logger.warning("resync: %s", exc)
+            continue
+        for item in found.get("items", []):
+            trigger(item["metadata"]["namespace"], item["metadata"]["name"])

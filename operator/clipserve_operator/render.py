@@ -9,10 +9,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import kopf
 import yaml
 
 from .constants import API_VERSION, KIND, MANAGED_BY, OWNER_LABEL, Obj
+from .errors import ReconcileError
 from .swap import SwapState
 
 
@@ -109,7 +109,7 @@ def helm_template(
             cmd += ["--api-versions", api]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
-        raise kopf.PermanentError(f"helm template failed: {proc.stderr.strip()[-800:]}")
+        raise ReconcileError(f"helm template failed: {proc.stderr.strip()[-800:]}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 

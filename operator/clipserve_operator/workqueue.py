@@ -1,0 +1,99 @@
+"""A keyed work queue: one run per (namespace, name) at a time, coalesced triggers, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from .errors import ApiError, ReconcileError, TransientError
+from .metrics import Metrics
+
+Key = tuple[str, str]
+# The work for one key; it raises the operator's errors (errors.py) to ask for a retry.
+Work = Callable[[str, str], Awaitable[None]]
+logger = logging.getLogger("clipserve_operator")
+
+
+class WorkQueue:
+    """Runs `work` at most once per key at a time; triggers during a run coalesce into one more."""
+
+    def __init__(self, work: Work, *, metrics: Metrics, retry_delay_s: float) -> None:
+        self.work, self.metrics, self.retry_delay_s = work, metrics, retry_delay_s
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._dirty: set[Key] = set()
+        self._retries: dict[Key, asyncio.TimerHandle] = {}
+
+    @property
+    def running(self) -> int:
+        """Keys being worked on right now."""
+        return len(self._tasks)
+
+    def trigger(self, namespace: str, name: str) -> None:
+        """Run soon (now, or right after the running work of the same key)."""
+        key = (namespace, name)
+        if key in self._tasks:
+            self._dirty.add(key)
+            return
+        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key))
+
+    async def _run(self, key: Key) -> None:
+        """Work until no trigger arrived meanwhile; schedule a retry after a failure."""
+        try:
+            while True:
+                self._dirty.discard(key)
+                retry = await self._once(key)
+                if retry is not None:
+                    self._schedule(key, retry)
+                if key not in self._dirty:
+                    break
+        finally:
+            self._tasks.pop(key, None)
+
+    def _schedule(self, key: Key, delay: float) -> None:
+        """Retry later (one pending retry per key)."""
+        old = self._retries.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, self.trigger, *key)
+
+    async def _once(self, key: Key) -> float | None:
+        """One run with metrics; returns a retry delay or None."""
+        metrics, started = self.metrics, time.monotonic()
+        result, retry = "error", None
+        try:
+            await self.work(*key)
+            result = "ok"
+        except TransientError as exc:
+            metrics.errors.labels("temporary").inc()
+            logger.warning("%s/%s: %s (retrying in %ss)", *key, exc, exc.delay)
+            retry = exc.delay
+        except ReconcileError as exc:
+            # Waits for the next change of the ClipService or its children.
+            metrics.errors.labels("permanent").inc()
+            logger.error("%s/%s: %s", *key, exc)
+        except ApiError as exc:
+            if exc.namespace_terminating:  # the namespace and the ClipService are going away
+                logger.debug("%s/%s: %s", *key, exc)
+                return None
+            metrics.errors.labels("temporary" if exc.transient else "permanent").inc()
+            logger.warning("%s/%s: %s", *key, exc)
+            retry = self.retry_delay_s * (1 if exc.transient else 6)
+        except Exception:
+            metrics.errors.labels("unexpected").inc()
+            logger.exception("%s/%s: reconcile failed", *key)
+            retry = self.retry_delay_s * 6
+        finally:
+            metrics.duration.observe(time.monotonic() - started)
+            metrics.reconciles.labels(result).inc()
+        return retry
+
+    async def close(self) -> None:
+        """Stop retries and running work."""
+        for handle in self._retries.values():
+            handle.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
