@@ -59,9 +59,10 @@ def start_server(
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
     timeout: float = 120,
+    port: int | None = None,
 ) -> Server:
-    """Start `clipserve serve` and (by default) wait until /readyz says 200."""
-    port = free_port()
+    """Start `clipserve serve` (on `port`, or a free one) and by default wait for /readyz 200."""
+    port = port or free_port()
     log_path = Path(tempfile.mkstemp(prefix="clipserve-", suffix=".log")[1])
     cmd = [
         sys.executable,

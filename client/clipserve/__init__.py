@@ -1,0 +1,1 @@
+../../service/clipserve/__init__.py
