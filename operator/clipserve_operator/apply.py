@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
 from .constants import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
-from .errors import ApiError, ReconcileError, TransientError
+from .errors import ApiError, KindNotServed, ReconcileError, api_failure
 from .kube import KubeClient
 from .render import object_key
 
@@ -27,12 +27,17 @@ PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (
 
 
 def _raise_for(exc: ApiError, delay: float) -> NoReturn:
-    """Re-raise an API failure as retried or not (a dying namespace passes through)."""
+    """Re-raise an API failure as the reconcile error it is (a dying namespace passes through)."""
     if exc.namespace_terminating:
         raise exc
-    if exc.transient:
-        raise TransientError(str(exc), delay) from exc
-    raise ReconcileError(str(exc)) from exc
+    raise api_failure(exc, delay) from exc
+
+
+def _combined(failures: list[ReconcileError]) -> ReconcileError:
+    """One error for several objects: the first one's reason, every message."""
+    error = type(failures[0])("; ".join(str(f) for f in failures))
+    error.external = any(f.external for f in failures)
+    return error
 
 
 async def apply_objects(
@@ -43,14 +48,17 @@ async def apply_objects(
     An object that cannot be applied for good (say, a ServiceMonitor without its CRD) does not
     stop the others: the Deployment and Service still get applied, then the failures are raised.
     """
-    failures: list[str] = []
+    failures: list[ReconcileError] = []
     for obj in objects:
         api_version, kind, name = object_key(obj)
         namespace = obj["metadata"].get("namespace")
         if not await client.namespaced(api_version, kind):
             # Absent kinds (no such CRD) and cluster-scoped ones cannot be owned by a ClipService.
             failures.append(
-                f"cannot apply {kind} {name}: the cluster serves no namespaced {api_version} {kind}"
+                KindNotServed(
+                    f"cannot apply {kind} {name}: the cluster serves no namespaced "
+                    f"{api_version} {kind}"
+                )
             )
             continue
         path = await client.path(api_version, kind, namespace, name)
@@ -66,9 +74,9 @@ async def apply_objects(
         except ApiError as exc:
             if exc.transient or exc.namespace_terminating:
                 _raise_for(exc, retry_delay)
-            failures.append(str(exc))
+            failures.append(api_failure(exc, retry_delay))
     if failures:
-        raise ReconcileError("; ".join(failures))
+        raise _combined(failures)
 
 
 async def prune(

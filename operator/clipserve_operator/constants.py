@@ -11,6 +11,10 @@ PLURAL = "clipservices"
 KIND = "ClipService"
 API_VERSION = f"{GROUP}/{VERSION}"
 CRD_NAME = f"{PLURAL}.{GROUP}"
+# The CRD's schema revision, bumped with every change of its schema or columns: helm never
+# upgrades a CRD, so the operator checks at start-up that the installed one is the one it writes.
+CRD_REVISION_ANNOTATION = f"{GROUP}/crd-revision"
+CRD_REVISION = "1"
 
 # Server-side apply field manager, and the app.kubernetes.io/managed-by value on every child.
 FIELD_MANAGER = "clipserve-operator"

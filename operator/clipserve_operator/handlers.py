@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from functools import partial
 from typing import Any
 
@@ -32,12 +31,13 @@ async def configure(
     # CRDs and namespaces, so the ClusterRole needs no access to them.
     settings.scanning.disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API call otherwise
-    if not os.environ.get("CLIPSERVE_OPERATOR_VERBOSE"):
+    # From the command line (cli.py), else from the environment (`kopf run` in the tests).
+    config: Settings = memo.get("settings") or Settings.from_env()
+    if not config.verbose:
         # kopf logs "Handler ... succeeded" for every watch event; our own logger says what changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    config = Settings.from_env()
     metrics = Metrics()
     client = KubeClient(lambda: connection_info(settings))
     ctx = Context(client=client, settings=config, metrics=metrics)

@@ -103,7 +103,7 @@ class KubeClient:
                     method, path, params=params, json=json, content=content, headers=headers
                 )
             except httpx.HTTPError as exc:
-                raise ApiError(0, f"{method} {path}: {exc!r}") from exc
+                raise ApiError(0, f"{method} {path}: {exc!r}", method, path) from exc
             if resp.status_code != 401 or attempt:
                 break
             old, self._http = self._http, _http_client(self._login(), self._timeout_s)
@@ -115,7 +115,9 @@ class KubeClient:
                 message = resp.json().get("message", resp.text)
             except ValueError:
                 message = resp.text
-            raise ApiError(resp.status_code, f"{method} {path}: {resp.status_code} {message}")
+            raise ApiError(
+                resp.status_code, f"{method} {path}: {resp.status_code} {message}", method, path
+            )
         return resp.json() if resp.content else {}
 
     async def _discover(self, api_version: str) -> dict[str, tuple[str, bool]] | None:

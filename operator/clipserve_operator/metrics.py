@@ -22,8 +22,10 @@ class Metrics:
         )
         self.errors = Counter(
             "clipserve_operator_reconcile_errors_total",
-            "Failed reconciles, by kind (temporary: retried; permanent: waits for a spec change).",
-            ["kind"],
+            "Failed reconciles, by kind (temporary: retried soon; permanent: waits for a change, "
+            "or retried slowly when the cause is outside the ClipService; unexpected: a bug) and "
+            "reason (the ClipService's Degraded reason, e.g. RenderFailed, Forbidden).",
+            ["kind", "reason"],
             registry=self.registry,
         )
         self.duration = Histogram(

@@ -7,7 +7,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -15,7 +15,7 @@ import kopf
 
 from .apply import apply_objects, patch_status, prune
 from .constants import API_VERSION, KIND, MODEL_ANNOTATION, OWNER_LABEL, PLURAL, SLOT_LABEL, Obj
-from .errors import ApiError, ReconcileError, TransientError
+from .errors import ApiError, ReconcileError, TransientError, as_reconcile_error
 from .kube import KubeClient
 from .metrics import Metrics
 from .render import (
@@ -26,7 +26,7 @@ from .render import (
     render_state,
 )
 from .settings import Settings
-from .status import Observed, compute_status, transitions
+from .status import Observed, compute_status, degraded_status, transitions
 from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
 
 logger = logging.getLogger("clipserve_operator")
@@ -99,14 +99,20 @@ async def _deployments(client: KubeClient, namespace: str, selector: str) -> dic
     return {d["metadata"]["name"]: d for d in found}
 
 
-async def _advance_swap(ctx: Context, owner: Obj, selector: str) -> SwapState:
+def _planned(owner: Obj) -> SwapState:
+    """The swap state before looking at the pending slot (a swap starts or goes on)."""
+    spec = owner["spec"]
+    current = SwapState.from_status(owner.get("status"))
+    return next_state(spec["model"], spec.get("swapStrategy", BLUE_GREEN), current, False)
+
+
+async def _advance_swap(ctx: Context, owner: Obj, selector: str, state: SwapState) -> SwapState:
     """The swap state for this reconcile; a promotion is persisted before the Service moves."""
     meta, spec = owner["metadata"], owner["spec"]
-    current = SwapState.from_status(owner.get("status"))
-    strategy = spec.get("swapStrategy", BLUE_GREEN)
-    state = next_state(spec["model"], strategy, current, pending_ready=False)
     if not state.swapping:
         return state
+    current = SwapState.from_status(owner.get("status"))
+    strategy = spec.get("swapStrategy", BLUE_GREEN)
     deployments = await _deployments(ctx.client, meta["namespace"], selector)
     pending = deployments.get(deployment_name(meta["name"], state.pending_slot))
     if not rolled_out(pending, spec["model"], MODEL_ANNOTATION):
@@ -146,32 +152,61 @@ async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None
         ctx.pruned[prune_key] = keys
 
 
-async def _report(
-    ctx: Context, owner: Obj, state: SwapState, objects: list[Obj], selector: str, error: str
-) -> None:
-    """Write the status computed from what is observed now; post events for transitions."""
-    meta, before = owner["metadata"], owner.get("status") or {}
-    namespace, name = meta["namespace"], meta["name"]
-    deployments = await _deployments(ctx.client, namespace, selector)
-    pods = await ctx.client.list("v1", "Pod", namespace, selector)
-    active_name = deployment_name(name, state.active_slot)
-    pending_name = deployment_name(name, state.pending_slot)
-    status = compute_status(
-        generation=meta["generation"],
-        state=state,
-        observed=Observed(
-            active=deployments.get(active_name),
-            pending=deployments.get(pending_name) if state.blue_green else None,
-            pods=tuple(pods),
-            error=error,
-        ),
-        endpoint=_endpoint(objects, namespace, ctx.settings.cluster_domain)
-        or before.get("endpoint", ""),
-        selector=_selector(objects, active_name) or before.get("selector", ""),
-        slot_label=SLOT_LABEL,
-        previous=before,
-        now=_now(),
+async def _observe(ctx: Context, owner: Obj, state: SwapState, selector: str) -> Observed:
+    """The serving and pending Deployments and every pod of the ClipService, as they are now."""
+    meta = owner["metadata"]
+    deployments = await _deployments(ctx.client, meta["namespace"], selector)
+    pods = await ctx.client.list("v1", "Pod", meta["namespace"], selector)
+    pending = deployments.get(deployment_name(meta["name"], state.pending_slot))
+    return Observed(
+        active=deployments.get(deployment_name(meta["name"], state.active_slot)),
+        pending=pending if state.blue_green else None,
+        pods=tuple(pods),
     )
+
+
+def _reportable(exc: Exception, delay: float) -> ReconcileError:
+    """A step's failure as the error the ClipService shows; transient ones are raised instead."""
+    if isinstance(exc, ApiError) and exc.namespace_terminating:
+        raise exc  # the namespace and the ClipService are going away
+    error = as_reconcile_error(exc, delay)
+    if isinstance(error, TransientError):
+        raise error from (None if error is exc else exc)
+    return error
+
+
+async def _report(
+    ctx: Context,
+    owner: Obj,
+    state: SwapState,
+    objects: list[Obj],
+    selector: str,
+    failure: ReconcileError | None,
+) -> ReconcileError | None:
+    """Write the status computed from what is observed now, post events for its transitions;
+    returns the failure to raise (observing can fail too, then only Degraded is updated)."""
+    meta, before = owner["metadata"], owner.get("status") or {}
+    namespace, name, now = meta["namespace"], meta["name"], _now()
+    try:
+        observed = await _observe(ctx, owner, state, selector)
+    except Exception as exc:
+        failure = failure or _reportable(exc, ctx.settings.retry_delay_s)
+        status = degraded_status(before, failure.reason, str(failure), meta["generation"], now)
+    else:
+        if failure is not None:
+            observed = replace(observed, error=str(failure), error_reason=failure.reason)
+        active = deployment_name(name, state.active_slot)
+        status = compute_status(
+            generation=meta["generation"],
+            state=state,
+            observed=observed,
+            endpoint=_endpoint(objects, namespace, ctx.settings.cluster_domain)
+            or before.get("endpoint", ""),
+            selector=_selector(objects, active) or before.get("selector", ""),
+            slot_label=SLOT_LABEL,
+            previous=before,
+            now=now,
+        )
     if status != {k: before.get(k) for k in status}:
         await patch_status(
             ctx.client, namespace, name, status, retry_delay=ctx.settings.retry_delay_s
@@ -180,36 +215,42 @@ async def _report(
         ctx.metrics.swaps.labels("started").inc()
     for type_, reason, message in transitions(before, status):
         kopf.event(owner, type=type_, reason=reason, message=message)
+    return failure
 
 
 async def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    """Bring one ClipService's children to its spec and report status; raises errors.py's."""
+    """Bring one ClipService's children to its spec and report status; raises errors.py's.
+
+    Every failure but a transient one is reported on the ClipService (Degraded, with its reason
+    and message, and a Warning event) before it is raised to the work queue.
+    """
     owner = await ctx.client.get(API_VERSION, KIND, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the garbage collector removes the children
     selector = f"{OWNER_LABEL}={name}"
-    state = await _advance_swap(ctx, owner, selector)
-    error, objects = "", []
+    state, objects = _planned(owner), []
+    failure: ReconcileError | None = None
     try:
+        state = await _advance_swap(ctx, owner, selector, state)
         objects = await _desired(ctx, owner, state)
         await _apply_and_prune(ctx, owner, objects)
-    except TransientError:
-        raise  # retried soon; the status keeps describing the last completed reconcile
-    except ReconcileError as exc:
-        error = str(exc)  # reported as Degraded; retried on the next change
-    await _report(ctx, owner, state, objects, selector, error)
-    if error:
-        raise ReconcileError(error)
+    except Exception as exc:
+        failure = _reportable(exc, ctx.settings.retry_delay_s)
+    failure = await _report(ctx, owner, state, objects, selector, failure)
+    if failure is not None:
+        raise failure
 
 
 async def resync_forever(ctx: Context, trigger: Callable[[str, str], None]) -> None:
     """Periodically trigger every ClipService: a safety net for missed watch events."""
     while ctx.settings.resync_s > 0:
         await asyncio.sleep(ctx.settings.resync_s)
-        try:
-            found = await ctx.client.request("GET", f"/apis/{API_VERSION}/{PLURAL}") or {}
-        except ApiError as exc:
-            logger.warning("resync: %s", exc)
-            continue
-        for item in found.get("items", []):
-            trigger(item["metadata"]["namespace"], item["metadata"]["name"])
+        for namespace in ctx.settings.namespace or (None,):
+            where = f"/namespaces/{namespace}" if namespace else ""
+            try:
+                found = await ctx.client.request("GET", f"/apis/{API_VERSION}{where}/{PLURAL}")
+            except ApiError as exc:
+                logger.warning("resync: %s", exc)
+                continue
+            for item in (found or {}).get("items", []):
+                trigger(item["metadata"]["namespace"], item["metadata"]["name"])

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .constants import API_VERSION, KIND, MANAGED_BY, OWNER_LABEL, Obj
-from .errors import ReconcileError
+from .errors import HelmNotFound, RenderFailed
 from .swap import SwapState
 
 
@@ -89,7 +89,7 @@ def helm_template(
     *,
     api_versions: Iterable[str] = (),
 ) -> list[Obj]:
-    """Render the chart offline; a chart or values error is permanent for this spec."""
+    """Render the chart offline; RenderFailed carries helm's own message."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(values, f)
         f.flush()
@@ -107,9 +107,16 @@ def helm_template(
         ]
         for api in api_versions:
             cmd += ["--api-versions", api]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except OSError as exc:  # missing, not executable, not a binary
+            raise HelmNotFound(f"cannot run helm ({helm}): {exc.strerror or exc}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise RenderFailed(f"helm template took over {exc.timeout:.0f} s") from exc
     if proc.returncode != 0:
-        raise ReconcileError(f"helm template failed: {proc.stderr.strip()[-800:]}")
+        # helm's own words, less its advice to re-run with --debug (the operator cannot).
+        lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("Use --debug")]
+        raise RenderFailed(f"helm template failed: {' '.join(lines).strip()[-800:]}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 

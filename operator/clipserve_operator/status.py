@@ -28,7 +28,8 @@ class Observed:
     active: Obj | None  # the active slot's Deployment
     pending: Obj | None  # the pending slot's Deployment (blue/green swap only)
     pods: tuple[Obj, ...] = ()
-    error: str = ""  # render/apply failure, shown as Degraded
+    error: str = ""  # a failed reconcile step, shown as Degraded with error_reason
+    error_reason: str = "ReconcileFailed"
 
 
 def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def compute_status(
 
     problems = pod_problems(observed.pods, slot_label)
     if observed.error:
-        conds.append(condition("Degraded", True, "ReconcileFailed", observed.error, generation))
+        conds.append(condition("Degraded", True, observed.error_reason, observed.error, generation))
     elif problems:
         reason = problems[0][0]
         conds.append(
@@ -183,6 +184,15 @@ def compute_status(
         "endpoint": endpoint,
         "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
     }
+
+
+def degraded_status(
+    previous: Mapping[str, Any], reason: str, message: str, generation: int, now: str
+) -> dict[str, Any]:
+    """Only the Degraded condition replaced, for a reconcile that could not observe anything."""
+    kept = [c for c in previous.get("conditions") or [] if c.get("type") != "Degraded"]
+    new = condition("Degraded", True, reason, message, generation)
+    return {"conditions": merge_conditions(previous.get("conditions") or [], [*kept, new], now)}
 
 
 def transitions(
@@ -209,12 +219,12 @@ def transitions(
             )
         )
     for cond in current.get("conditions") or []:
-        old = before.get(cond["type"])
-        if old is not None and old.get("status") == cond["status"]:
-            continue
+        old = before.get(cond["type"]) or {}
+        flipped = old.get("status") != cond["status"]
         if cond["type"] == "Degraded" and cond["status"] == "True":
-            events.append(("Warning", cond["reason"], cond["message"]))
-        elif cond["type"] == "Ready" and (old is not None or cond["status"] == "True"):
+            if flipped or old.get("reason") != cond["reason"]:  # degraded, or for a new cause
+                events.append(("Warning", cond["reason"], cond["message"]))
+        elif cond["type"] == "Ready" and flipped and (old or cond["status"] == "True"):
             events.append(
                 ("Normal", "Ready" if cond["status"] == "True" else "NotReady", cond["message"])
             )

@@ -7,13 +7,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .errors import ApiError, ReconcileError, TransientError
+from .errors import ApiError, InternalError, ReconcileError, TransientError, api_failure
 from .metrics import Metrics
 
 Key = tuple[str, str]
 # The work for one key; it raises the operator's errors (errors.py) to ask for a retry.
 Work = Callable[[str, str], Awaitable[None]]
 logger = logging.getLogger("clipserve_operator")
+# A failure whose cause lies outside the ClipService is retried after 6 retry delays, doubling
+# with each failure in a row up to this: a missing CRD or RBAC rule may stay missing for days.
+MAX_SLOW_RETRY_S = 300.0
 
 
 class WorkQueue:
@@ -24,6 +27,7 @@ class WorkQueue:
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._dirty: set[Key] = set()
         self._retries: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}  # failed runs in a row
 
     @property
     def running(self) -> int:
@@ -62,31 +66,40 @@ class WorkQueue:
         """One run with metrics; returns a retry delay or None."""
         metrics, started = self.metrics, time.monotonic()
         result, retry = "error", None
+        failures = self._failures.pop(key, 0) + 1  # put back below unless this run succeeds
+        slow = min(self.retry_delay_s * 6 * 2 ** min(failures - 1, 16), MAX_SLOW_RETRY_S)
         try:
             await self.work(*key)
             result = "ok"
+            failures = 0
         except TransientError as exc:
-            metrics.errors.labels("temporary").inc()
+            metrics.errors.labels(exc.kind, exc.reason).inc()
             logger.warning("%s/%s: %s (retrying in %ss)", *key, exc, exc.delay)
             retry = exc.delay
         except ReconcileError as exc:
-            # Waits for the next change of the ClipService or its children.
-            metrics.errors.labels("permanent").inc()
-            logger.error("%s/%s: %s", *key, exc)
-        except ApiError as exc:
+            # Shown on the ClipService; waits for its next change, or, when the cause lies
+            # outside it (helm, RBAC, the cluster), is retried every few delays.
+            metrics.errors.labels(exc.kind, exc.reason).inc()
+            trace = exc.__cause__ if isinstance(exc, InternalError) else None
+            logger.error("%s/%s: %s: %s", *key, exc.reason, exc, exc_info=trace)
+            retry = slow if exc.external else None
+        except ApiError as exc:  # reading the ClipService, or writing its status, failed
             if exc.namespace_terminating:  # the namespace and the ClipService are going away
                 logger.debug("%s/%s: %s", *key, exc)
                 return None
-            metrics.errors.labels("temporary" if exc.transient else "permanent").inc()
+            error = api_failure(exc, self.retry_delay_s)
+            metrics.errors.labels(error.kind, error.reason).inc()
             logger.warning("%s/%s: %s", *key, exc)
-            retry = self.retry_delay_s * (1 if exc.transient else 6)
+            retry = self.retry_delay_s if exc.transient else slow
         except Exception:
-            metrics.errors.labels("unexpected").inc()
+            metrics.errors.labels(InternalError.kind, InternalError.reason).inc()
             logger.exception("%s/%s: reconcile failed", *key)
-            retry = self.retry_delay_s * 6
+            retry = slow
         finally:
             metrics.duration.observe(time.monotonic() - started)
             metrics.reconciles.labels(result).inc()
+            if failures:
+                self._failures[key] = failures
         return retry
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""`clipserve serve | models | encode | bench`."""
+"""`clipserve serve | models | encode | device | bench`."""
 
 from __future__ import annotations
 
@@ -115,6 +115,25 @@ def encode_once(settings: Settings, text: str | None, image: Path | None) -> int
     return 0
 
 
+def report_device(settings: Settings, report_to: Path | None) -> int:
+    """Print the device `serve` computes on with these settings (cuda or cpu), after checking
+    it works; also write it to report_to (a pod's init container: its termination message)."""
+    import torch
+
+    from clipserve.models import resolve_device
+
+    try:
+        device = resolve_device(settings.device)
+        torch.zeros(1, device=device)  # the device exists and answers (CUDA initialises here)
+    except (RuntimeError, AssertionError) as exc:  # torch raises AssertionError without CUDA
+        print(f"clipserve: device {settings.device!r} is not usable: {exc}", file=sys.stderr)
+        return 1
+    print(device.type)
+    if report_to is not None:
+        report_to.write_text(device.type)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; `serve`'s flags come from Settings, each also a CLIPSERVE_* variable."""
     parser = argparse.ArgumentParser(prog="clipserve", description="CLIP embeddings over HTTP.")
@@ -132,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("text", nargs="?", help="text to embed")
     enc.add_argument("--image", type=Path, help="image file to embed instead of text")
     add_arguments(enc)
+    dev = sub.add_parser(
+        "device",
+        help="print the device serve would compute on (cuda or cpu)",
+        description="Resolve --device as serve does and check the device works; print cuda or "
+        "cpu. The chart runs it as an init container so the pod reports its own device.",
+    )
+    dev.add_argument("--report-to", type=Path, metavar="PATH", help="also write it to this file")
+    add_arguments(dev)
     bench.add_parser(sub)
     return parser
 
@@ -152,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print("clipserve encode: give a text or --image PATH (one of them)", file=sys.stderr)
             return 2
         return encode_once(settings, args.text, args.image)
+    if args.command == "device":
+        return report_device(settings, args.report_to)
     return serve(settings)
 
 

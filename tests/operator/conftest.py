@@ -203,13 +203,16 @@ def operator(
         "wait", "--for=condition=Established", "crd/clipservices.clipserve.io", "--timeout=60s"
     )
     token = cluster.kubectl("create", "token", RELEASE, "-n", OPERATOR_NS, "--duration=6h").strip()
-    kubeconfig = _token_kubeconfig(
-        cluster, token, tmp_path_factory.mktemp("operator") / "kubeconfig"
-    )
+    state = tmp_path_factory.mktemp("operator")
+    kubeconfig = _token_kubeconfig(cluster, token, state / "kubeconfig")
+    # helm through a link the failure tests can take away and put back.
+    helm_link = state / "bin" / "helm"
+    helm_link.parent.mkdir()
+    helm_link.symlink_to(helm_bin)
     run = OperatorRun(
         {
             "KUBECONFIG": kubeconfig,
-            "CLIPSERVE_OPERATOR_HELM": helm_bin,
+            "CLIPSERVE_OPERATOR_HELM": str(helm_link),
             "CLIPSERVE_OPERATOR_CHART": str(REPO / "charts/clipserve"),
             "CLIPSERVE_OPERATOR_METRICS_PORT": str(_free_port()),
             "CLIPSERVE_OPERATOR_RETRY_DELAY_S": "1",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from clipserve_operator.constants import CRD_REVISION, CRD_REVISION_ANNOTATION
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_CRD = REPO / "charts/clipserve-operator/crds/clipservices.yaml"
@@ -128,3 +129,57 @@ def test_plain_manifests_are_generated_from_the_operator_chart(tmp_path: Path) -
         assert (tmp_path / rel).read_text() == (REPO / "manifests" / rel).read_text(), (
             f"manifests/{rel} is stale: run `make manifests`"
         )
+
+
+def test_crd_carries_the_revision_the_operator_checks_at_start_up() -> None:
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    assert crd["metadata"]["annotations"][CRD_REVISION_ANNOTATION] == CRD_REVISION
+
+
+def _render_operator_chart(helm_bin: str, *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [helm_bin, "template", "op", str(REPO / "charts/clipserve-operator"), "-n", "ops", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.helm
+def test_watch_namespaces_binds_the_rules_only_in_those_namespaces(helm_bin: str) -> None:
+    docs = _render_operator_chart(helm_bin, "--set", "watchNamespaces={ml,search}")
+    bindings = {(d["kind"], d["metadata"].get("namespace"), d["roleRef"]["name"])
+                for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")}  # fmt: skip
+    assert bindings == {
+        ("RoleBinding", "ml", "op-clipserve-operator"),
+        ("RoleBinding", "search", "op-clipserve-operator"),
+        # The one CRD's read for the start-up check is cluster-scoped, so bound cluster-wide.
+        ("ClusterRoleBinding", None, "op-clipserve-operator-crd"),
+    }
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CLIPSERVE_OPERATOR_NAMESPACE"] == "ml,search"
+    crd_role = next(d for d in docs if d["metadata"]["name"] == "op-clipserve-operator-crd")
+    assert crd_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["clipservices.clipserve.io"],
+            "verbs": ["get"],
+        }
+    ]
+
+
+@pytest.mark.helm
+def test_without_watch_namespaces_the_rules_are_bound_cluster_wide(helm_bin: str) -> None:
+    docs = _render_operator_chart(helm_bin)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("ClusterRoleBinding", "op-clipserve-operator") in kinds
+    assert not any(d["kind"] == "RoleBinding" for d in docs)
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert "CLIPSERVE_OPERATOR_NAMESPACE" not in {e["name"] for e in container["env"]}

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from clipserve_operator.constants import SLOT_LABEL
-from clipserve_operator.status import Observed, compute_status, merge_conditions, transitions
+from clipserve_operator.status import (
+    Observed,
+    compute_status,
+    degraded_status,
+    merge_conditions,
+    transitions,
+)
 from clipserve_operator.swap import SwapState
 
 A, B = "ViT-B-32:openai", "ViT-L-14:openai"
@@ -123,3 +129,42 @@ def test_events_for_swap_steps_and_degradation() -> None:
     done = _status(SwapState("green", B), Observed(active=_deploy(1, 1), pending=None), swapping)
     assert [r for _, r, _ in transitions(swapping, done)] == ["SwapCompleted"]
     assert transitions(done, done) == []
+
+
+def test_a_failure_shows_its_own_reason_and_message() -> None:
+    observed = Observed(
+        active=_deploy(1, 1), pending=None, error="forbidden: x", error_reason="Forbidden"
+    )
+    degraded = _cond(_status(SwapState("blue", A), observed), "Degraded")
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True",
+        "Forbidden",
+        "forbidden: x",
+    )
+
+
+def test_a_new_cause_while_degraded_posts_another_warning() -> None:
+    broken = _status(
+        SwapState("blue", A), Observed(active=None, pending=None, error="a", error_reason="One")
+    )
+    other = _status(
+        SwapState("blue", A),
+        Observed(active=None, pending=None, error="b", error_reason="Two"),
+        previous=broken,
+    )
+    assert transitions(broken, other) == [("Warning", "Two", "b")]
+    assert transitions(other, other) == []
+
+
+def test_degraded_status_replaces_only_the_degraded_condition() -> None:
+    ready = _status(SwapState("blue", A), Observed(active=_deploy(1, 1), pending=None))
+    status = degraded_status(ready, "Forbidden", "cannot list pods", 4, "later")
+    assert set(status) == {"conditions"}
+    assert _cond(status, "Ready") == _cond(ready, "Ready")
+    degraded = _cond(status, "Degraded")
+    assert (degraded["status"], degraded["reason"], degraded["observedGeneration"]) == (
+        "True",
+        "Forbidden",
+        4,
+    )
+    assert degraded["lastTransitionTime"] == "later"

@@ -7,9 +7,10 @@ scheduling; the cluster tests run the real one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
-from clipserve_operator.errors import ApiError, ReconcileError, TransientError
+from clipserve_operator.errors import ApiError, Forbidden, ReconcileError, TransientError
 from clipserve_operator.metrics import Metrics
 from clipserve_operator.workqueue import WorkQueue
 
@@ -25,8 +26,13 @@ def _reconciler(behaviour: Any) -> tuple[WorkQueue, list[str]]:
 
 
 def _sample(reconciler: WorkQueue, name: str, **labels: str) -> float:
-    value = reconciler.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
+    """The sum of a metric's samples that carry these labels (whatever their others)."""
+    return sum(
+        sample.value
+        for metric in reconciler.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 async def _settle(reconciler: WorkQueue) -> None:
@@ -55,13 +61,15 @@ def test_triggers_during_a_run_coalesce_into_one_more_run() -> None:
     assert asyncio.run(scenario()) == ["a", "a"]
 
 
-def test_temporary_error_is_retried_after_its_delay() -> None:
+def _fails_once(error: Exception) -> tuple[WorkQueue, list[str]]:
+    """Run a key whose first run raises `error` and whose second succeeds."""
+
     async def scenario() -> tuple[WorkQueue, list[str]]:
         retried = asyncio.Event()
 
         async def flaky(n: int) -> None:
             if n == 1:
-                raise TransientError("conflict", 0.01)
+                raise error
             retried.set()
 
         reconciler, calls = _reconciler(flaky)
@@ -70,7 +78,11 @@ def test_temporary_error_is_retried_after_its_delay() -> None:
         await _settle(reconciler)
         return reconciler, calls
 
-    reconciler, calls = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_temporary_error_is_retried_after_its_delay() -> None:
+    reconciler, calls = _fails_once(TransientError("conflict", 0.01))
     assert calls == ["a", "a"]
     assert _sample(reconciler, "clipserve_operator_reconcile_errors_total", kind="temporary") == 1
     assert _sample(reconciler, "clipserve_operator_reconciles_total", result="ok") == 1
@@ -105,3 +117,35 @@ def test_dying_namespace_is_not_an_error() -> None:
     reconciler = asyncio.run(scenario())
     assert not reconciler._retries
     assert _sample(reconciler, "clipserve_operator_reconcile_errors_total", kind="permanent") == 0
+
+
+def test_a_cause_outside_the_clipservice_is_retried_slowly_and_more_slowly() -> None:
+    async def scenario() -> tuple[WorkQueue, list[str], list[float]]:
+        done = asyncio.Event()
+        times: list[float] = []
+
+        async def denied(n: int) -> None:
+            times.append(asyncio.get_running_loop().time())
+            if n <= 2:
+                raise Forbidden("forbidden: the operator may not patch services in namespace ns")
+            done.set()
+
+        reconciler, calls = _reconciler(denied)
+        reconciler.trigger("ns", "a")
+        await asyncio.wait_for(done.wait(), timeout=10)
+        await _settle(reconciler)
+        return reconciler, calls, [b - a for a, b in itertools.pairwise(times)]
+
+    reconciler, calls, gaps = asyncio.run(scenario())
+    # 6 x retry_delay_s, then twice that: a cause outside the ClipService may last.
+    assert calls == ["a", "a", "a"] and gaps[0] >= 0.06 and gaps[1] >= 0.12
+    errors = "clipserve_operator_reconcile_errors_total"
+    assert _sample(reconciler, errors, kind="permanent", reason="Forbidden") == 2
+    assert not reconciler._failures  # a success starts the count again
+
+
+def test_a_bug_is_counted_as_unexpected_and_retried() -> None:
+    reconciler, calls = _fails_once(KeyError("spec"))
+    assert calls == ["a", "a"]
+    errors = "clipserve_operator_reconcile_errors_total"
+    assert _sample(reconciler, errors, kind="unexpected", reason="InternalError") == 1
