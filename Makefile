@@ -39,10 +39,11 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
 
 .PHONY: tools
-tools: ## fetch/build the real test parts: helm, control plane, prometheus (cached)
+tools: ## fetch/build the real test parts: helm, control plane, prometheus, chromium (cached)
 	bash scripts/install-helm.sh
 	bash scripts/install-crd-validators.sh
 	bash scripts/install-prometheus.sh
+	bash scripts/install-browser.sh
 	bash scripts/build-k8s.sh
 
 .PHONY: test

@@ -9,10 +9,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from clipserve import __version__
 from clipserve.api import ROUTES
 from clipserve.embedder import Embedder
 from clipserve.errors import EXCEPTION_HANDLERS
@@ -25,6 +22,7 @@ from clipserve.middleware import (
     request_metrics,
 )
 from clipserve.models import ModelLoadError, add_model_configs, parse_spec
+from clipserve.pages import openapi_config, page_routes
 from clipserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +36,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics()
     embedder = Embedder(settings, specs, metrics)
+    api_keys = settings.api_keys()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -51,7 +50,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
             await embedder.aclose()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *page_routes(settings.playground)],
         lifespan=[lifespan],
         dependencies={
             "embedder": _provide(embedder),
@@ -62,18 +61,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
         middleware=[
             request_metrics(metrics),
             default_model_header(lambda: embedder.default_model),
-            bearer_auth(settings.api_keys(), settings.open_paths),
+            bearer_auth(api_keys, settings.open_paths),
             cancel_on_disconnect,
         ],
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="clipserve",
-            version=__version__,
-            description="CLIP embeddings and ranking; /encode and /rank are wire-compatible "
-            "with BentoML's CLIP-API-service.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
-        ),
+        openapi_config=openapi_config(auth=bool(api_keys), playground=settings.playground),
     )
 
 

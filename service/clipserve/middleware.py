@@ -15,6 +15,8 @@ from clipserve.metrics import Metrics
 
 MODEL_HEADER = "X-Clip-Model"
 _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes
+# Route opt: served without an API key (the pages, which ask for the key themselves).
+PUBLIC = "public"
 
 
 def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
@@ -67,7 +69,8 @@ def default_model_header(model: Callable[[], str]) -> Callable[[ASGIApp], ASGIAp
 
 
 def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[ASGIApp], ASGIApp]:
-    """Require `Authorization: Bearer <key>` except on open paths; no keys means no auth."""
+    """Require `Authorization: Bearer <key>` except on open paths and PUBLIC routes (no keys:
+    no auth)."""
     open_set = frozenset(open_paths)
     encoded = [k.encode() for k in keys]
     body = msgspec.json.encode({"status_code": 401, "detail": "missing or invalid API key"})
@@ -87,7 +90,12 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
             return app
 
         async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http" or scope["path"] in open_set or allowed(scope):
+            if (
+                scope["type"] != "http"
+                or scope["path"] in open_set
+                or scope["route_handler"].opt.get(PUBLIC)
+                or allowed(scope)
+            ):
                 await app(scope, receive, send)
                 return
             await send(

@@ -15,6 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 ENV_PREFIX = "CLIPSERVE_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _doc(text: str, default: Any = MISSING) -> Any:
@@ -100,11 +102,19 @@ class Settings:
         "Then wait at most this long for queued and in-flight requests to finish.", 20.0
     )
     api_key: tuple[str, ...] = _doc(
-        "Bearer API key(s) required on every path except the open ones; none means no auth.", ()
+        "Bearer API key(s) required on every path except the open ones and the pages (the "
+        "playground, Swagger UI and the OpenAPI document, which ask for a key themselves); none "
+        "means no auth.",
+        (),
     )
     api_key_file: str | None = _doc("File with one API key per line (e.g. a mounted Secret).", None)
     open_paths: tuple[str, ...] = _doc(
         "Paths reachable without an API key.", ("/healthz", "/readyz", "/metrics")
+    )
+    playground: bool = _doc(
+        "Serve the playground page at / (classify an image, rank images against a text); "
+        "`--no-playground` turns it off. Swagger UI stays at /schema/swagger.",
+        True,
     )
     log_level: str = _doc("Logging level: debug, info, warning, error.", "info")
 
@@ -168,6 +178,13 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _flags(name: str) -> str:
+    """How the README names a field's flag(s): `--[no-]x` for an on/off setting."""
+    if _base_type(_hints()[name]) is bool:
+        return "--[no-]" + name.replace("_", "-")
+    return flag_name(name)
+
+
 def _base_type(tp: Any) -> Any:
     """`str | None` -> str, `tuple[str, ...]` -> tuple."""
     if isinstance(tp, types.UnionType):
@@ -185,7 +202,9 @@ def _parse(name: str, raw: str) -> Any:
     if base is tuple:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if base is bool:
-        return raw.lower() in ("1", "true", "yes", "on")
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise SystemExit(f"clipserve: {name}: {raw!r} is not one of {', '.join(_TRUE + _FALSE)}")
     try:
         return base(raw)
     except ValueError as exc:
@@ -215,6 +234,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag_name(f.name), dest=f.name, action="append", help=help_text, metavar="VALUE"
             )
+        elif base is bool:  # --x / --no-x
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
         else:
             parser.add_argument(
                 flag_name(f.name), dest=f.name, help=help_text, metavar=base.__name__.upper()
@@ -229,7 +255,9 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         value = getattr(args, f.name, None)
         if value is None:
             continue
-        if isinstance(value, list):  # repeated flag, each may itself be a comma list
+        if isinstance(value, bool):
+            overrides[f.name] = value
+        elif isinstance(value, list):  # repeated flag, each may itself be a comma list
             overrides[f.name] = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
         else:
             overrides[f.name] = _parse(f.name, value)
@@ -243,9 +271,11 @@ def markdown_table() -> str:
         default = f.default
         if isinstance(default, tuple):
             default = ",".join(default) or "(none)"
+        elif isinstance(default, bool):
+            default = str(default).lower()
         elif default is None:
             default = "(unset)"
         rows.append(
-            f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{default}` | {f.metadata['doc']} |"
+            f"| `{_flags(f.name)}` | `{env_name(f.name)}` | `{default}` | {f.metadata['doc']} |"
         )
     return "\n".join(rows)

@@ -1,0 +1,117 @@
+"""The pages a browser opens: the playground at `/` and Swagger UI at `/schema/swagger`.
+
+Both are static files shipped in the package (Swagger UI's from the pinned swagger-ui-bundle-v2
+wheel), so nothing is fetched from another host, and every URL in them is relative, so they also
+work under a path prefix (an ingress serving clipserve at `/clip/`). The pages and the OpenAPI
+document are served without an API key: they ask for the key and send it with each API call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response, Router, get
+from litestar.enums import MediaType
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import OpenAPIRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
+
+from clipserve import __version__
+from clipserve.middleware import PUBLIC
+
+PLAYGROUND_DIR = Path(__file__).parent / "playground"
+APIDOCS_DIR = Path(__file__).parent / "apidocs"
+_ROOT_MARK = b"{root}"
+_BEARER = "bearer"
+
+# The pages load only their own files and talk only to this server (connect-src): a browser
+# refuses anything else even if a page were changed to ask for it. Swagger UI sets inline styles.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def relative_root(request: Request) -> str:
+    """The relative URL from the requested page to the app's root ("" for "/schema", "../" for
+    "/schema/swagger"), as the path the browser asked for may carry a prefix the app never sees."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    return "../" * max(raw.count(b"/") - 1, 0)
+
+
+class OfflineSwagger(OpenAPIRenderPlugin):
+    """Swagger UI from the package's files, with the schema inlined as JSON data (not script)."""
+
+    def __init__(self, playground: bool) -> None:
+        super().__init__(path="/swagger")
+        nav = b'<nav class="clipserve-nav"><a href="{root}./">Playground</a></nav>'
+        html = (APIDOCS_DIR / "swagger.html").read_bytes()
+        self._html = html.replace(b"{nav}", nav if playground else b"")
+
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        # escaped, "</" cannot close the <script type="application/json"> block the schema is in
+        spec = self.render_json(request, openapi_schema).replace(b"</", b"<\\/")
+        page = self._html.replace(_ROOT_MARK, relative_root(request).encode())
+        return page.replace(b"{spec}", spec)
+
+
+def openapi_config(auth: bool, playground: bool) -> OpenAPIConfig:
+    """/schema (Swagger UI) and /schema/openapi.json; with `auth`, a bearer scheme to authorize."""
+    return OpenAPIConfig(
+        title="clipserve",
+        version=__version__,
+        description="CLIP embeddings and ranking; /encode and /rank are wire-compatible "
+        "with BentoML's CLIP-API-service.",
+        render_plugins=[OfflineSwagger(playground)],
+        openapi_router=Router(
+            "/schema",
+            route_handlers=[],
+            include_in_schema=False,
+            opt={PUBLIC: True},
+            response_headers=PAGE_HEADERS,
+        ),
+        components=Components(
+            security_schemes={_BEARER: SecurityScheme(type="http", scheme="bearer")}
+            if auth
+            else None
+        ),
+        security=[{_BEARER: []}] if auth else None,
+    )
+
+
+def _static(path: str, directory: Path, name: str) -> Router:
+    return create_static_files_router(
+        path,
+        directories=[directory],
+        name=name,
+        opt={PUBLIC: True},
+        include_in_schema=False,
+    )
+
+
+def page_routes(playground: bool) -> list[Router | HTTPRouteHandler]:
+    """Swagger UI's files, and the playground with its files unless turned off."""
+    routes: list[Router | HTTPRouteHandler] = [
+        _static("/static/swagger-ui", Path(str(swagger_ui_path)), "swagger-ui"),
+        _static("/static/apidocs", APIDOCS_DIR, "apidocs"),
+    ]
+    if playground:
+        index = (PLAYGROUND_DIR / "index.html").read_bytes()
+
+        @get("/", include_in_schema=False, opt={PUBLIC: True}, sync_to_thread=False)
+        def playground_page() -> Response[bytes]:
+            """The playground: classify an image, or rank images against a text."""
+            return Response(index, media_type=MediaType.HTML, headers=PAGE_HEADERS)
+
+        routes += [_static("/static/playground", PLAYGROUND_DIR, "playground"), playground_page]
+    return routes
