@@ -39,12 +39,13 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
 
 .PHONY: tools
-tools: ## fetch/build the real test parts: helm, control plane, prometheus, chromium (cached)
+tools: ## fetch/build the real test parts: helm, control plane, real node, prometheus, chromium (cached)
 	bash scripts/install-helm.sh
 	bash scripts/install-crd-validators.sh
 	bash scripts/install-prometheus.sh
 	bash scripts/install-browser.sh
 	bash scripts/build-k8s.sh
+	bash scripts/build-node.sh
 
 .PHONY: test
 test: dev tools ## install everything, lint, and run every test
@@ -57,12 +58,13 @@ lint: dev ## ruff check and ruff format --check
 	$(VENV)/bin/ruff format --check service operator tests scripts
 
 .PHONY: cluster
-cluster: dev ## start the local control plane with simulated GPU nodes (prints KUBECONFIG)
+cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node running the images (prints KUBECONFIG)
 	bash scripts/build-k8s.sh
+	bash scripts/build-node.sh
 	$(PY) -m tests.cluster up
 
 .PHONY: cluster-down
-cluster-down: ## stop the local control plane
+cluster-down: ## stop the local cluster (the real node first, restoring the machine)
 	$(PY) -m tests.cluster down
 
 .PHONY: manifests

@@ -21,7 +21,7 @@ export GOPATH="$root/go" GOMODCACHE="$root/go/pkg/mod" GOCACHE="$root/go/cache"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -modcacherw"
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
-k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 log() { echo "build-k8s: $*" >&2; }
 missing() { for b in "$@"; do [[ -x "$bin/$b" ]] || echo "$b"; done; }
 gobuild() { nice -n 10 go build -p "$jobs" -trimpath "$@"; }

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster import realnode
 from tests.cluster.harness import Cluster, running_cluster
 
 
@@ -14,11 +15,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
+    """A real node (kubelet, containerd, kube-proxy, CoreDNS) joined to the session's cluster.
+
+    One per machine: a session that needs it waits while another session's node runs. Stopped,
+    and the machine restored, at the session's end.
+    """
+    node = realnode.join(cluster)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     """On a failing test that used the cluster, point at the control-plane logs."""
     report: pytest.TestReport = yield
-    running = getattr(item, "funcargs", {}).get("cluster")
+    args = getattr(item, "funcargs", {})
+    running, node = args.get("cluster"), args.get("real_node")
     if report.failed and isinstance(running, Cluster):
         report.sections.append(("cluster", f"control-plane logs: {running.state_dir / 'logs'}"))
+    if report.failed and isinstance(node, realnode.RealNode):
+        report.sections.append(("real node", f"real node logs: {node.dirs.logs}"))
     return report

@@ -67,8 +67,14 @@ def apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> list[str]:
         f"--proxy-client-cert-file={pki.crt(FRONT_PROXY_CLIENT)}",
         f"--proxy-client-key-file={pki.key(FRONT_PROXY_CLIENT)}",
         # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service endpoint,
-        # which Endpoints validation rejects; nothing in-cluster needs to reach the apiserver.
+        # which Endpoints validation rejects; the real node publishes its forwarder instead.
         "--endpoint-reconciler-type=none",
+        # Reach kubelets (logs, exec, port-forward) by node IP, never through the machine's
+        # resolver, verifying their serving certificates and showing them our own.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--kubelet-certificate-authority={pki.ca_crt}",
+        f"--kubelet-client-certificate={pki.crt('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
         "--allow-privileged=true",
         "--profiling=false",
     ]

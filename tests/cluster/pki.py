@@ -27,6 +27,8 @@ CLIENTS = {
     "controller-manager": ("system:kube-controller-manager", ""),
     "scheduler": ("system:kube-scheduler", ""),
     "kwok": ("kwok-controller", "system:masters"),
+    # The API server's identity towards kubelets (logs, exec); RBAC grants it kubelet-api-admin.
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ""),
 }
 FRONT_PROXY_CA = "front-proxy-ca"
 FRONT_PROXY_CLIENT = "front-proxy-client"
@@ -99,6 +101,25 @@ def _signed_cert(pki: Pki, name: str, subject: str, extensions: list[str], ca: s
     ext.unlink()
 
 
+CLIENT_EXTENSIONS = ["keyUsage=critical,digitalSignature", "extendedKeyUsage=clientAuth"]
+
+
+def issue(
+    pki: Pki, name: str, cn: str, org: str = "", server_sans: list[str] | None = None
+) -> None:
+    """A certificate from the cluster CA: a client cert, or a serving cert for server_sans."""
+    subject = f"/CN={cn}" + (f"/O={org}" if org else "")
+    if server_sans is None:
+        _signed_cert(pki, name, subject, CLIENT_EXTENSIONS)
+        return
+    server_ext = [
+        "keyUsage=critical,digitalSignature",
+        "extendedKeyUsage=serverAuth",
+        "subjectAltName=" + ",".join(server_sans),
+    ]
+    _signed_cert(pki, name, subject, server_ext)
+
+
 def generate(directory: Path) -> Pki:
     """Create a CA, the apiserver serving cert, client certs and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,14 +130,14 @@ def generate(directory: Path) -> Pki:
         ["keyUsage=critical,digitalSignature", "extendedKeyUsage=serverAuth",
          "subjectAltName=" + ",".join(APISERVER_SANS)],
     )  # fmt: skip
-    client_ext = ["keyUsage=critical,digitalSignature", "extendedKeyUsage=clientAuth"]
     for name, (cn, org) in CLIENTS.items():
-        subject = f"/CN={cn}" + (f"/O={org}" if org else "")
-        _signed_cert(pki, name, subject, client_ext)
+        issue(pki, name, cn, org)
     # The aggregation layer's front proxy gets its own CA, so no ordinary client cert can
     # assert identities through request headers.
     _ca(pki, FRONT_PROXY_CA, "/CN=clipserve-test-front-proxy-ca")
-    _signed_cert(pki, FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", client_ext, FRONT_PROXY_CA)
+    _signed_cert(
+        pki, FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", CLIENT_EXTENSIONS, FRONT_PROXY_CA
+    )
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", pki.sa_key)
     pki.sa_key.chmod(0o600)
     _openssl("pkey", "-in", pki.sa_key, "-pubout", "-out", pki.sa_pub)

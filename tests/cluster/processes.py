@@ -43,7 +43,15 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
-def spawn(name: str, argv: list[str], log_dir: Path, *, tie_to_parent: bool) -> Proc:
+def spawn(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    *,
+    tie_to_parent: bool,
+    pass_fds: tuple[int, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Proc:
     """Start argv in its own session, stdout+stderr to <log_dir>/<name>.log."""
     log = log_dir / f"{name}.log"
     preexec: Callable[[], None] | None = _die_with_parent if tie_to_parent else None
@@ -55,6 +63,8 @@ def spawn(name: str, argv: list[str], log_dir: Path, *, tie_to_parent: bool) -> 
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=preexec,
+            pass_fds=pass_fds,
+            env=env,
         )
     return Proc(name=name, pid=popen.pid, binary=argv[0], log=str(log))
 

@@ -1,0 +1,93 @@
+"""The real node runs pods that serve through Services and DNS and reach nothing off the machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cluster.harness import Cluster, KubectlError, _versions
+from tests.cluster.node_config import NODE_NAME, POOL_LABEL, TAINT
+from tests.cluster.realnode import PROBE_IMAGE, RealNode
+from tests.cluster.test_cluster import apply_available_deployment, get_json
+
+pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.slow]
+
+
+def web_service(cluster: Cluster, node: RealNode, namespace: str, replicas: int = 2) -> None:
+    """`replicas` probe servers on the real node behind the ClusterIP Service web:80."""
+    container = {
+        "name": "web",
+        "image": PROBE_IMAGE,
+        "imagePullPolicy": "Never",
+        "args": ["serve", ":8080"],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+    }
+    spec = node.pin({"containers": [container], "terminationGracePeriodSeconds": 2})
+    apply_available_deployment(cluster, namespace, "web", replicas, spec)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(service))
+
+
+def test_the_real_node_is_ready_in_its_own_tainted_pool(
+    cluster: Cluster, real_node: RealNode
+) -> None:
+    node = get_json(cluster, "node", NODE_NAME)
+    labels, info = node["metadata"]["labels"], node["status"]["nodeInfo"]
+    assert POOL_LABEL.items() <= labels.items()
+    assert {k: TAINT[k] for k in ("key", "value", "effect")} in node["spec"]["taints"]
+    versions = _versions()
+    assert info["kubeletVersion"] == versions["K8S_VERSION"]
+    assert info["containerRuntimeVersion"] == "containerd://" + versions["CONTAINERD_VERSION"][1:]
+    assert {"type": "InternalIP", "address": real_node.ip} in node["status"]["addresses"]
+
+
+def test_a_service_balances_its_pods_by_dns_name(
+    cluster: Cluster, real_node: RealNode, namespace: str
+) -> None:
+    web_service(cluster, real_node, namespace)
+    pods = {
+        p["metadata"]["name"]: p
+        for p in get_json(cluster, "pods", "-n", namespace, "-l", "app=web")["items"]
+    }
+    assert {p["spec"]["nodeName"] for p in pods.values()} == {NODE_NAME}
+    client = real_node.client_pod(namespace)
+    # A new connection per request, so kube-proxy picks an endpoint for each one.
+    out = real_node.exec(namespace, client, "/probe", "get", f"http://web.{namespace}.svc/", "16")
+    statuses = out.splitlines()[0::2]
+    answered_by = set(out.splitlines()[1::2])
+    assert statuses == ["200 "] * 16
+    assert answered_by == set(pods)
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(
+    real_node: RealNode, namespace: str
+) -> None:
+    client = real_node.client_pod(namespace)
+    # The pod's ServiceAccount token and CA, the certificate checked against the Service's name.
+    out = real_node.exec(namespace, client, "/probe", "api", "/api")
+    assert out.startswith("200 ")
+    assert json.loads(out.split("\n", 1)[1])["kind"] == "APIVersions"
+
+
+def test_pods_reach_nothing_beyond_the_machine(real_node: RealNode, namespace: str) -> None:
+    client = real_node.client_pod(namespace)
+    # No default route in the pod: an address outside the pod and Service ranges is unreachable.
+    with pytest.raises(KubectlError, match="network is unreachable"):
+        real_node.exec(namespace, client, "/probe", "get", "http://192.0.2.1/")
+    # Cluster DNS answers cluster names only; it forwards nothing.
+    with pytest.raises(KubectlError, match="no such host"):
+        real_node.exec(namespace, client, "/probe", "resolve", "example.com")
+    assert real_node.exec(namespace, client, "/probe", "resolve", "kubernetes.default").strip()
+
+
+def test_kubectl_logs_reach_the_kubelet(
+    cluster: Cluster, real_node: RealNode, namespace: str
+) -> None:
+    real_node.run_pod(namespace, "server", PROBE_IMAGE, ["serve", ":8080"])
+    assert "serving on :8080" in cluster.kubectl("logs", "-n", namespace, "server")
