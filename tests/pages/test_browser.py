@@ -74,18 +74,22 @@ def test_playground_ranks_labels_for_an_uploaded_image(
     assert sorted(name for name, _ in rows) == sorted(LABELS)
     line = answered(browser)
     assert f"Answered by {TINY} in" in line and " ms " in line
-    if not has_classify:  # the bars are /rank's probabilities for the templated labels
-        with server.client() as c:
-            direct = c.post(
-                "/rank",
-                json={
-                    "queries": [{"img_blob": base64.b64encode(images[0].read_bytes()).decode()}],
-                    "candidates": [{"text": TEMPLATE.format(label)} for label in LABELS],
-                },
-            ).json()["probabilities"][0]
-        expected = dict(zip(LABELS, direct, strict=True))
-        for name, shown in rows:
-            assert shown == pytest.approx(expected[name] * 100, abs=0.051), name
+    # the bars are the API's probabilities for the templated labels
+    image = {"img_blob": base64.b64encode(images[0].read_bytes()).decode()}
+    with server.client() as c:
+        if has_classify:
+            body = {"images": [image], "labels": LABELS, "templates": [TEMPLATE]}
+            predictions = c.post("/classify", json=body).json()["predictions"][0]
+            expected = {p["label"]: p["probability"] for p in predictions}
+        else:
+            body = {
+                "queries": [image],
+                "candidates": [{"text": TEMPLATE.format(label)} for label in LABELS],
+            }
+            probabilities = c.post("/rank", json=body).json()["probabilities"][0]
+            expected = dict(zip(LABELS, probabilities, strict=True))
+    for name, shown in rows:
+        assert shown == pytest.approx(expected[name] * 100, abs=0.051), name
     screenshot(browser, "playground")
 
     # readable on a phone: nothing wider than the screen
@@ -93,6 +97,7 @@ def test_playground_ranks_labels_for_an_uploaded_image(
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= window.innerWidth"
     )
+    browser.execute_script("document.getElementById('classify-result').scrollIntoView()")
     screenshot(browser, "playground-phone")
 
     assert console_errors(browser) == []

@@ -7,7 +7,8 @@ let apiKey = "";
 let retry = null; // the action a 401 interrupted, run again once a key is given
 const $ = (id) => document.getElementById(id);
 
-// /classify when the server has it (it applies the template server-side); /rank otherwise.
+// /classify when the server has it (the template goes as `templates`), /rank otherwise (the
+// page fills the template in): the same prompts either way.
 const classifyRoute = fetch("schema/openapi.json")
   .then((r) => (r.ok ? r.json() : {}))
   .then((schema) => Boolean(schema.paths && schema.paths["/classify"]))
@@ -99,7 +100,7 @@ function withModel(body) {
   return model ? { ...body, model } : body;
 }
 
-// rows: [{name: string | Node, probability}] -> a list with bars, most probable first
+// rows: [{name: string | Node[], probability}] -> a list with bars, most probable first
 function showRanking(container, rows, answer, route) {
   rows.sort((a, b) => b.probability - a.probability);
   const list = document.createElement("ol");
@@ -109,7 +110,7 @@ function showRanking(container, rows, answer, route) {
     const item = document.createElement("li");
     const name = document.createElement("span");
     name.className = "name";
-    name.append(row.name);
+    name.append(...[row.name].flat());
     const track = document.createElement("span");
     track.className = "track";
     const fill = document.createElement("span");
@@ -127,18 +128,6 @@ function showRanking(container, rows, answer, route) {
     `Answered by ${answer.model} in ${Math.round(answer.ms)} ms (POST ${route})`;
 }
 
-// /classify answers, per image, its labels with probabilities: take the first image's.
-function classifyRows(data) {
-  const perImage = Array.isArray(data) ? data : Object.values(data || {}).find(Array.isArray);
-  const first = perImage && perImage[0];
-  const entries = Array.isArray(first) ? first : Object.values(first || {}).find(Array.isArray);
-  if (!entries) throw new Error("unexpected /classify answer");
-  return entries.map((e) => ({
-    name: e.label ?? Object.values(e).find((v) => typeof v === "string"),
-    probability: e.probability ?? Object.values(e).find((v) => typeof v === "number"),
-  }));
-}
-
 async function classify() {
   const file = $("classify-file").files[0];
   const url = $("classify-url").value.trim();
@@ -152,10 +141,13 @@ async function classify() {
   const image = file ? { img_blob: await readBase64(file) } : { img_uri: url };
   const result = $("classify-result");
   if (await classifyRoute) {
-    const body = { images: [image], labels };
-    if (template) body.templates = [template];
+    const body = { images: [image], labels, templates: [template || "{}"] };
     const answer = await call("POST", "classify", withModel(body));
-    showRanking(result, classifyRows(answer.data), answer, "/classify");
+    const rows = answer.data.predictions[0].map((p) => ({
+      name: p.label,
+      probability: p.probability,
+    }));
+    showRanking(result, rows, answer, "/classify");
   } else {
     const candidates = labels.map((label) => ({ text: prompt(template, label) }));
     const answer = await call("POST", "rank", withModel({ queries: [image], candidates }));
@@ -179,8 +171,8 @@ async function search() {
     thumb.src = URL.createObjectURL(file);
     thumb.alt = file.name;
     const name = document.createElement("span");
-    name.append(thumb, ` ${file.name}`);
-    return { name, probability: answer.data.probabilities[0][i] };
+    name.textContent = file.name;
+    return { name: [thumb, name], probability: answer.data.probabilities[0][i] };
   });
   showRanking($("search-result"), rows, answer, "/rank");
 }
