@@ -213,3 +213,32 @@ def test_swagger_ui_lists_the_operations_and_tries_encode_behind_a_prefix(
 
     assert foreign(requested_urls(browser), proxy.origin, PREFIX) == []
     assert console_errors(browser) == []
+
+
+def test_swagger_ui_authorizes_with_the_key_and_calls_the_api(
+    browser: WebDriver, keyed_server: Server
+):
+    browser.get(keyed_server.url + "/schema/swagger")
+    wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, ".btn.authorize")).click()
+    dialog = wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, ".modal-ux"))
+    dialog.find_element(By.CSS_SELECTOR, "input").send_keys(API_KEY)
+    dialog.find_element(By.CSS_SELECTOR, "button.authorize").click()
+    dialog.find_element(By.CSS_SELECTOR, "button.btn-done").click()
+
+    models = browser.find_element(By.ID, "operations-default-ModelsModels")
+    models.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait(browser).until(lambda d: models.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+    models.find_element(By.CSS_SELECTOR, ".execute").click()
+    status = wait(browser).until(
+        lambda d: models.find_element(
+            By.CSS_SELECTOR, ".live-responses-table tbody .response-col_status"
+        )
+    )
+    assert status.text.strip().startswith("200")
+    shown = models.find_element(
+        By.CSS_SELECTOR, ".live-responses-table tbody .response-col_description pre"
+    )
+    assert json.loads(shown.text)["models"][0]["spec"] == TINY
+    kept = browser.execute_script("return [localStorage.length, sessionStorage.length]")
+    assert kept == [0, 0]
+    assert foreign(requested_urls(browser), keyed_server.url) == []
