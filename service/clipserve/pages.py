@@ -13,11 +13,12 @@ from typing import Any
 
 from litestar import Request, Response, Router, get
 from litestar.enums import MediaType
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.static_files import create_static_files_router
+from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path
 
 from clipserve import __version__
@@ -35,11 +36,16 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'none'"
 )
+_FILE_HEADERS = {"X-Content-Type-Options": "nosniff"}
 PAGE_HEADERS = {
+    **_FILE_HEADERS,
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+# Named, not guessed: a guess can fall back to octet-stream, which nosniff forbids running.
+_MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# What swagger.html loads from the swagger-ui-bundle-v2 wheel.
+SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
 
 
 def relative_root(request: Request) -> str:
@@ -89,21 +95,37 @@ def openapi_config(auth: bool, playground: bool) -> OpenAPIConfig:
     )
 
 
-def _static(path: str, directory: Path, name: str) -> Router:
-    return create_static_files_router(
-        path,
-        directories=[directory],
-        name=name,
-        opt={PUBLIC: True},
+def _files(prefix: str, folder: Path, names: tuple[str, ...]) -> HTTPRouteHandler:
+    """GET `prefix`/<name> for exactly these files of `folder`: nothing else there is served
+    (swagger-ui-bundle also ships Swagger's demo page, which loads a schema from another host)."""
+    files = {name: folder / name for name in names}
+
+    @get(
+        f"{prefix}/{{name:str}}",
+        name=prefix,
         include_in_schema=False,
+        opt={PUBLIC: True},
+        sync_to_thread=False,
     )
+    def static_file(name: str) -> File:
+        if name not in files:
+            raise NotFoundException(f"no such file: {prefix}/{name}")
+        path = files[name]
+        return File(
+            path,
+            content_disposition_type="inline",
+            media_type=_MEDIA_TYPES[path.suffix],
+            headers=_FILE_HEADERS,
+        )
+
+    return static_file
 
 
-def page_routes(playground: bool) -> list[Router | HTTPRouteHandler]:
+def page_routes(playground: bool) -> list[HTTPRouteHandler]:
     """Swagger UI's files, and the playground with its files unless turned off."""
-    routes: list[Router | HTTPRouteHandler] = [
-        _static("/static/swagger-ui", Path(str(swagger_ui_path)), "swagger-ui"),
-        _static("/static/apidocs", APIDOCS_DIR, "apidocs"),
+    routes = [
+        _files("/static/swagger-ui", Path(str(swagger_ui_path)), SWAGGER_UI_FILES),
+        _files("/static/apidocs", APIDOCS_DIR, ("swagger.js", "swagger.css")),
     ]
     if playground:
         index = (PLAYGROUND_DIR / "index.html").read_bytes()
@@ -113,5 +135,6 @@ def page_routes(playground: bool) -> list[Router | HTTPRouteHandler]:
             """The playground: classify an image, or rank images against a text."""
             return Response(index, media_type=MediaType.HTML, headers=PAGE_HEADERS)
 
-        routes += [_static("/static/playground", PLAYGROUND_DIR, "playground"), playground_page]
+        files = ("playground.js", "playground.css")
+        routes += [_files("/static/playground", PLAYGROUND_DIR, files), playground_page]
     return routes

@@ -46,7 +46,13 @@ def assert_page_and_its_files_load(client: httpx.Client, page_url: str) -> list[
             continue
         # relative: no scheme, no host, no leading "/" that would escape a path prefix
         assert not urlsplit(link).scheme and not link.startswith("/"), link
-        assert client.get(urljoin(page_url, link)).status_code == 200, (page_url, link)
+        loaded = client.get(urljoin(page_url, link))
+        assert loaded.status_code == 200, (page_url, link)
+        kind = loaded.headers["content-type"]
+        if link.endswith(".js"):  # nosniff: only a script type runs
+            assert kind.startswith("text/javascript"), (link, kind)
+        elif link.endswith(".css"):
+            assert kind.startswith("text/css"), (link, kind)
     return found
 
 
@@ -54,6 +60,24 @@ def test_playground_and_its_files_are_served_with_relative_urls(server: Server):
     with server.client() as c:
         found = assert_page_and_its_files_load(c, server.url + "/")
     assert "static/playground/playground.js" in found and "schema/swagger" in found
+
+
+def test_only_the_files_the_pages_load_are_served(server: Server):
+    with server.client() as c:
+        served = c.get("/static/swagger-ui/swagger-ui-bundle.js")
+        others = [
+            c.get(path).status_code
+            for path in (
+                "/static/swagger-ui/index.html",  # Swagger's demo: loads a schema from elsewhere
+                "/static/swagger-ui/swagger-initializer.js",
+                "/static/playground/index.html",
+                "/static/playground/..%2F..%2Fpages.py",
+                "/static/apidocs/swagger.html",
+            )
+        ]
+    assert served.status_code == 200 and served.headers["x-content-type-options"] == "nosniff"
+    assert served.headers["content-type"].startswith("text/javascript")
+    assert others == [404] * len(others)
 
 
 @pytest.mark.parametrize("path", ["/schema", "/schema/swagger", "/schema/swagger/"])
