@@ -70,7 +70,7 @@ def counts(deployment: Obj | None) -> tuple[int, int]:
 
 
 def pod_problems(pods: Iterable[Obj], slot_label: str) -> list[tuple[str, str]]:
-    """(reason, message) for pods that cannot run: the scheduler's or the kubelet's own words."""
+    """(reason, message) for pods that cannot run: the scheduler's, kubelet's or server's words."""
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
     for pod in pods:
@@ -87,13 +87,28 @@ def pod_problems(pods: Iterable[Obj], slot_label: str) -> list[tuple[str, str]]:
                     seen.add(msg)
                     problems.append((cond.get("reason") or "Unschedulable", msg))
         for cs in status.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
+            state = cs.get("state") or {}
+            waiting, failed = state.get("waiting") or {}, state.get("terminated") or {}
             if waiting.get("reason") in _STUCK_REASONS:
-                msg = f"{where}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-                if msg not in seen:
-                    seen.add(msg)
-                    problems.append((waiting["reason"], msg))
+                # A crashing server's own last words say more than the kubelet's back-off.
+                words = _last_words(cs.get("lastState") or {}) or waiting.get("message", "")
+                reason = waiting["reason"]
+            elif failed.get("exitCode"):  # exited with an error, about to be restarted
+                words, reason = _last_words(state), failed.get("reason") or "Error"
+            else:
+                continue
+            msg = f"{where}: {reason}: {words}".rstrip(": ")
+            if msg not in seen:
+                seen.add(msg)
+                problems.append((reason, msg))
     return problems
+
+
+def _last_words(state: Obj) -> str:
+    """The last line of a terminated container's message (the chart makes it the log tail)."""
+    message = str((state.get("terminated") or {}).get("message") or "")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def compute_status(

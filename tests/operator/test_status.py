@@ -94,6 +94,40 @@ def test_failing_new_slot_keeps_ready_and_says_why() -> None:
     assert status["pendingModel"] == B and status["activeModel"] == A
 
 
+LOG_TAIL = (
+    "INFO:     Shutting down\n"
+    "INFO:     Finished server process [1]\n"
+    "clipserve: start-up failed: ViT-B-32:/m/x.pt: checkpoint file /m/x.pt does not exist\n"
+)
+
+
+def _crashed_pod(slot: str, state: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    pod = _pod(slot)
+    pod["status"]["containerStatuses"] = [{"state": state, "lastState": last}]
+    return pod
+
+
+def test_a_crashing_server_degrades_with_its_own_last_words() -> None:
+    exited = {"terminated": {"exitCode": 1, "reason": "Error", "message": LOG_TAIL}}
+    backing_off = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}
+    for state, last, reason in ((backing_off, exited, "CrashLoopBackOff"), (exited, {}, "Error")):
+        observed = Observed(
+            active=_deploy(1, 1), pending=_deploy(1, 0), pods=(_crashed_pod("green", state, last),)
+        )
+        degraded = _cond(_status(SwapState("blue", A, "green", B), observed), "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == reason
+        assert degraded["message"] == (
+            f"slot green: {reason}: clipserve: start-up failed: ViT-B-32:/m/x.pt:"
+            " checkpoint file /m/x.pt does not exist"
+        )
+
+
+def test_a_container_that_exited_cleanly_is_no_problem() -> None:
+    done = {"terminated": {"exitCode": 0, "reason": "Completed", "message": "bye"}}
+    observed = Observed(active=_deploy(1, 1), pending=None, pods=(_crashed_pod("blue", done, {}),))
+    assert _cond(_status(SwapState("blue", A), observed), "Degraded")["status"] == "False"
+
+
 def test_render_error_is_degraded() -> None:
     observed = Observed(active=None, pending=None, error="helm template failed: bad")
     status = _status(SwapState("blue", A), observed)
