@@ -13,7 +13,7 @@ from urllib.parse import SplitResult, urlsplit
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.chrome.webdriver import WebDriver as Browser
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +35,7 @@ ARTIFACTS = Path(__file__).parents[2] / "test-artifacts" / "pages"
 @contextmanager
 def chromium(
     driver_path: str, profile: Path, size: tuple[int, int] = (1100, 1400)
-) -> Iterator[WebDriver]:
+) -> Iterator[Browser]:
     """A fresh headless chromium (new profile) that records its network and console logs."""
     options = Options()
     options.binary_location = CHROMIUM
@@ -57,7 +57,7 @@ def chromium(
         driver.quit()
 
 
-def requested_urls(driver: WebDriver) -> list[str]:
+def requested_urls(driver: Browser) -> list[str]:
     """Every URL the browser requested since the last call (Network.requestWillBeSent)."""
     urls = []
     for entry in driver.get_log("performance"):
@@ -80,16 +80,16 @@ def foreign(urls: list[str], origin: str, prefix: str = "/") -> list[str]:
     return [url for url in urls if not inside(urlsplit(url))]
 
 
-def console_errors(driver: WebDriver) -> list[str]:
+def console_errors(driver: Browser) -> list[str]:
     """Severe console messages (failed loads, script errors, CSP refusals)."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def wait(driver: WebDriver, timeout: float = 60) -> WebDriverWait:
+def wait(driver: Browser, timeout: float = 60) -> WebDriverWait:
     return WebDriverWait(driver, timeout)
 
 
-def screenshot(driver: WebDriver, name: str) -> Path:
+def screenshot(driver: Browser, name: str) -> Path:
     """Save the page as test-artifacts/pages/<name>.png (kept after the run)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

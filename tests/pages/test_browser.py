@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from tests.pages.browser import console_errors, foreign, requested_urls, screenshot, wait
+from tests.pages.browser import Browser, console_errors, foreign, requested_urls, screenshot, wait
 from tests.pages.conftest import API_KEY
 from tests.pages.proxy import PREFIX, Proxy
 from tests.service.server import TINY, Server
@@ -24,7 +24,7 @@ LABELS = ["dog", "cat", "car", "bird", "pizza"]  # the page's defaults
 TEMPLATE = "a photo of a {}."
 
 
-def ranking(driver: WebDriver, result_id: str, count: int) -> list[tuple[str, float]]:
+def ranking(driver: Browser, result_id: str, count: int) -> list[tuple[str, float]]:
     """The ranked rows a result shows, as (name, percent), once `count` are there."""
     rows = wait(driver).until(
         lambda d: (
@@ -49,16 +49,27 @@ def assert_ranked(rows: list[tuple[str, float]]) -> None:
     assert abs(sum(shown) - 100) <= 0.05 * len(shown) + 1e-9, rows
 
 
-def answered(driver: WebDriver) -> str:
+def answered(driver: Browser) -> str:
     return wait(driver).until(lambda d: d.find_element(By.ID, "answered").text)
 
 
-def upload(driver: WebDriver, input_id: str, *paths: Path) -> None:
+def operation(driver: Browser, path: str) -> WebElement | Literal[False]:
+    """Swagger UI's block for one operation, found by the path it shows (False until rendered)."""
+    blocks = [
+        b
+        for b in driver.find_elements(By.CSS_SELECTOR, ".opblock")
+        if b.find_element(By.CSS_SELECTOR, ".opblock-summary-path").text.strip() == path
+    ]
+    assert len(blocks) <= 1, path
+    return blocks[0] if blocks else False
+
+
+def upload(driver: Browser, input_id: str, *paths: Path) -> None:
     driver.find_element(By.ID, input_id).send_keys("\n".join(str(p) for p in paths))
 
 
 def test_playground_ranks_labels_for_an_uploaded_image(
-    browser: WebDriver, server: Server, images: list[Path]
+    browser: Browser, server: Server, images: list[Path]
 ):
     browser.get(server.url + "/")
     mode = wait(browser).until(lambda d: d.find_element(By.ID, "api-mode").text)
@@ -115,7 +126,7 @@ def test_playground_ranks_labels_for_an_uploaded_image(
 
 
 def test_playground_searches_images_by_keyboard_behind_a_prefix(
-    browser: WebDriver, proxy: Proxy, images: list[Path]
+    browser: Browser, proxy: Proxy, images: list[Path]
 ):
     browser.get(proxy.url)
     tab = browser.find_element(By.ID, "tab-classify")
@@ -146,7 +157,7 @@ def test_playground_searches_images_by_keyboard_behind_a_prefix(
 
 
 def test_playground_asks_for_the_key_and_keeps_it_in_memory_only(
-    browser: WebDriver, keyed_server: Server, images: list[Path]
+    browser: Browser, keyed_server: Server, images: list[Path]
 ):
     browser.get(keyed_server.url + "/")
     key = wait(browser).until(
@@ -176,7 +187,7 @@ def test_playground_asks_for_the_key_and_keeps_it_in_memory_only(
 
 
 def test_swagger_ui_lists_the_operations_and_tries_encode_behind_a_prefix(
-    browser: WebDriver, proxy: Proxy
+    browser: Browser, proxy: Proxy
 ):
     browser.get(proxy.url + "schema/swagger")
     ops = wait(browser).until(
@@ -185,7 +196,7 @@ def test_swagger_ui_lists_the_operations_and_tries_encode_behind_a_prefix(
     paths = {op.text.strip() for op in ops}
     assert {"/encode", "/rank", "/v1/embeddings", "/models", "/healthz"} <= paths
 
-    encode = browser.find_element(By.ID, "operations-default-EncodeEncode")
+    encode = wait(browser).until(lambda d: operation(d, "/encode"))
     encode.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
     wait(browser).until(lambda d: encode.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
     body = wait(browser).until(
@@ -216,7 +227,7 @@ def test_swagger_ui_lists_the_operations_and_tries_encode_behind_a_prefix(
 
 
 def test_swagger_ui_authorizes_with_the_key_and_calls_the_api(
-    browser: WebDriver, keyed_server: Server
+    browser: Browser, keyed_server: Server
 ):
     browser.get(keyed_server.url + "/schema/swagger")
     wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, ".btn.authorize")).click()
@@ -225,7 +236,7 @@ def test_swagger_ui_authorizes_with_the_key_and_calls_the_api(
     dialog.find_element(By.CSS_SELECTOR, "button.authorize").click()
     dialog.find_element(By.CSS_SELECTOR, "button.btn-done").click()
 
-    models = browser.find_element(By.ID, "operations-default-ModelsModels")
+    models = wait(browser).until(lambda d: operation(d, "/models"))
     models.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
     wait(browser).until(lambda d: models.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
     models.find_element(By.CSS_SELECTOR, ".execute").click()
