@@ -39,16 +39,21 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
 
 .PHONY: tools
-tools: ## fetch/build the real test parts: helm, control plane, real node, prometheus, chromium (cached)
+tools: ## fetch/build the real test parts: helm, control plane, real node, prometheus, chromium, podman (cached)
 	bash scripts/install-helm.sh
+	bash scripts/install-podman.sh
 	bash scripts/install-crd-validators.sh
 	bash scripts/install-prometheus.sh
 	bash scripts/install-browser.sh
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
 
+.PHONY: images
+images: ## build the clipserve and clipserve-operator images with podman (cached by content)
+	bash scripts/build-images.sh
+
 .PHONY: test
-test: dev tools ## install everything, lint, and run every test
+test: dev tools images ## install everything, build the images, lint, and run every test
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
