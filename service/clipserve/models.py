@@ -16,6 +16,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from clipserve.devices import DeviceError, select_device
+
 log = logging.getLogger(__name__)
 
 RANDOM_TAG = "random"
@@ -76,13 +78,6 @@ def available_specs() -> list[str]:
 def add_model_configs(path: str) -> None:
     """Register extra open_clip architecture configs (a JSON file or a folder of them)."""
     open_clip.add_model_config(path)
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks cuda when available; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_precision(dtype: str, device: torch.device) -> str:
@@ -225,7 +220,10 @@ def load_model(
     spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", cache_dir: str | None = None
 ) -> ClipModel:
     """Build the model for `spec` with its weights; raise ModelLoadError with a way forward."""
-    dev = resolve_device(device)
+    try:
+        dev = select_device(device)
+    except DeviceError as exc:
+        raise ModelLoadError(str(exc)) from exc
     precision = resolve_precision(dtype, dev)
     if precision != "fp32" and dev.type == "cpu":
         raise ModelLoadError(f"dtype {precision} is not supported on CPU; use fp32")

@@ -36,7 +36,12 @@ class Settings:
     )
     host: str = _doc("Address to listen on (containers use 0.0.0.0).", "127.0.0.1")
     port: int = _doc("HTTP port for the API and /metrics.", 3000)
-    device: str = _doc("auto (cuda if available), cpu, cuda or cuda:N.", "auto")
+    device: str = _doc(
+        "auto (cuda when usable; the CPU only when no GPU was assigned: with "
+        "NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES naming GPUs, unusable CUDA stops "
+        "start-up with the cause), cpu, cuda or cuda:N.",
+        "auto",
+    )
     dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
     cache_dir: str | None = _doc(
         "Where downloaded weights are cached (default: the HF hub cache).", None

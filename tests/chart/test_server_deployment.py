@@ -152,6 +152,23 @@ def test_should_set_gpu_limits_and_tolerate_the_gpu_taint_if_gpu_count_is_set(
     assert env(gpu_objs)["CLIPSERVE_DTYPE"] == "fp16"
 
 
+@pytest.mark.parametrize(
+    ("values", "device"),
+    [
+        ({}, "auto"),
+        ({"gpu": {"count": 1}}, "cuda"),
+        ({"gpu": {"count": 2}, "device": "cuda:1"}, "cuda:1"),
+        ({"gpu": {"count": 1}, "device": "cpu"}, "cpu"),
+    ],
+)
+def test_should_require_cuda_if_gpus_are_requested_and_device_is_auto(
+    helm: Helm, values: dict, device: str
+) -> None:
+    # A pod holding a GPU must fail start-up rather than compute on the CPU (the service refuses
+    # an unusable `cuda`); an explicit device is passed through as given.
+    assert env(helm.template(values))["CLIPSERVE_DEVICE"] == device
+
+
 def test_should_use_the_configured_gpu_resource_name_if_overridden(helm: Helm) -> None:
     objs = helm.template(
         {"gpu": {"count": 2, "resourceName": "amd.com/gpu", "tolerateTaint": False}}

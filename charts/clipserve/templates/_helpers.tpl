@@ -97,6 +97,19 @@ The container image: repository with digest when set, else with tag (default app
 {{- end -}}
 
 {{/*
+The device the server is told to use: `auto` becomes `cuda` when the pod requests GPUs, so a pod
+holding a GPU fails start-up (naming the cause: driver, CUDA version) instead of computing on the
+CPU.
+*/}}
+{{- define "clipserve.device" -}}
+{{- if and (eq .Values.device "auto") (gt (int .Values.gpu.count) 0) -}}
+cuda
+{{- else -}}
+{{- .Values.device -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 ServiceAccount the pods run as.
 */}}
 {{- define "clipserve.serviceAccountName" -}}
