@@ -1,0 +1,20 @@
+"""Fixtures for the image tests: both images built by scripts/build-images.sh, and helm."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.rendering import Helm, install_tool
+from tests.images.containers import build_images
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The service and operator image names; built (or found up to date) once per session."""
+    return build_images()
+
+
+@pytest.fixture(scope="session")
+def helm() -> Helm:
+    """helm from scripts/install-helm.sh (cached after the first run)."""
+    return Helm(install_tool("install-helm.sh"))

@@ -1,0 +1,48 @@
+"""The operator image, started from the operator chart's rendered Deployment.
+
+Its helm and the chart it renders for every ClipService are checked from inside the image,
+through the variables the chart sets, under the chart's securityContext.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from tests.chart.rendering import ROOT, Helm, only
+from tests.images.containers import run_pod_container
+
+pytestmark = [pytest.mark.images, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def pod(helm: Helm) -> dict:
+    text = helm.run(
+        "template", "op", str(ROOT / "charts" / "clipserve-operator"), "-n", "clipserve-system"
+    )
+    objs = [o for o in yaml.safe_load_all(text) if o]
+    return only(objs, "Deployment")["spec"]["template"]["spec"]
+
+
+def test_the_bundled_helm_renders_the_bundled_chart_under_the_charts_security(
+    images: dict[str, str], pod: dict
+) -> None:
+    pod = copy.deepcopy(pod)
+    pod["containers"][0]["command"] = [
+        "sh",
+        "-c",
+        '"$CLIPSERVE_OPERATOR_HELM" template probe "$CLIPSERVE_OPERATOR_CHART" '
+        "--set model=ViT-B-32:random",
+    ]
+    with run_pod_container(images["operator"], pod) as c:
+        code = c.wait_exit(timeout=120)
+        logs = c.logs()
+    assert code == 0, logs
+    rendered = [o for o in yaml.safe_load_all(logs) if isinstance(o, dict)]
+    deployment = only(rendered, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "ghcr.io/clipserve/clipserve:"
+    )
+
