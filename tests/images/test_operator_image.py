@@ -1,7 +1,9 @@
 """The operator image, started from the operator chart's rendered Deployment.
 
-Its helm and the chart it renders for every ClipService are checked from inside the image,
-through the variables the chart sets, under the chart's securityContext.
+No cluster is reachable from the container and no ServiceAccount token is mounted, as in a pod
+whose credentials are missing: the operator must stop with a message saying so. Its helm and
+the chart it renders for every ClipService are checked from inside the image, through the
+variables the chart sets.
 """
 
 from __future__ import annotations
@@ -46,3 +48,12 @@ def test_the_bundled_helm_renders_the_bundled_chart_under_the_charts_security(
         "ghcr.io/clipserve/clipserve:"
     )
 
+
+def test_without_cluster_credentials_the_operator_stops_with_a_clear_message(
+    images: dict[str, str], pod: dict
+) -> None:
+    with run_pod_container(images["operator"], pod) as c:
+        code = c.wait_exit(timeout=120)
+        logs = c.logs()
+    assert code not in (0, None), logs
+    assert "credentials" in logs.lower(), logs
