@@ -138,7 +138,7 @@ for target in "${targets[@]}"; do
     tag=$(chart_image clipserve)${variant:+-$variant}
     args="PYTHON_IMAGE=$python_base"
     [[ -z "$variant" ]] || args+=" TORCH_INDEX_URL=https://download.pytorch.org/whl/$variant"
-    build service service/Dockerfile "$tag" 16 "$args" \
+    build service service/Dockerfile "$tag" 18 "$args" \
       pyproject.toml README.md service/clipserve operator/clipserve_operator
     ;;
   operator)

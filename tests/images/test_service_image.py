@@ -85,6 +85,13 @@ def test_encode_rank_models_and_metrics_answer_from_the_image(service: PodContai
     assert 'clipserve_requests_total{endpoint="/encode",status="200"}' in metrics
 
 
+def test_the_pages_static_files_are_in_the_image(service: PodContainer) -> None:
+    # Package data of the wheel (playground) and of a dependency (Swagger UI), served offline.
+    for path in ("/", "/static/playground/playground.js", "/schema/swagger"):
+        r = service.get(path)
+        assert r.status_code == 200 and r.content, path
+
+
 def test_the_container_runs_as_the_charts_uid_with_only_cache_and_tmp_writable(
     service: PodContainer,
 ) -> None:
