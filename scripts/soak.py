@@ -18,14 +18,11 @@ import itertools
 import random
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
+from clipserve.bench.server import start_server
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.service.server import start_server
 
 
 def _image_b64(size: tuple[int, int], fmt: str, seed: int) -> str:
@@ -120,7 +117,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--every-s", type=float, default=30)
     args = p.parse_args()
-    srv = start_server(model=args.model)
+    srv = start_server(args.model)
     try:
         return asyncio.run(
             soak(srv.url, srv.proc.pid, args.minutes, args.concurrency, args.every_s)

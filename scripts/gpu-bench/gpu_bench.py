@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from clipserve.bench import BenchConfig, run_bench
+from clipserve.bench.config import BenchConfig
+from clipserve.bench.run import run_bench
 
 # GFLOPs per item, from open_clip's model profile: (image, text at 77 tokens).
 GFLOPS = {"ViT-B-32": (8.82, 5.96), "ViT-L-14": (162.03, 13.3)}

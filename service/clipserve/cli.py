@@ -13,7 +13,8 @@ from types import FrameType
 
 import uvicorn
 
-from clipserve import __version__, bench
+from clipserve import __version__
+from clipserve.bench import cli as bench
 from clipserve.lifecycle import Lifecycle
 from clipserve.settings import Settings, add_arguments, from_args
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import pytest
-from clipserve.loadgen import RawConnection
+from clipserve.bench.loadgen import RawConnection
+from clipserve.bench.scrape import MetricsPage
 
 from tests.service.conftest import png_b64
 from tests.service.server import TINY, start_server
@@ -15,13 +15,12 @@ from tests.service.server import TINY, start_server
 
 def _passes(metrics_text: str, modality: str) -> tuple[float, float]:
     """(forward passes, items) so far for a modality, from the batch-size histogram."""
-
-    def value(suffix: str) -> float:
-        labels = f'{{modality="{modality}",model="{re.escape(TINY)}"}}'
-        m = re.search(rf"clipserve_batch_size_{suffix}{labels} (\S+)", metrics_text)
-        return float(m.group(1)) if m else 0.0
-
-    return value("count"), value("sum")
+    page = MetricsPage(metrics_text)
+    passes, items = (
+        page.value(f"clipserve_batch_size_{part}", modality=modality, model=TINY)
+        for part in ("count", "sum")
+    )
+    return passes, items
 
 
 async def _post_at_once(url: str, bodies: list[bytes]) -> list[list[float]]:

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clipserve.bench import BenchConfig, _probe_peak, batch_totals, measure_ceiling, run_bench
-from clipserve.loadgen import WORKLOADS, percentile, request_bodies, run_load
+from clipserve.bench.ceiling import measure_ceiling
+from clipserve.bench.config import BenchConfig
+from clipserve.bench.loadgen import percentile, run_load
+from clipserve.bench.run import _probe_peak, batch_totals, run_bench
+from clipserve.bench.workloads import WORKLOADS, request_bodies
 
 from tests.service.server import MODEL_CONFIGS, TINY, Server, start_server
 

@@ -11,7 +11,7 @@ import base64
 import pytest
 import torch
 from clipserve import models
-from clipserve.bench import measure_ceiling
+from clipserve.bench.ceiling import measure_ceiling
 from clipserve.models import ModelLoadError, load_model, parse_spec
 
 from tests.service.conftest import png_bytes

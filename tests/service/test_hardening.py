@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from clipserve.bench.scrape import MetricsPage
 
 from tests.service.conftest import png_b64, png_bytes
 from tests.service.origin import Origin
@@ -179,12 +180,7 @@ def test_sigterm_under_load_drains_without_cutting_a_response():
 
 
 def _items_done(client: httpx.Client) -> float:
-    text = client.get("/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("clipserve_items_total{")
-    )
+    return MetricsPage(client.get("/metrics").text).value("clipserve_items_total")
 
 
 def test_a_client_that_disconnects_has_its_queued_items_dropped():

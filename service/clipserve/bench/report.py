@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from clipserve.bench.ceiling import ceiling_for
+
 
 def format_report(result: dict[str, Any]) -> str:
     """The result as a few aligned tables."""
@@ -83,8 +85,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
-
-    from clipserve.bench import ceiling_for
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     workloads = list(dict.fromkeys(r["workload"] for r in result["results"]))
