@@ -25,6 +25,11 @@ log() { echo "build-images: $*" >&2; }
 pm() { bash "$here/podman.sh" "$@"; }
 
 bash "$here/install-podman.sh" >/dev/null
+# One build at a time per cache: a second caller waits, then finds its images up to date (two
+# service builds at once would also need the disk twice).
+mkdir -p "$cache_root/podman"
+exec 9>"$cache_root/podman/build.lock"
+flock 9
 
 # The names the charts pull by default.
 chart_image() {

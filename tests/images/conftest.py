@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.chart.rendering import Helm, install_tool
-from tests.images.containers import build_images
+from tests.images.containers import build_images, remove_stale_containers
 
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
     """The service and operator image names; built (or found up to date) once per session."""
+    remove_stale_containers()
     return build_images()
 
 

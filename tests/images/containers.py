@@ -29,6 +29,7 @@ from tests.service.server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 PODMAN = ["bash", str(ROOT / "scripts" / "podman.sh")]
 Obj = dict[str, Any]
+NAME_PREFIX = "clipserve-test-"  # then the test process's pid
 
 
 def podman(
@@ -48,6 +49,17 @@ def build_images() -> dict[str, str]:
     assert proc.returncode == 0, proc.stderr[-4000:]
     service, operator = proc.stdout.split()[-2:]
     return {"service": service, "operator": operator}
+
+
+def remove_stale_containers() -> None:
+    """Remove test containers whose test process is gone (killed before its finally ran)."""
+    names = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
+    for name in names:
+        if not name.startswith(NAME_PREFIX):
+            continue
+        pid = int(name.removeprefix(NAME_PREFIX).split("-")[0])
+        if not Path(f"/proc/{pid}").exists():
+            podman("rm", "--force", "--time", "0", name, check=False, timeout=120)
 
 
 def _memory_bytes(quantity: str) -> int:
@@ -146,7 +158,7 @@ def _env_args(container: Obj) -> list[str]:
 def run_pod_container(image: str, pod: Obj, index: int = 0) -> Iterator[PodContainer]:
     """Start `image` as pod.containers[index] would run; removed on exit, whatever happened."""
     container = pod["containers"][index]
-    name = f"clipserve-test-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    name = f"{NAME_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**9}"
     port = container["ports"][0]["containerPort"]
     host_port = free_port()
     limits = container.get("resources", {}).get("limits", {})
