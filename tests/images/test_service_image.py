@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import io
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 
-from tests.chart.rendering import Helm, pod_spec
+from tests.chart.rendering import ROOT, Helm, pod_spec
 from tests.images.containers import PodContainer, podman, run_pod_container
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
@@ -105,8 +106,8 @@ def test_the_container_runs_as_the_charts_uid_with_only_cache_and_tmp_writable(
 def test_sigterm_drains_and_exits_0_within_the_grace_period(
     service: PodContainer, pod: dict
 ) -> None:
-    # Runs last in this module: it stops the shared container. The kubelet's order: the preStop
-    # hook (counted in the grace period), then SIGTERM, then SIGKILL when the period runs out.
+    # After the other tests of the shared container, which it stops. The kubelet's order: the
+    # preStop hook (counted in the grace period), then SIGTERM, then SIGKILL when it runs out.
     started = time.monotonic()
     assert service.pre_stop, "the chart renders a preStop hook by default"
     assert service.exec(*service.pre_stop).returncode == 0
@@ -132,3 +133,16 @@ def test_a_pod_given_a_gpu_without_a_usable_cuda_stops_with_the_cause(
     assert "start-up failed: device cuda: CUDA is not usable" in logs
     # The image's torch variant and the driver it needs (PyPI's default build: CUDA 13).
     assert "is built for CUDA 13.0, which needs NVIDIA driver >= 580" in logs
+
+
+def test_a_build_without_the_disk_it_needs_stops_and_says_how_much(tmp_path) -> None:
+    # A 64 MB tmpfs as the cache, in a mount namespace of its own: nothing to clean up after.
+    script = (
+        f"mount -t tmpfs -o size=64m tmpfs {tmp_path} && "
+        f"CLIPSERVE_CACHE={tmp_path} bash {ROOT}/scripts/build-images.sh service"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert re.search(r"needs about \d+ GB free in \S+; only 0 GB are free", proc.stderr)
