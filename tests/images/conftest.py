@@ -10,7 +10,7 @@ from tests.images.containers import build_images, remove_stale_containers
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
-    """The service and operator image names; built (or found up to date) once per session."""
+    """The service and operator image IDs; built (or found up to date) once per session."""
     remove_stale_containers()
     return build_images()
 

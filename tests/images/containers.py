@@ -42,13 +42,18 @@ def podman(
 
 
 def build_images() -> dict[str, str]:
-    """`make images` (a no-op when nothing changed): {"service": tag, "operator": tag}."""
+    """`make images` (a no-op when nothing changed): {"service": id, "operator": id}.
+
+    Image IDs, not names: another checkout on the same machine shares podman's storage and may
+    tag a build of its own code with the same names while these tests run.
+    """
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build-images.sh")], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    service, operator = proc.stdout.split()[-2:]
-    return {"service": service, "operator": operator}
+    names = dict(zip(("service", "operator"), proc.stdout.split()[-2:], strict=True))
+    ids = podman("image", "inspect", "--format", "{{.Id}}", *names.values()).stdout.split()
+    return dict(zip(names, ids, strict=True))
 
 
 def remove_stale_containers() -> None:

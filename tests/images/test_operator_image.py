@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.chart.rendering import ROOT, Helm, only
-from tests.images.containers import run_pod_container
+from tests.images.containers import podman, run_pod_container
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 
@@ -26,6 +26,14 @@ def pod(helm: Helm) -> dict:
     )
     objs = [o for o in yaml.safe_load_all(text) if o]
     return only(objs, "Deployment")["spec"]["template"]["spec"]
+
+
+def test_the_build_tags_the_image_the_operator_chart_pulls_by_default(
+    images: dict[str, str], pod: dict
+) -> None:
+    image = pod["containers"][0]["image"]
+    assert image.startswith("ghcr.io/clipserve/clipserve-operator:")
+    assert podman("image", "exists", image, check=False).returncode == 0, image
 
 
 def test_the_bundled_helm_renders_the_bundled_chart_under_the_charts_security(

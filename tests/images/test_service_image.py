@@ -61,6 +61,14 @@ def service(images: dict[str, str], pod: dict) -> Iterator[PodContainer]:
         yield c
 
 
+def test_the_build_tags_the_image_the_chart_pulls_by_default(
+    images: dict[str, str], pod: dict
+) -> None:
+    image = pod["containers"][0]["image"]
+    assert image.startswith("ghcr.io/clipserve/clipserve:")
+    assert podman("image", "exists", image, check=False).returncode == 0, image
+
+
 def test_the_charts_probes_answer_from_the_image(service: PodContainer, pod: dict) -> None:
     spec = pod["containers"][0]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
