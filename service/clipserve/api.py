@@ -11,12 +11,14 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody
 
+from clipserve import openai_compat
 from clipserve.embedder import Embedder
 from clipserve.lifecycle import Lifecycle
 from clipserve.metrics import Metrics
 from clipserve.middleware import MODEL_HEADER
 from clipserve.schemas import (
-    EmbeddingData,
+    ClassifyRequest,
+    ClassifyResponse,
     Embeddings,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -24,11 +26,12 @@ from clipserve.schemas import (
     EncodeRequest,
     ErrorBody,
     Health,
-    Item,
     ModelsResponse,
+    OpenAIErrorBody,
+    OpenAIModel,
+    OpenAIModels,
     RankRequest,
     RankResponse,
-    Usage,
 )
 
 
@@ -48,6 +51,14 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
 
 
 WORK_ERRORS = _errors(400, 401, 404, 413, 500, 502, 503, 504)
+
+
+def _openai_errors(*codes: int) -> dict[int, ResponseSpec]:
+    """The same statuses in OpenAI's error shape, for the /v1/* routes."""
+    return {
+        c: ResponseSpec(OpenAIErrorBody, description=spec.description)
+        for c, spec in _errors(*codes).items()
+    }
 
 
 def _from(model: str, content: object) -> Response:
@@ -81,28 +92,52 @@ async def rank(
     )
 
 
+@post("/classify", status_code=200, summary="Zero-shot classification", responses=WORK_ERRORS)
+async def classify(
+    data: JSONBody[ClassifyRequest], embedder: NamedDependency[Embedder]
+) -> Response[ClassifyResponse]:
+    """Each image against every label's prompt ensemble; probabilities with the model's own
+    logit scale, most likely label first."""
+    out = await embedder.classify(data.images, data.labels, data.templates, model=data.model)
+    return _from(out.model, ClassifyResponse(predictions=out.predictions))
+
+
 @post(
     "/v1/embeddings",
     status_code=200,
-    summary="OpenAI-compatible text embeddings",
-    responses=WORK_ERRORS,
+    summary="OpenAI-compatible embeddings (texts, token ids, data:image/ URIs)",
+    responses=_openai_errors(400, 401, 404, 413, 500, 503),
+    exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
 async def openai_embeddings(
     data: JSONBody[EmbeddingsRequest], embedder: NamedDependency[Embedder]
 ) -> Response[EmbeddingsResponse]:
-    """`input` is a string or a list of strings; embeddings are L2-normalized like OpenAI's."""
-    texts = [data.input] if isinstance(data.input, str) else data.input
-    out = await embedder.encode(
-        [Item(text=t) for t in texts], model=data.model, normalize=True, where="input"
-    )
-    return _from(
-        out.model,
-        EmbeddingsResponse(
-            data=[EmbeddingData(embedding=v, index=i) for i, v in enumerate(out.vectors.tolist())],
-            model=out.model,
-            usage=Usage(prompt_tokens=out.tokens, total_tokens=out.tokens),
-        ),
-    )
+    """OpenAI's embeddings API: `encoding_format` float or base64, `dimensions` (the model's
+    own only), token arrays, and `data:image/...;base64,` strings as images; L2-normalized."""
+    out = await openai_compat.embeddings(embedder, data)
+    return _from(out.model, out)
+
+
+@get(
+    "/v1/models",
+    summary="The served models, in OpenAI's shape",
+    responses=_openai_errors(401, 503),
+    exception_handlers=openai_compat.EXCEPTION_HANDLERS,
+)
+async def openai_models(embedder: NamedDependency[Embedder]) -> OpenAIModels:
+    """What OpenAI clients' `models.list()` reads."""
+    return openai_compat.models(embedder)
+
+
+@get(
+    "/v1/models/{name:path}",
+    summary="One served model, in OpenAI's shape",
+    responses=_openai_errors(401, 404, 503),
+    exception_handlers=openai_compat.EXCEPTION_HANDLERS,
+)
+async def openai_model(name: str, embedder: NamedDependency[Embedder]) -> OpenAIModel:
+    """What OpenAI clients' `models.retrieve(id)` reads; ids may hold slashes (hf-hub:...)."""
+    return openai_compat.model(embedder, name.removeprefix("/"))
 
 
 @get(
@@ -157,4 +192,15 @@ async def prometheus(
     )
 
 
-ROUTES = [encode, rank, openai_embeddings, models, healthz, readyz, prometheus]
+ROUTES = [
+    encode,
+    rank,
+    classify,
+    openai_embeddings,
+    openai_models,
+    openai_model,
+    models,
+    healthz,
+    readyz,
+    prometheus,
+]

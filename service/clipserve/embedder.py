@@ -10,28 +10,39 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
+from clipserve import classify
 from clipserve.batching import ModelBatcher
-from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from clipserve.cache import EmbeddingCache
+from clipserve.errors import InvalidInput, Overloaded, PayloadTooLarge, UnknownModel
 from clipserve.fetch import FetchPolicy, ImageFetcher
 from clipserve.images import ImageLimits
-from clipserve.inputs import IMAGE, TEXT, InputDecoder
+from clipserve.inputs import IMAGE, TEXT, InputDecoder, Tokens
 from clipserve.metrics import Metrics
 from clipserve.models import (
     ClipModel,
     ModelLoadError,
     ModelSpec,
     available_specs,
+    imagenet_templates,
     load_model,
 )
 from clipserve.models import normalize as l2_normalize
-from clipserve.schemas import BatchingInfo, Item, ModelInfo, ModelsResponse
+from clipserve.schemas import (
+    BatchingInfo,
+    CacheInfo,
+    Item,
+    LabelScore,
+    ModelInfo,
+    ModelsResponse,
+)
 from clipserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,14 @@ class Ranked:
     cosine: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Classified:
+    """Per image, every label with its probability, most likely first."""
+
+    model: str
+    predictions: list[list[LabelScore]]
+
+
 class Embedder:
     """Owns models, batchers, the preprocessing pool and the image fetcher."""
 
@@ -64,6 +83,8 @@ class Embedder:
         self.metrics = metrics
         self.models: dict[str, ClipModel] = {}
         self.batchers: dict[str, ModelBatcher] = {}
+        self.loaded_at: dict[str, int] = {}  # spec -> Unix time it became ready
+        self.cache = EmbeddingCache(int(settings.cache_mb * 2**20), metrics)
         self._pool = ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="preprocess"
         )
@@ -84,6 +105,8 @@ class Embedder:
             ),
             max_text_chars=settings.max_text_chars,
             pool=self._pool,
+            cache=self.cache,
+            metrics=metrics,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -141,6 +164,7 @@ class Embedder:
             batcher.start()
             self.models[spec.raw] = model
             self.batchers[spec.raw] = batcher
+            self.loaded_at[spec.raw] = int(time.time())
             log.info(
                 "%s ready on %s (%s), max batch %d, %d compute workers",
                 spec.raw,
@@ -177,7 +201,7 @@ class Embedder:
         return self.specs[0].raw
 
     async def encode(
-        self, items: list[Item], *, model: str | None, normalize: bool, where: str
+        self, items: Sequence[Item | Tokens], *, model: str | None, normalize: bool, where: str
     ) -> Embedded:
         """Embeddings for a request's items, in order, by the model it names."""
         self._check_count(len(items), where)
@@ -197,8 +221,34 @@ class Embedder:
             self._embed(served, queries, "queries"), self._embed(served, candidates, "candidates")
         )
         cosine = l2_normalize(q) @ l2_normalize(c).T
-        probs = torch.softmax(served.logit_scale * cosine, dim=-1)
-        return Ranked(served.spec.raw, probs, cosine)
+        return Ranked(served.spec.raw, served.probabilities(cosine), cosine)
+
+    async def classify(
+        self,
+        images: list[Item],
+        labels: list[str],
+        templates: list[str] | None,
+        *,
+        model: str | None,
+    ) -> Classified:
+        """Zero-shot: each image against the labels' prompt ensembles (see classify.py)."""
+        self._check_count(len(images), "images")
+        self._check_count(len(labels), "labels")
+        for i, item in enumerate(images):
+            if item.text is not None:
+                raise InvalidInput(f"images[{i}]: is a text; /classify takes images (see /rank)")
+        prompts = classify.prompts(
+            labels,
+            imagenet_templates() if templates is None else templates,
+            max_items=self.settings.max_items,
+            max_chars=self.settings.max_text_chars,
+        )
+        served = self._model(model)
+        (pictures, _), label_vectors = await asyncio.gather(
+            self._embed(served, images, "images"), self._embed_prompts(served, prompts)
+        )
+        cosine = l2_normalize(pictures) @ classify.ensemble(label_vectors, len(labels)).T
+        return Classified(served.spec.raw, classify.ranked(served.probabilities(cosine), labels))
 
     def describe(self, *, available: bool) -> ModelsResponse:
         """What /models reports: each model, how it is batched, optionally every downloadable."""
@@ -218,7 +268,19 @@ class Embedder:
                     ),
                 )
             )
-        return ModelsResponse(models=infos, available=available_specs() if available else None)
+        cache = CacheInfo(
+            max_mb=self.settings.cache_mb,
+            enabled=self.cache.enabled,
+            entries=len(self.cache),
+            used_bytes=self.cache.bytes,
+        )
+        return ModelsResponse(
+            models=infos, cache=cache, available=available_specs() if available else None
+        )
+
+    def served(self, name: str | None) -> str:
+        """The spec of the model a request names; UnknownModel (404) if none matches."""
+        return self._model(name).spec.raw
 
     def gpu_memory(self) -> dict[str, int]:
         """Bytes torch has allocated on each CUDA device a model runs on."""
@@ -230,6 +292,8 @@ class Embedder:
 
     def _model(self, name: str | None) -> ClipModel:
         """The model a request names (full spec or unambiguous architecture); default first."""
+        if not self.loaded:
+            raise Overloaded("models are still loading; retry shortly", retry_after_s=2)
         if name is None:
             name = self.default_model
         if name in self.models:
@@ -250,25 +314,44 @@ class Embedder:
             )
 
     async def _embed(
-        self, model: ClipModel, items: list[Item], where: str
+        self, model: ClipModel, items: Sequence[Item | Tokens], where: str
     ) -> tuple[torch.Tensor, int]:
-        """Embeddings [n, dim] for items, in order, and the tokens their texts used."""
-        prepared = await self._decoder.prepare(items, model.image_size, where)
+        """Embeddings [n, dim] for items, in order, and the tokens their texts used; from the
+        cache where it has them, and into it for the rest."""
+        prepared = await self._decoder.prepare(items, model, where)
         batcher = self.batchers[model.spec.raw]
-        groups = {m: [i for i, p in enumerate(prepared) if p.modality == m] for m in (TEXT, IMAGE)}
-        groups = {m: idx for m, idx in groups.items() if idx}
-        results = await asyncio.gather(
-            *(batcher.submit(m, [prepared[i].payload for i in idx]) for m, idx in groups.items())
-        )
         # Back into request order with one stack: indexed assignment into a tensor cost the
         # event loop ~13% of its time at c=32 (profiled).
         ordered: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
         tokens = 0
+        groups: dict[str, list[int]] = {TEXT: [], IMAGE: []}
+        for i, p in enumerate(prepared):
+            if p.cached is None:
+                groups[p.modality].append(i)
+            else:
+                ordered[i] = p.cached.vector
+                tokens += p.cached.tokens
+        groups = {m: idx for m, idx in groups.items() if idx}
+        results = await asyncio.gather(
+            *(batcher.submit(m, [prepared[i].payload for i in idx]) for m, idx in groups.items())
+        )
         for idx, rows in zip(groups.values(), results, strict=True):
             for i, row in zip(idx, rows, strict=True):
                 ordered[i] = row.vector
                 tokens += row.tokens
+                if (key := prepared[i].key) is not None:
+                    self.cache.put(key, row.vector, row.tokens)
         return torch.stack(ordered), tokens
+
+    async def _embed_prompts(self, model: ClipModel, prompts: list[str]) -> torch.Tensor:
+        """Many texts, a queue's worth at a time: one request's thousands of label prompts
+        neither overflow the queue (503) nor hold every other client back until they are done."""
+        chunk = max(1, self.settings.max_queue // 2)
+        parts = []
+        for start in range(0, len(prompts), chunk):
+            texts = [Item(text=t) for t in prompts[start : start + chunk]]
+            parts.append((await self._embed(model, texts, "labels"))[0])
+        return torch.cat(parts)
 
 
 class Row(NamedTuple):

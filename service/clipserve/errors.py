@@ -1,10 +1,14 @@
 """One error hierarchy for the service, and the one mapping of errors to HTTP responses.
 
 Every error carries a message meant for the client: it names the field or item and the problem.
-Every error response has the same shape, `{"status_code", "detail"}` (schemas.ErrorBody).
+Every error response has the same shape, `{"status_code", "detail"}` (schemas.ErrorBody), except
+on the OpenAI-compatible routes, which answer in OpenAI's (openai_compat.py) from the same
+mapping.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import msgspec
 from litestar import Request, Response
@@ -74,50 +78,52 @@ class UpstreamTimeout(ClipServeError):
 # -- to HTTP -------------------------------------------------------------------------------
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
-    """The one error shape: {"status_code", "detail"}."""
+class HTTPError(NamedTuple):
+    """What the client is told: status, message, extra headers."""
+
+    status: int
+    detail: str
+    headers: dict[str, str] | None = None
+
+
+def http_error(request: Request, exc: Exception) -> HTTPError:
+    """The one mapping of an exception to what the client sees (every error shape uses it)."""
+    if isinstance(exc, ClipServeError):
+        return HTTPError(exc.status_code, exc.message, exc.headers)
+    if isinstance(exc, ValidationException):
+        return HTTPError(400, f"invalid request body: {_validation_detail(exc)}")
+    if isinstance(exc, HTTPException):
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, msgspec.DecodeError):
+            cause = cause.__cause__
+        if cause is not None:
+            return HTTPError(400, f"request body is not valid JSON: {cause}")
+        return HTTPError(exc.status_code, exc.detail, exc.headers)
+    request.logger.exception("unhandled error on %s", request.url.path)
+    return HTTPError(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+
+
+def _validation_detail(exc: ValidationException) -> str:
+    # msgspec's own message names the problem and the JSON path ("Expected `str | null`, got
+    # `int` - at `$.data[0].text`"); litestar's summary can drop the path, so prefer the cause.
+    cause = exc.__cause__
+    if isinstance(cause, msgspec.ValidationError):
+        return str(cause).replace("`$.data", "`$")
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    return (
+        "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
+        or exc.detail
+    )
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The clipserve error shape: {"status_code", "detail"}."""
+    status, detail, headers = http_error(request, exc)
     return Response(
         ErrorBody(status_code=status, detail=detail), status_code=status, headers=headers
     )
 
 
-def _clipserve_error(_: Request, exc: ClipServeError) -> Response:
-    return error_response(exc.status_code, exc.message, exc.headers)
-
-
-def _validation_error(_: Request, exc: ValidationException) -> Response:
-    # msgspec's own message names the problem and the JSON path ("Expected `str | null`, got
-    # `int` - at `$.data[0].text`"); litestar's summary can drop the path, so prefer the cause.
-    cause = exc.__cause__
-    if isinstance(cause, msgspec.ValidationError):
-        detail = str(cause).replace("`$.data", "`$")
-    else:
-        extra = exc.extra if isinstance(exc.extra, list) else []
-        detail = (
-            "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
-            or exc.detail
-        )
-    return error_response(400, f"invalid request body: {detail}")
-
-
-def _http_error(_: Request, exc: HTTPException) -> Response:
-    cause = exc.__cause__
-    while cause is not None and not isinstance(cause, msgspec.DecodeError):
-        cause = cause.__cause__
-    if cause is not None:
-        return error_response(400, f"request body is not valid JSON: {cause}")
-    return error_response(exc.status_code, exc.detail, exc.headers)
-
-
-def _internal_error(request: Request, exc: Exception) -> Response:
-    request.logger.exception("unhandled error on %s", request.url.path)
-    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
-
-
-# litestar picks the handler of the closest class in the exception's MRO.
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    ClipServeError: _clipserve_error,
-    ValidationException: _validation_error,
-    HTTPException: _http_error,
-    Exception: _internal_error,
-}
+# One key, so a route can replace the whole mapping with its own shape (/v1/*: OpenAI's);
+# litestar merges the layers' maps and picks the closest class in the exception's MRO.
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: error_response}

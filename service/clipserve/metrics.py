@@ -68,6 +68,40 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.fetch = Histogram(
+            "clipserve_fetch_seconds",
+            "Time to download one img_uri (first byte to last, redirects included)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode = Histogram(
+            "clipserve_decode_seconds",
+            "Time to decode and resize one image (base64 included), in the preprocessing pool",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "clipserve_cache_hits",
+            "Items whose embedding came from the cache",
+            ["model", "modality"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "clipserve_cache_misses",
+            "Items looked up in the cache and computed",
+            ["model", "modality"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "clipserve_cache_evictions", "Embeddings dropped to stay in budget", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "clipserve_cache_bytes", "Bytes the embedding cache holds", registry=r
+        )
+        self.cache_capacity = Gauge(
+            "clipserve_cache_capacity_bytes", "The embedding cache's budget", registry=r
+        )
         self.item_errors = Counter(
             "clipserve_item_errors", "Items rejected or failed, by reason", ["reason"], registry=r
         )

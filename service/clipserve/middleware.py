@@ -12,6 +12,7 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from clipserve.metrics import Metrics
+from clipserve.openai_compat import OPENAI_PREFIX, error_body
 
 MODEL_HEADER = "X-Clip-Model"
 _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes
@@ -73,7 +74,9 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
     no auth)."""
     open_set = frozenset(open_paths)
     encoded = [k.encode() for k in keys]
-    body = msgspec.json.encode({"status_code": 401, "detail": "missing or invalid API key"})
+    detail = "missing or invalid API key"
+    body = msgspec.json.encode({"status_code": 401, "detail": detail})
+    openai_body = msgspec.json.encode(error_body(401, detail))  # what OpenAI clients parse
 
     def allowed(scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -98,6 +101,7 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
             ):
                 await app(scope, receive, send)
                 return
+            answer = openai_body if scope["path"].startswith(OPENAI_PREFIX) else body
             await send(
                 {
                     "type": "http.response.start",
@@ -105,11 +109,11 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"www-authenticate", b'Bearer realm="clipserve"'),
-                        (b"content-length", str(len(body)).encode()),
+                        (b"content-length", str(len(answer)).encode()),
                     ],
                 }
             )
-            await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": answer})
 
         return wrapped
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def available_specs() -> list[str]:
     return [f"{arch}:{tag}" for arch, tag in open_clip.list_pretrained()]
 
 
+def imagenet_templates() -> tuple[str, ...]:
+    """The prompt ensemble open_clip's ImageNet zero-shot evaluation uses (OpenAI's 80
+    templates), with `{}` where the label goes."""
+    return tuple(template("{}") for template in open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+
 def add_model_configs(path: str) -> None:
     """Register extra open_clip architecture configs (a JSON file or a folder of them)."""
     open_clip.add_model_config(path)
@@ -120,9 +127,43 @@ class ClipModel:
     def dtype(self) -> torch.dtype:
         return _TORCH_DTYPES[self.precision]
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Token ids [n, context_length]; longer texts are truncated as CLIP does (EOT kept)."""
-        return self.tokenizer(texts)
+    def tokenize(self, texts: Sequence[str | torch.Tensor]) -> torch.Tensor:
+        """Token ids [n, context_length]; longer texts are truncated as CLIP does (EOT kept);
+        rows made by `token_row` are taken as they are."""
+        strings = [t for t in texts if isinstance(t, str)]
+        if len(strings) == len(texts):
+            return self.tokenizer(strings)
+        tokenized = iter(self.tokenizer(strings) if strings else ())
+        return torch.stack([next(tokenized) if isinstance(t, str) else t for t in texts])
+
+    def token_row(self, ids: Sequence[int]) -> torch.Tensor:
+        """A text given as token ids (without start and end tokens, as OpenAI's token arrays)
+        as one row of `tokenize`; ValueError if this model's tokenizer cannot take ids."""
+        tok = self.tokenizer
+        if not isinstance(tok, open_clip.SimpleTokenizer) or tok.reduction_fn is not None:
+            raise ValueError(
+                f"{self.spec.raw} does not tokenize with CLIP's BPE ({type(tok).__name__}), "
+                "so token ids cannot be taken; send text"
+            )
+        vocab = min(tok.vocab_size, self.vocab_size)
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is not in the vocabulary (0 to {vocab - 1})")
+        row = torch.zeros(self.context_length, dtype=torch.long)
+        tokens = [tok.sot_token_id, *ids[: self.context_length - 2], tok.eot_token_id]
+        row[: len(tokens)] = torch.tensor(tokens)
+        return row
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the text tower embeds."""
+        embedding = getattr(self.model, "token_embedding", None)
+        return embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else 0
+
+    def probabilities(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Scores from cosine similarities [queries, candidates] as the model was trained to
+        give them: softmax over the candidates of exp(logit_scale) x cosine."""
+        return torch.softmax(self.logit_scale * cosine, dim=-1)
 
     @torch.inference_mode()
     def encode_text(self, tokens: torch.Tensor, *, trim: bool = True) -> torch.Tensor:

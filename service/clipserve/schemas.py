@@ -78,20 +78,66 @@ class ModelInfo(Base):
 
 class ModelsResponse(Base):
     models: list[ModelInfo]
+    cache: CacheInfo | None = None
     available: list[str] | None = None
 
 
-class EmbeddingsRequest(Base):
-    """OpenAI-compatible embeddings request (text input)."""
+class ClassifyRequest(Base):
+    """Zero-shot classification of images against labels."""
 
-    input: str | list[str]
+    images: list[Item]
+    labels: list[str]
+    templates: Annotated[
+        list[str] | None,
+        msgspec.Meta(
+            description="prompt templates, `{}` where the label goes; default: open_clip's "
+            'ImageNet ensemble (80 templates); `["{}"]` for the plain labels'
+        ),
+    ] = None
     model: str | None = None
-    encoding_format: Literal["float"] = "float"
+
+
+class LabelScore(Base):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(Base):
+    """Per image, every label with its probability, most likely first."""
+
+    predictions: list[list[LabelScore]]
+
+
+class CacheInfo(Base):
+    """The embedding cache shared by every route and model."""
+
+    max_mb: float
+    enabled: bool
+    entries: int
+    used_bytes: int
+
+
+# -- OpenAI's embeddings API (/v1/...): their field names and shapes -----------------------
+
+TokenIds = list[int]
+
+
+class EmbeddingsRequest(Base):
+    """OpenAI's embeddings request. `input`: a string, a list of strings, one list of token
+    ids, or a list of them; a `data:image/...;base64,` string is an image."""
+
+    input: str | list[str | int | TokenIds]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, msgspec.Meta(gt=0)] | None = None
     user: str | None = None
 
 
 class EmbeddingData(Base):
-    embedding: list[float]
+    embedding: Annotated[
+        list[float] | str,
+        msgspec.Meta(description="floats, or base64 of little-endian float32"),
+    ]
     index: int
     object: str = "embedding"
 
@@ -106,6 +152,31 @@ class EmbeddingsResponse(msgspec.Struct):
     model: str
     usage: Usage
     object: str = "list"
+
+
+class OpenAIModel(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str = "clipserve"
+    object: str = "model"
+
+
+class OpenAIModels(msgspec.Struct):
+    data: list[OpenAIModel]
+    object: str = "list"
+
+
+class OpenAIError(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    """The error shape OpenAI's clients parse (their exceptions carry `message`)."""
+
+    error: OpenAIError
 
 
 class Health(Base):

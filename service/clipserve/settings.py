@@ -98,6 +98,12 @@ class Settings:
         "batch size and text length. Needs one compute worker.",
         "off",
     )
+    cache_mb: float = _doc(
+        "Embedding cache size in MB, shared by every route and model (0 turns it off): a text, "
+        "or an image's bytes once fetched, embedded before by the same model is not embedded "
+        "again (zero-shot label prompts, /rank candidates). About 2.7 KB per 512-d embedding.",
+        64.0,
+    )
     drain_grace_s: float = _doc(
         "After SIGTERM, keep accepting requests this long (readiness is already failing) so "
         "load balancers can stop sending traffic.",

@@ -21,6 +21,7 @@ from clipserve.metrics import Metrics
 from PIL import Image
 
 from tests.chart.rendering import CHART, ROOT, install_tool
+from tests.service.origin import Origin
 from tests.service.server import TINY, Server, free_port, start_server
 
 DASHBOARD = CHART / "dashboards" / "clipserve.json"
@@ -161,24 +162,36 @@ def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
     return prom
 
 
-def png_b64(color: tuple[int, int, int]) -> str:
+def png_bytes(color: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (48, 40), color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
-def put_load(server: Server, rounds: int = 20) -> int:
-    """Encode texts and images, rank, and send one bad request per round; returns item count."""
+def png_b64(color: tuple[int, int, int]) -> str:
+    return base64.b64encode(png_bytes(color)).decode()
+
+
+def put_load(server: Server, origin: Origin, rounds: int = 20) -> int:
+    """Encode texts and images (inline and fetched by URL), a caption the cache already holds,
+    rank, and send one bad request per round; returns the item count."""
     items = 0
     with server.client() as client:
         for n in range(rounds):
             image = {"img_blob": png_b64((n * 10 % 256, 40, 90))}
+            path = f"/load-{n}.png"
+            origin.add(
+                path, png_bytes((40, n * 10 % 256, 90)), headers={"Content-Type": "image/png"}
+            )
+            fetched = {"img_uri": origin.url(path)}
             texts = [{"text": f"a photo of thing {n} and {k}"} for k in range(3)]
-            assert client.post("/encode", json=[*texts, image]).status_code == 200
+            repeated = {"text": "the same caption every round"}
+            body = [*texts, image, fetched, repeated]
+            assert client.post("/encode", json=body).status_code == 200
             rank = {"queries": [image], "candidates": texts}
             assert client.post("/rank", json=rank).status_code == 200
             assert client.post("/encode", json=[{"txt": "typo"}]).status_code == 400
-            items += 4 + 1 + 3
+            items += len(body) + 1 + 3
     return items
 
 
@@ -186,7 +199,8 @@ def put_load(server: Server, rounds: int = 20) -> int:
 def live() -> Iterator[tuple[Prometheus, Server]]:
     """A loaded clipserve process and a Prometheus that has scraped it (both stopped after)."""
     binary = install_tool("install-prometheus.sh")
-    server = start_server(model=TINY)
+    origin = Origin()
+    server = start_server("--fetch-allow", "127.0.0.1", model=TINY)
     workdir = Path(tempfile.mkdtemp(prefix="clipserve-prom-"))
     prom = None
     try:
@@ -194,21 +208,18 @@ def live() -> Iterator[tuple[Prometheus, Server]]:
         wait_for(lambda: prom.query('up{job="clip-clipserve"} == 1')["result"], "first scrape")
         # Counters with labels appear on first use: let a scrape see them before the load, or a
         # load that ends within one scrape interval leaves rate() with no increase to show.
-        items = put_load(server, rounds=1)
+        items = put_load(server, origin, rounds=1)
         wait_for(
             lambda: prom.query("sum(clipserve_items_total) > 0")["result"],
             "the first items to be scraped",
         )
-        items += put_load(server)
-        # rate() needs two samples that include the load: wait until a scrape has seen it all.
+        items += put_load(server, origin)
+        # rate() needs two samples that include the load: wait until a scrape has seen it all
+        # (every item is either embedded or found in the cache).
+        seen = "sum(clipserve_items_total) + sum(clipserve_cache_hits_total)"
         wait_for(
             lambda: (
-                float(
-                    (prom.query("sum(clipserve_items_total)")["result"] or [{"value": [0, "0"]}])[
-                        0
-                    ]["value"][1]
-                )
-                >= items
+                float((prom.query(seen)["result"] or [{"value": [0, "0"]}])[0]["value"][1]) >= items
                 and prom.query("clipserve_ready == 1")["result"]
             ),
             "the load to be scraped",
@@ -222,6 +233,7 @@ def live() -> Iterator[tuple[Prometheus, Server]]:
         if prom:
             prom.stop()
         server.stop()
+        origin.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
 
 
@@ -255,6 +267,27 @@ def test_should_return_data_for_every_panel_if_prometheus_scrapes_a_loaded_servi
         if not any(results):
             empty_panels.append(panel["title"])
     assert empty_panels == []
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_should_show_every_stage_and_the_cache_if_items_are_fetched_decoded_and_repeated(
+    live: tuple[Prometheus, Server],
+) -> None:
+    prom, server = live
+    instance = server.url.removeprefix("http://")
+    panels = [p for p in load()["panels"] if "time goes" in p["title"] or "cache" in p["title"]]
+    assert len(panels) == 4
+    empty = [
+        (panel["title"], target["legendFormat"])
+        for panel in panels
+        for target in panel["targets"]
+        if not prom.query(substitute(target["expr"], instance))["result"]
+    ]
+    assert empty == []
+    hit_ratio = next(p for p in panels if "hit ratio" in p["title"])["targets"][0]["expr"]
+    ratios = prom.query(substitute(hit_ratio, instance))["result"]
+    assert any(float(r["value"][1]) > 0 for r in ratios)  # the repeated caption was a hit
 
 
 @pytest.mark.prometheus

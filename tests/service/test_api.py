@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
-from clipserve.settings import available_cpus
+from clipserve.embedder import Embedder
+from clipserve.errors import Overloaded
+from clipserve.metrics import Metrics
+from clipserve.models import parse_spec
+from clipserve.schemas import Item
+from clipserve.settings import Settings, available_cpus
 
 from tests.service.conftest import png_b64
 from tests.service.server import TINY, Server, start_server
@@ -175,3 +181,10 @@ def test_several_models_are_served_and_picked_by_name():
     assert default.headers["x-clip-model"] == TINY and len(default.json()[0]) == EMBED_DIM
     assert big.headers["x-clip-model"] == "ViT-B-32:random" and len(big.json()[0]) == 512
     assert by_arch.json() == big.json()
+
+
+def test_work_sent_before_the_models_are_loaded_is_a_503_to_retry():
+    embedder = Embedder(Settings(model=(TINY,)), [parse_spec(TINY)], Metrics())  # not loaded
+    with pytest.raises(Overloaded, match="still loading") as err:
+        asyncio.run(embedder.encode([Item(text="a")], model=None, normalize=False, where="items"))
+    assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}

@@ -66,6 +66,98 @@ CASES = [
         ["candidates[1].img_uri"],
     ),
     ("openai input of the wrong type", "/v1/embeddings", {"input": 3}, 400, ["input"]),
+    ("openai empty input", "/v1/embeddings", {"input": []}, 400, ["input", "empty"]),
+    (
+        "openai strings mixed with token ids",
+        "/v1/embeddings",
+        {"input": ["a dog", 5]},
+        400,
+        ["input[1]", "token id"],
+    ),
+    (
+        "openai token id outside the vocabulary",
+        "/v1/embeddings",
+        {"input": [[320, 1929, 99999]]},
+        400,
+        ["input[0]", "99999", "vocabulary"],
+    ),
+    (
+        "openai dimensions other than the model's",
+        "/v1/embeddings",
+        {"input": "a dog", "dimensions": 16},
+        400,
+        ["dimensions", "16", "32", "truncated"],
+    ),
+    (
+        "openai dimensions of zero",
+        "/v1/embeddings",
+        {"input": "a", "dimensions": 0},
+        400,
+        ["$.dimensions"],
+    ),
+    (
+        "openai unknown encoding format",
+        "/v1/embeddings",
+        {"input": "a", "encoding_format": "int8"},
+        400,
+        ["encoding_format"],
+    ),
+    (
+        "openai image data URI that is not an image",
+        "/v1/embeddings",
+        {"input": ["data:image/png;base64," + base64.b64encode(b"not a png").decode()]},
+        400,
+        ["input[0]", "image"],
+    ),
+    (
+        "openai unknown model",
+        "/v1/embeddings",
+        {"input": "a", "model": "text-embedding-3-small"},
+        404,
+        ["model", "text-embedding-3-small"],
+    ),
+    (
+        "classify without labels",
+        "/classify",
+        {"images": [{"img_blob": png_b64()}], "labels": []},
+        400,
+        ["labels", "empty"],
+    ),
+    (
+        "classify with a repeated label",
+        "/classify",
+        {"images": [{"img_blob": png_b64()}], "labels": ["dog", "cat", "dog"]},
+        400,
+        ["labels[2]", "labels[0]"],
+    ),
+    (
+        "classify template without a placeholder",
+        "/classify",
+        {"images": [{"img_blob": png_b64()}], "labels": ["dog"], "templates": ["{}", "a photo"]},
+        400,
+        ["templates[1]", "{}"],
+    ),
+    (
+        "classify a text",
+        "/classify",
+        {"images": [{"text": "a dog"}], "labels": ["dog"]},
+        400,
+        ["images[0]", "text"],
+    ),
+    (
+        "classify over the prompt limit",
+        "/classify",
+        {"images": [{"img_blob": png_b64()}], "labels": [f"l{i}" for i in range(1025)]},
+        413,
+        ["labels", "1025"],
+    ),
+    (
+        "classify a bad image",
+        "/classify",
+        {"images": [{"img_blob": "!!"}], "labels": ["dog"], "templates": ["{}"]},
+        400,
+        ["images[0].img_blob", "base64"],
+    ),
     ("non-JSON body", "/encode", b"this is not json", 400, ["JSON"]),
     ("truncated JSON", "/encode", b'[{"text": "a"', 400, ["JSON"]),
 ]
@@ -81,12 +173,22 @@ def test_bad_input_is_a_4xx_naming_the_problem(server: Server, name, path, body,
         else:
             r = c.post(path, json=body)
         assert r.status_code == status, r.text
-        detail = r.json()["detail"]
+        detail = message(path, r.json())
         for word in words:
             assert word.lower() in detail.lower(), (word, detail)
         # and the server still works for the next request
         ok = c.post("/encode", json=[{"text": "still alive"}, {"img_blob": png_b64()}])
         assert ok.status_code == 200
+
+
+def message(path: str, body: dict) -> str:
+    """The error message: OpenAI's shape on /v1/*, which OpenAI's clients parse; ours elsewhere."""
+    if path.startswith("/v1/"):
+        error = body["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error"
+        return error["message"]
+    return body["detail"]
 
 
 def test_a_bad_item_does_not_harm_concurrent_good_requests(server: Server):
