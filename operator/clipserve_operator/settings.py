@@ -71,7 +71,7 @@ class Settings:
     retry_delay_s: float = _setting(
         "Seconds before a reconcile is retried after a transient API error. A failure whose "
         "cause lies outside the ClipService (helm, RBAC, a missing kind) is retried after 6 "
-        "times this, doubling while it lasts, up to 5 minutes.",
+        "times this, or half as long as it has lasted, up to 5 minutes.",
         5.0,
         metavar="SECONDS",
     )

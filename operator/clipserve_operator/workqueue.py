@@ -14,9 +14,16 @@ Key = tuple[str, str]
 # The work for one key; it raises the operator's errors (errors.py) to ask for a retry.
 Work = Callable[[str, str], Awaitable[None]]
 logger = logging.getLogger("clipserve_operator")
-# A failure whose cause lies outside the ClipService is retried after 6 retry delays, doubling
-# with each failure in a row up to this: a missing CRD or RBAC rule may stay missing for days.
+# The longest wait before retrying a failure whose cause lies outside the ClipService.
 MAX_SLOW_RETRY_S = 300.0
+
+
+def slow_retry_s(retry_delay_s: float, failing_for_s: float) -> float:
+    """When to retry a cause outside the ClipService (helm, RBAC, a missing kind): after 6 retry
+    delays, or half as long as it has been failing, up to MAX_SLOW_RETRY_S. It grows with the
+    outage, not with the events that re-ran the reconcile meanwhile, and a fix is seen within
+    half the outage so far."""
+    return min(max(retry_delay_s * 6, failing_for_s / 2), MAX_SLOW_RETRY_S)
 
 
 class WorkQueue:
@@ -27,7 +34,7 @@ class WorkQueue:
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._dirty: set[Key] = set()
         self._retries: dict[Key, asyncio.TimerHandle] = {}
-        self._failures: dict[Key, int] = {}  # failed runs in a row
+        self._failing_since: dict[Key, float] = {}  # first of the failed runs in a row
 
     @property
     def running(self) -> int:
@@ -66,12 +73,11 @@ class WorkQueue:
         """One run with metrics; returns a retry delay or None."""
         metrics, started = self.metrics, time.monotonic()
         result, retry = "error", None
-        failures = self._failures.pop(key, 0) + 1  # put back below unless this run succeeds
-        slow = min(self.retry_delay_s * 6 * 2 ** min(failures - 1, 16), MAX_SLOW_RETRY_S)
+        since = self._failing_since.pop(key, started)  # put back below unless this run succeeds
+        slow = slow_retry_s(self.retry_delay_s, started - since)
         try:
             await self.work(*key)
             result = "ok"
-            failures = 0
         except TransientError as exc:
             metrics.errors.labels(exc.kind, exc.reason).inc()
             logger.warning("%s/%s: %s (retrying in %ss)", *key, exc, exc.delay)
@@ -98,8 +104,8 @@ class WorkQueue:
         finally:
             metrics.duration.observe(time.monotonic() - started)
             metrics.reconciles.labels(result).inc()
-            if failures:
-                self._failures[key] = failures
+            if result != "ok":
+                self._failing_since[key] = since
         return retry
 
     async def close(self) -> None:
