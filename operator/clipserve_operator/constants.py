@@ -14,7 +14,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The CRD's schema revision, bumped with every change of its schema or columns: helm never
 # upgrades a CRD, so the operator checks at start-up that the installed one is the one it writes.
 CRD_REVISION_ANNOTATION = f"{GROUP}/crd-revision"
-CRD_REVISION = "1"
+CRD_REVISION = "2"
 
 # Server-side apply field manager, and the app.kubernetes.io/managed-by value on every child.
 FIELD_MANAGER = "clipserve-operator"
@@ -28,6 +28,10 @@ OWNER_LABEL = f"{GROUP}/clipservice"
 SLOT_LABEL = f"{GROUP}/slot"
 # The model a slot's Deployment and pod template run (rendered by charts/clipserve).
 MODEL_ANNOTATION = f"{GROUP}/model"
+
+# The chart's init container that reports the device a pod computes on, in its termination
+# message (charts/clipserve server-deployment.yaml; docs/architecture.md says why).
+DEVICE_CONTAINER = "device"
 
 # A Kubernetes object as JSON, the one shape every module passes objects in.
 Obj = dict[str, Any]

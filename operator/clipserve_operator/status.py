@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import Obj
+from .constants import DEVICE_CONTAINER, Obj
 from .swap import SwapState
 
+# What a device report may say (torch device types: cuda, cpu, ...); anything else is ignored.
+_DEVICE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 # Container waiting reasons that will not fix themselves.
 _STUCK_REASONS = {
     "CrashLoopBackOff",
@@ -86,7 +89,11 @@ def pod_problems(pods: Iterable[Obj], slot_label: str) -> list[tuple[str, str]]:
                 if msg not in seen:
                     seen.add(msg)
                     problems.append((cond.get("reason") or "Unschedulable", msg))
-        for cs in status.get("containerStatuses") or []:
+        init = [
+            (f"init container {cs.get('name')}: ", cs)
+            for cs in status.get("initContainerStatuses") or []
+        ]
+        for who, cs in [*init, *(("", cs) for cs in status.get("containerStatuses") or [])]:
             state = cs.get("state") or {}
             waiting, failed = state.get("waiting") or {}, state.get("terminated") or {}
             if waiting.get("reason") in _STUCK_REASONS:
@@ -97,7 +104,7 @@ def pod_problems(pods: Iterable[Obj], slot_label: str) -> list[tuple[str, str]]:
                 words, reason = _last_words(state), failed.get("reason") or "Error"
             else:
                 continue
-            msg = f"{where}: {reason}: {words}".rstrip(": ")
+            msg = f"{where}: {who}{reason}: {words}".rstrip(": ")
             if msg not in seen:
                 seen.add(msg)
                 problems.append((reason, msg))
@@ -109,6 +116,27 @@ def _last_words(state: Obj) -> str:
     message = str((state.get("terminated") or {}).get("message") or "")
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def pod_device(pod: Obj) -> str:
+    """The device a pod reported from its init container (DEVICE_CONTAINER), or ""."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        done = (cs.get("state") or {}).get("terminated") or {}
+        if cs.get("name") == DEVICE_CONTAINER and done.get("exitCode") == 0:
+            reported = str(done.get("message") or "").strip()
+            return reported if _DEVICE.match(reported) else ""
+    return ""
+
+
+def serving_device(pods: Iterable[Obj], slot_label: str, slot: str) -> str:
+    """Devices the serving slot's pods reported ("cuda", "cpu", or "cpu,cuda" when they differ)."""
+    found = {
+        pod_device(pod)
+        for pod in pods
+        if (pod.get("metadata", {}).get("labels") or {}).get(slot_label) == slot
+        and not pod.get("metadata", {}).get("deletionTimestamp")
+    }
+    return ",".join(sorted(found - {""}))
 
 
 def compute_status(
@@ -197,6 +225,7 @@ def compute_status(
         "replicaSummary": f"{ready}/{want}",
         "selector": selector,
         "endpoint": endpoint,
+        "device": serving_device(observed.pods, slot_label, state.active_slot),
         "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
     }
 

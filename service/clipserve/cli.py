@@ -117,17 +117,14 @@ def encode_once(settings: Settings, text: str | None, image: Path | None) -> int
 
 
 def report_device(settings: Settings, report_to: Path | None) -> int:
-    """Print the device `serve` computes on with these settings (cuda or cpu), after checking
-    it works; also write it to report_to (a pod's init container: its termination message)."""
-    import torch
-
-    from clipserve.models import resolve_device
+    """Print the device `serve` computes on with these settings (cuda or cpu); also write it
+    to report_to (in a pod's init container: its termination message, read by the operator)."""
+    from clipserve.devices import DeviceError, select_device
 
     try:
-        device = resolve_device(settings.device)
-        torch.zeros(1, device=device)  # the device exists and answers (CUDA initialises here)
-    except (RuntimeError, AssertionError) as exc:  # torch raises AssertionError without CUDA
-        print(f"clipserve: device {settings.device!r} is not usable: {exc}", file=sys.stderr)
+        device = select_device(settings.device)
+    except DeviceError as exc:
+        print(f"clipserve: {exc}", file=sys.stderr)
         return 1
     print(device.type)
     if report_to is not None:
@@ -155,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser(
         "device",
         help="print the device serve would compute on (cuda or cpu)",
-        description="Resolve --device as serve does and check the device works; print cuda or "
-        "cpu. The chart runs it as an init container so the pod reports its own device.",
+        description="Resolve --device as serve does (a process given a GPU never falls back to "
+        "the CPU); print cuda or cpu. The chart runs it as an init container, so that each pod "
+        "reports its own device.",
     )
     dev.add_argument("--report-to", type=Path, metavar="PATH", help="also write it to this file")
     add_arguments(dev)

@@ -159,6 +159,22 @@ def _env_args(container: Obj) -> list[str]:
     return args
 
 
+def _pod_args(image: str, pod: Obj, container: Obj, scratch: Path, *extra: str) -> list[str]:
+    """`podman run` arguments from the pod spec, from the security context to the image's args."""
+    args = [
+        *_security_args(pod, container),
+        *_volume_args(pod, container, scratch),
+        *_env_args(container),
+        *extra,
+    ]
+    limits = container.get("resources", {}).get("limits", {})
+    if "memory" in limits:
+        args += ["--memory", str(_memory_bytes(limits["memory"]))]
+    if "command" in container:
+        args += ["--entrypoint", json.dumps(container["command"])]
+    return [*args, image, *container.get("args", [])]
+
+
 @contextmanager
 def run_pod_container(image: str, pod: Obj, index: int = 0) -> Iterator[PodContainer]:
     """Start `image` as pod.containers[index] would run; removed on exit, whatever happened."""
@@ -166,7 +182,6 @@ def run_pod_container(image: str, pod: Obj, index: int = 0) -> Iterator[PodConta
     name = f"{NAME_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**9}"
     port = container["ports"][0]["containerPort"]
     host_port = free_port()
-    limits = container.get("resources", {}).get("limits", {})
     with tempfile.TemporaryDirectory(prefix="podvols-") as scratch:
         args = [
             "run",
@@ -177,15 +192,8 @@ def run_pod_container(image: str, pod: Obj, index: int = 0) -> Iterator[PodConta
             "slirp4netns",
             "--publish",
             f"127.0.0.1:{host_port}:{port}",
-            *_security_args(pod, container),
-            *_volume_args(pod, container, Path(scratch)),
-            *_env_args(container),
+            *_pod_args(image, pod, container, Path(scratch)),
         ]
-        if "memory" in limits:
-            args += ["--memory", str(_memory_bytes(limits["memory"]))]
-        if "command" in container:
-            args += ["--entrypoint", json.dumps(container["command"])]
-        args += [image, *container.get("args", [])]
         try:
             podman(*args, timeout=120)
             pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
@@ -195,5 +203,26 @@ def run_pod_container(image: str, pod: Obj, index: int = 0) -> Iterator[PodConta
                 grace_s=int(pod.get("terminationGracePeriodSeconds", 30)),
                 pre_stop=pre_stop.get("command"),
             )
+        finally:
+            podman("rm", "--force", "--time", "0", name, check=False, timeout=120)
+
+
+def run_to_completion(
+    image: str, pod: Obj, container: Obj, timeout: float = 600
+) -> tuple[int, str, str]:
+    """Run an init container of the pod to its end, with the file the kubelet mounts at its
+    terminationMessagePath: (exit code, termination message, logs)."""
+    name = f"{NAME_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    with tempfile.TemporaryDirectory(prefix="podvols-") as scratch:
+        message = Path(scratch) / "termination-log"
+        message.touch()
+        message.chmod(0o666)  # as the kubelet creates it: writable by the pod's uid
+        path = container.get("terminationMessagePath", "/dev/termination-log")
+        mount = ["--volume", f"{message}:{path}:rw"]
+        args = ["run", "--name", name, "--network", "none"]
+        args += _pod_args(image, pod, container, Path(scratch), *mount)
+        try:
+            done = podman(*args, timeout=timeout, check=False)
+            return done.returncode, message.read_text(), done.stdout + done.stderr
         finally:
             podman("rm", "--force", "--time", "0", name, check=False, timeout=120)

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.chart.rendering import ROOT, Helm, pod_spec
-from tests.images.containers import PodContainer, podman, run_pod_container
+from tests.images.containers import PodContainer, podman, run_pod_container, run_to_completion
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 
@@ -154,3 +154,24 @@ def test_a_build_without_the_disk_it_needs_stops_and_says_how_much(tmp_path) -> 
     )
     assert proc.returncode == 1
     assert re.search(r"needs about \d+ GB free in \S+; only 0 GB are free", proc.stderr)
+
+
+def test_the_device_init_container_reports_cpu_in_its_termination_message(
+    images: dict[str, str], pod: dict
+) -> None:
+    # What the operator's DEVICE column reads from the pod status: the kubelet copies this file.
+    init = next(c for c in pod["initContainers"] if c["name"] == "device")
+    code, message, logs = run_to_completion(images["service"], pod, init)
+    assert (code, message) == (0, "cpu"), logs
+
+
+def test_the_device_init_container_of_a_gpu_pod_without_cuda_fails_with_the_cause(
+    helm: Helm, images: dict[str, str]
+) -> None:
+    pod = pod_spec(helm.template({**VALUES, "gpu": {"count": 1}}))
+    init = next(c for c in pod["initContainers"] if c["name"] == "device")
+    code, message, logs = run_to_completion(images["service"], pod, init)
+    # The pod never reaches its server; with FallbackToLogsOnError the kubelet makes the log's
+    # tail the termination message, which the ClipService's Degraded condition shows.
+    assert code == 1 and message == "", logs
+    assert "device cuda: CUDA is not usable" in logs

@@ -72,7 +72,7 @@ def test_scale_subresource_printer_columns_and_short_name() -> None:
     }
     assert "status" in version["subresources"]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Model", "Ready", "Replicas", "Endpoint", "Age"]
+    assert names == ["Model", "Ready", "Replicas", "Device", "Endpoint", "Age"]
 
 
 @pytest.mark.helm

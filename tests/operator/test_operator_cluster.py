@@ -531,6 +531,43 @@ def test_operator_process_killed_mid_swap_resumes_after_restart(
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]  # SIGTERM stops it cleanly
 
 
+def _report_device(cluster: Cluster, ns: str, pod: str, device: str) -> None:
+    """Do what the kubelet does when the `device` init container exits: keep its termination
+    message in the pod status (kwok runs no container, so it records an empty one)."""
+    path = "/status/initContainerStatuses/0/state/terminated/message"
+    cluster.kubectl(
+        "patch", "pod", pod, "-n", ns, "--subresource=status", "--type=json",
+        "-p", json.dumps([{"op": "add", "path": path, "value": device}]),
+    )  # fmt: skip
+
+
+def test_device_column_shows_what_the_serving_pods_reported(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    gpu_pool = {"nodeSelector": {"clipserve.io/node-pool": "gpu"}}
+    clip(cluster, ns, "dev", {"model": A, "replicas": 2, "gpu": {"count": 1}, "nodePool": gpu_pool})
+    obj = wait_for(
+        "Ready",
+        lambda: (o := fully_ready(cluster, ns, "dev")) and o["status"]["readyReplicas"] == 2 and o,
+    )
+    assert obj["status"]["device"] == ""  # no pod has reported yet
+    pods = items(cluster, "pods", ns, f"{OWNER_LABEL}=dev")
+    for pod in pods:
+        init = pod["spec"]["initContainers"][0]
+        assert init["name"] == "device" and init["command"][:2] == ["clipserve", "device"]
+        # The same GPU as the server, so that it reports what the server gets.
+        assert init["resources"] == pod["spec"]["containers"][0]["resources"]
+        assert init["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        _report_device(cluster, ns, pod["metadata"]["name"], "cuda")
+    wait_for("device cuda", lambda: get(cluster, "clip", "dev", ns)["status"]["device"] == "cuda")
+    row = cluster.kubectl("get", "clip", "dev", "-n", ns, "--no-headers").split()
+    assert row[:5] == ["dev", A, "True", "2/2", "cuda"]
+    _report_device(cluster, ns, pods[0]["metadata"]["name"], "cpu")
+    wait_for(
+        "both devices", lambda: get(cluster, "clip", "dev", ns)["status"]["device"] == "cpu,cuda"
+    )
+
+
 def test_liveness_and_metrics_endpoints(
     cluster: Cluster, running_operator: OperatorRun, ns: str
 ) -> None:

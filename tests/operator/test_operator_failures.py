@@ -85,29 +85,48 @@ def test_missing_helm_is_degraded_with_the_path_and_clears_when_helm_is_back(
     wait_for("recovery once helm is back", lambda: recovered(cluster, ns, "nohelm"))
 
 
+def bad_values(
+    cluster: Cluster, ns: str, name: str, values: dict[str, Any], reason: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A ClipService whose spec.values fail with `reason`: its Degraded condition and Warning
+    events, once both show."""
+    spec = {"model": A, "replicas": 1, "nodePool": {"nodeSelector": CPU_POOL}, "values": values}
+    clip(cluster, ns, name, spec)
+    cond = wait_for(reason, lambda: degraded(cluster, ns, name, reason))
+    return cond, wait_for("a Warning event", lambda: warnings(cluster, ns, name, reason))
+
+
+def values_removed(cluster: Cluster, ns: str, name: str) -> None:
+    """Fix the spec by dropping spec.values; returns once the ClipService has recovered."""
+    cluster.kubectl(
+        "patch", "clip", name, "-n", ns, "--type", "json",
+        "-p", '[{"op": "remove", "path": "/spec/values"}]',
+    )  # fmt: skip
+    wait_for("recovery after the fix", lambda: recovered(cluster, ns, name))
+
+
 def test_a_chart_that_fails_to_render_shows_helms_error_and_clears_when_the_spec_is_fixed(
     cluster: Cluster, running_operator: OperatorRun, ns: str
 ) -> None:
     before = running_operator.metric(ERRORS, 'kind="permanent",reason="RenderFailed"')
-    spec = {
-        "model": A,
-        "replicas": 1,
-        "nodePool": {"nodeSelector": CPU_POOL},
-        "values": {"replicaCount": "many"},  # the chart's values.schema.json wants an integer
-    }
-    clip(cluster, ns, "render", spec)
-    cond = wait_for("RenderFailed", lambda: degraded(cluster, ns, "render", "RenderFailed"))
+    # The chart's values.schema.json wants an integer.
+    cond, warned = bad_values(cluster, ns, "render", {"replicaCount": "many"}, "RenderFailed")
     assert cond["message"].startswith("helm template failed:")
-    assert "replicaCount" in cond["message"]
-    events_ = wait_for("a Warning event", lambda: warnings(cluster, ns, "render", "RenderFailed"))
-    assert "replicaCount" in events_[0]["message"]
+    assert "replicaCount" in cond["message"] and "replicaCount" in warned[0]["message"]
     assert running_operator.metric(ERRORS, 'kind="permanent",reason="RenderFailed"') > before
     assert get(cluster, "deployment", "render-blue", ns) is None  # nothing half-applied
-    cluster.kubectl(
-        "patch", "clip", "render", "-n", ns, "--type", "json",
-        "-p", '[{"op": "remove", "path": "/spec/values"}]',
-    )  # fmt: skip
-    wait_for("recovery after the fix", lambda: recovered(cluster, ns, "render"))
+    values_removed(cluster, ns, "render")
+
+
+def test_an_object_the_api_server_refuses_shows_its_message_and_clears_when_fixed(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    # helm renders a label key the API server refuses.
+    labels = {"podLabels": {"not a label": "x"}}
+    cond, _ = bad_values(cluster, ns, "refused", labels, "ApplyRefused")
+    assert "422" in cond["message"] and "Invalid value" in cond["message"]
+    assert "not a label" in cond["message"]
+    values_removed(cluster, ns, "refused")
 
 
 @contextmanager

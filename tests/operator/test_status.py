@@ -202,3 +202,47 @@ def test_degraded_status_replaces_only_the_degraded_condition() -> None:
         4,
     )
     assert degraded["lastTransitionTime"] == "later"
+
+
+def _reporting(slot: str, message: str, exit_code: int = 0, name: str = "device") -> dict[str, Any]:
+    """A pod whose init container ended as the kubelet records it."""
+    done = {"exitCode": exit_code, "reason": "Completed", "message": message}
+    pod = _pod(slot)
+    pod["status"]["initContainerStatuses"] = [{"name": name, "state": {"terminated": done}}]
+    return pod
+
+
+def test_device_is_what_the_serving_slots_pods_reported() -> None:
+    pods = (_reporting("blue", "cuda\n"), _reporting("blue", "cuda"), _reporting("green", "cpu"))
+    observed = Observed(active=_deploy(2, 2), pending=_deploy(1, 0), pods=pods)
+    assert _status(SwapState("blue", A, "green", B), observed)["device"] == "cuda"
+    assert _status(SwapState("green", B), observed)["device"] == "cpu"
+
+
+def test_pods_that_differ_show_every_device_and_unreported_ones_nothing() -> None:
+    mixed = (_reporting("blue", "cuda"), _reporting("blue", "cpu"), _pod("blue"))
+    assert (
+        _status(SwapState("blue", A), Observed(_deploy(3, 3), None, mixed))["device"] == "cpu,cuda"
+    )
+    silent = (_pod("blue"), _reporting("blue", "cuda", exit_code=1), _reporting("blue", "x" * 40))
+    assert _status(SwapState("blue", A), Observed(_deploy(3, 3), None, silent))["device"] == ""
+    other = (_reporting("blue", "cuda", name="setup"),)
+    assert _status(SwapState("blue", A), Observed(_deploy(1, 1), None, other))["device"] == ""
+
+
+def test_a_crash_looping_init_container_is_degraded_with_its_last_words() -> None:
+    pod = _pod("green")
+    pod["status"]["initContainerStatuses"] = [
+        {
+            "name": "device",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+            "lastState": {
+                "terminated": {"exitCode": 1, "message": "a GPU was assigned\nbut no CUDA"}
+            },
+        }
+    ]
+    observed = Observed(active=_deploy(1, 1), pending=_deploy(1, 0), pods=(pod,))
+    degraded = _cond(_status(SwapState("blue", A, "green", B), observed), "Degraded")
+    assert degraded["reason"] == "CrashLoopBackOff"
+    # The device check's own last words (the chart's FallbackToLogsOnError), not the back-off.
+    assert degraded["message"] == "slot green: init container device: CrashLoopBackOff: but no CUDA"

@@ -92,6 +92,20 @@ def test_encode_needs_exactly_one_input():
     assert r.returncode == 2 and "one of them" in r.stderr
 
 
+def test_device_prints_and_reports_what_serve_would_compute_on(tmp_path: Path):
+    # The chart's `device` init container runs this; its file is the pod's termination message.
+    report = tmp_path / "termination-log"
+    r = _clipserve("device", "--report-to", str(report))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "cpu" and report.read_text() == "cpu"  # no GPU on this machine
+
+
+def test_device_refuses_cuda_where_it_cannot_work_in_one_line():
+    r = _clipserve("device", "--device", "cuda")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("clipserve: device") and "CUDA" in r.stderr
+
+
 def test_models_lists_downloadable_specs():
     r = _clipserve("models")
     lines = r.stdout.split()
