@@ -157,7 +157,7 @@ def _kind(name: str) -> str:
 
 
 def _default(f: Field[Any]) -> Any:
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
