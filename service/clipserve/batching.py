@@ -88,6 +88,9 @@ class ModelBatcher:
         self._stopping = False
         self._crashed = False
         self._metrics = metrics
+        for modality in encoders:
+            # Exported from the start: an autoscaler reading an idle pod sees 0, not "no metric".
+            metrics.queue_depth.labels(name, modality).set(0)
         self._busy = [False] * workers
         self._freed = [0.0] * workers  # when each worker last finished a batch
         self._threads = [

@@ -18,6 +18,11 @@ from prometheus_client import (
 BATCH_BUCKETS = tuple(float(2**i) for i in range(9))  # 1 .. 256
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+# The series autoscaling reads, by its exported name. The chart's names file
+# (charts/clipserve/metrics.json) and the prometheus-adapter rules (manifests/metrics/) are
+# generated from it by scripts/generate-metrics.py; a test finds it on a real server.
+QUEUE_DEPTH = "clipserve_queue_depth"
+
 
 class Metrics:
     """The service's collectors; label values stay low-cardinality (model, modality, endpoint)."""
@@ -49,7 +54,7 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "clipserve_queue_depth",
+            QUEUE_DEPTH,
             "Items waiting for a forward pass",
             ["model", "modality"],
             registry=r,

@@ -175,6 +175,15 @@ timeout + 10 s of margin, so the kubelet never kills a pod that is still finishi
 {{- end -}}
 
 {{/*
+A series the server exports, by its key in metrics.json (generated from the server's metric
+names by scripts/generate-metrics.py): usage (dict "root" . "key" "queueDepth").
+*/}}
+{{- define "clipserve.metricName" -}}
+{{- $names := .root.Files.Get "metrics.json" | fromJson -}}
+{{- required (printf "clipserve: metrics.json has no %s" .key) (index $names .key) -}}
+{{- end -}}
+
+{{/*
 Default KEDA query: queued items of this release (and slot) as scraped via the ServiceMonitor,
 whose job label is the Service name and which copies the pods' slot label as clipserve_io_slot.
 */}}
@@ -186,6 +195,6 @@ whose job label is the Service name and which copies the pods' slot label as cli
 {{- if .Values.slot -}}
 {{- $sel = printf "%s,clipserve_io_slot=%q" $sel .Values.slot -}}
 {{- end -}}
-{{- printf "sum(clipserve_queue_depth{%s})" $sel -}}
+{{- printf "sum(%s{%s})" (include "clipserve.metricName" (dict "root" . "key" "queueDepth")) $sel -}}
 {{- end -}}
 {{- end -}}

@@ -1,0 +1,98 @@
+"""What autoscaling reads comes from the server's own metric names and exists on a real server.
+
+charts/clipserve/metrics.json and manifests/metrics/prometheus-adapter.yaml are generated from
+clipserve.metrics by scripts/generate-metrics.py; every series the chart's HPA, its KEDA
+ScaledObject and the adapter's rules name is looked up on a real `clipserve serve` process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.chart.rendering import ROOT, Helm, only
+from tests.service.server import TINY, start_server
+
+# A metric name inside PromQL or an adapter rule (label names and values are not followed by
+# a name character and an opening brace or the end of the selector).
+SERIES = re.compile(r"\b(clipserve_[a-z_]+)\s*(?:\{|$|\))")
+
+
+def generator() -> ModuleType:
+    """scripts/generate-metrics.py as a module (its file name is not an identifier)."""
+    spec = importlib.util.spec_from_file_location(
+        "generate_metrics", ROOT / "scripts" / "generate-metrics.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def adapter_config() -> dict:
+    """The prometheus-adapter config inside manifests/metrics/prometheus-adapter.yaml."""
+    docs = yaml.safe_load_all((ROOT / "manifests/metrics/prometheus-adapter.yaml").read_text())
+    config_map = next(d for d in docs if d and d["kind"] == "ConfigMap")
+    return yaml.safe_load(config_map["data"]["config.yaml"])
+
+
+def series_read_by_autoscaling(helm: Helm) -> dict[str, set[str]]:
+    """Every series name, by who reads it: the HPA, KEDA's query, the adapter's rules."""
+    hpa = only(
+        helm.template({"autoscaling": {"enabled": True, "queueDepthPerPod": 8}}),
+        "HorizontalPodAutoscaler",
+    )
+    pods_metrics = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if "pods" in m}
+    queries = [
+        trigger["metadata"]["query"]
+        for values in ({"keda": {"enabled": True}}, {"keda": {"enabled": True}, "slot": "blue"})
+        for trigger in only(helm.template(values), "ScaledObject")["spec"]["triggers"]
+    ]
+    rules = adapter_config()["rules"]
+    return {
+        "HPA Pods metric": pods_metrics,
+        "KEDA query": {name for q in queries for name in SERIES.findall(q)},
+        "adapter seriesQuery": {name for r in rules for name in SERIES.findall(r["seriesQuery"])},
+        "adapter metric name": {r["name"]["as"] for r in rules},
+    }
+
+
+def test_should_keep_the_generated_files_current_if_the_server_renames_a_metric(
+    tmp_path: Path,
+) -> None:
+    # Regenerate with `.venv/bin/python scripts/generate-metrics.py`.
+    for path in generator().write(tmp_path):
+        relative = path.relative_to(tmp_path)
+        assert (ROOT / relative).read_text() == path.read_text(), relative
+
+
+@pytest.mark.helm
+@pytest.mark.slow
+def test_should_export_every_series_autoscaling_reads_if_a_server_has_served_nothing_yet(
+    helm: Helm,
+) -> None:
+    wanted = series_read_by_autoscaling(helm)
+    assert all(wanted.values()), wanted  # each reader names at least one series
+    server = start_server(model=TINY)
+    try:
+        # Before any request: the HPA reads idle pods too, and a missing series stops it.
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    exported = {s.name for s in samples}
+    for reader, names in wanted.items():
+        assert names <= exported, f"{reader} reads {sorted(names - exported)}, not exported"
+    depth = {
+        (s.labels["model"], s.labels["modality"]): s.value
+        for s in samples
+        if s.name in wanted["HPA Pods metric"]
+    }
+    assert depth == {(TINY, "text"): 0.0, (TINY, "image"): 0.0}
