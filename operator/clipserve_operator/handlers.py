@@ -103,3 +103,11 @@ async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_:
 async def service_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """An edited Service (say, its selector moved by hand) is put back at once."""
     memo.queue.trigger(namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels={OWNER_LABEL: kopf.PRESENT})
+async def autoscaler_changed(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """The HPA's view (replicas wanted, metrics, why it cannot scale) goes into the status."""
+    memo.queue.trigger(namespace, labels[OWNER_LABEL])

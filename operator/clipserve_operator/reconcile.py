@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from .apply import apply_objects, patch_status, prune
+from .autoscaler import scaling
 from .constants import API_VERSION, KIND, MODEL_ANNOTATION, OWNER_LABEL, PLURAL, SLOT_LABEL, Obj
 from .errors import ApiError, ReconcileError, TransientError, as_reconcile_error
 from .kube import KubeClient
@@ -153,15 +154,23 @@ async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None
 
 
 async def _observe(ctx: Context, owner: Obj, state: SwapState, selector: str) -> Observed:
-    """The serving and pending Deployments and every pod of the ClipService, as they are now."""
+    """The serving and pending Deployments, every pod of the ClipService and the HPA scaling
+    the serving one (the chart's, or KEDA's: it carries the ScaledObject's labels), as now."""
     meta = owner["metadata"]
     deployments = await _deployments(ctx.client, meta["namespace"], selector)
     pods = await ctx.client.list("v1", "Pod", meta["namespace"], selector)
+    active = deployment_name(meta["name"], state.active_slot)
+    hpas = []
+    if autoscaling_enabled(owner["spec"]):
+        hpas = await ctx.client.list(
+            "autoscaling/v2", "HorizontalPodAutoscaler", meta["namespace"], selector
+        )
     pending = deployments.get(deployment_name(meta["name"], state.pending_slot))
     return Observed(
-        active=deployments.get(deployment_name(meta["name"], state.active_slot)),
+        active=deployments.get(active),
         pending=pending if state.blue_green else None,
         pods=tuple(pods),
+        autoscaler=scaling(hpas, active),
     )
 
 

@@ -188,9 +188,12 @@ def desired_objects(
 
 
 def autoscaling_enabled(spec: Mapping[str, Any]) -> bool:
-    """True when the HPA, not spec.replicas, sets the replica count."""
+    """True when an autoscaler (the chart's HPA, or KEDA's), not spec.replicas, sets replicas."""
     autoscaling = spec.get("autoscaling") or {}
-    values_hpa = ((spec.get("values") or {}).get("autoscaling") or {}).get("enabled")
+    values = spec.get("values") or {}
+    if (values.get("keda") or {}).get("enabled"):
+        return True
+    values_hpa = (values.get("autoscaling") or {}).get("enabled")
     if values_hpa is not None:
         return bool(values_hpa)
     return bool(autoscaling) and bool(autoscaling.get("enabled", True))

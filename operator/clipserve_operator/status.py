@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .autoscaler import autoscaler_status
 from .constants import DEVICE_CONTAINER, Obj
 from .swap import SwapState
 
@@ -31,6 +32,7 @@ class Observed:
     active: Obj | None  # the active slot's Deployment
     pending: Obj | None  # the pending slot's Deployment (blue/green swap only)
     pods: tuple[Obj, ...] = ()
+    autoscaler: Obj | None = None  # the HPA scaling the active slot (autoscaling on)
     error: str = ""  # a failed reconcile step, shown as Degraded with error_reason
     error_reason: str = "ReconcileFailed"
 
@@ -226,6 +228,8 @@ def compute_status(
         "selector": selector,
         "endpoint": endpoint,
         "device": serving_device(observed.pods, slot_label, state.active_slot),
+        # None removes it (a merge patch) once autoscaling is off.
+        "autoscaler": autoscaler_status(observed.autoscaler),
         "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
     }
 

@@ -169,6 +169,21 @@ def test_autoscaled_service_leaves_replicas_to_the_hpa(
         m for m in deployment["metadata"]["managedFields"] if m["manager"] == "clipserve-operator"
     ]
     assert ours and all("f:replicas" not in m["fieldsV1"].get("f:spec", {}) for m in ours)
+    # A real HPA controller acts on it: this cluster has no resource metrics API (kwok pods use
+    # no CPU), so the status says the HPA cannot scale, and why, in the controller's words.
+    obj = wait_for(
+        "the autoscaler's state in the status",
+        lambda: (
+            (o := get(cluster, "clipservice", "auto", ns))
+            and (o["status"].get("autoscaler") or {}).get("reason") == "FailedGetResourceMetric"
+            and o
+        ),
+    )
+    autoscaler = obj["status"]["autoscaler"]
+    assert autoscaler["name"] == "auto-blue" and autoscaler["canScale"] is False
+    assert "cpu" in autoscaler["message"] and "metrics API" in autoscaler["message"]
+    assert (autoscaler["minReplicas"], autoscaler["maxReplicas"]) == (2, 5)
+    assert autoscaler["currentReplicas"] == 2 and autoscaler["metrics"] == ["cpu ?/70%"]
 
 
 def test_model_swap_never_puts_two_slots_in_one_endpoint_slice(

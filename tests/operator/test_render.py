@@ -96,6 +96,11 @@ def test_autoscaling_is_on_when_the_block_is_present_unless_disabled() -> None:
     assert not autoscaling_enabled(_spec(autoscaling={"enabled": False}))
 
 
+def test_autoscaling_is_on_when_keda_scales_the_service_through_values() -> None:
+    # KEDA's HPA owns replicas then: the operator must neither apply nor report spec.replicas.
+    assert autoscaling_enabled(_spec(values={"keda": {"enabled": True, "minReplicas": 0}}))
+
+
 @pytest.mark.helm
 def test_blue_green_renders_both_slots_and_one_service_on_the_serving_slot(helm_bin: str) -> None:
     render = partial(helm_template, helm_bin, CHART, "search", "ml")

@@ -1,0 +1,161 @@
+"""status.autoscaler from HorizontalPodAutoscalers as the HPA controller and KEDA write them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipserve_operator.autoscaler import autoscaler_status, metric_summaries, scaling
+
+QUEUE = {
+    "type": "Pods",
+    "pods": {
+        "metric": {"name": "clipserve_queue_depth"},
+        "target": {"type": "AverageValue", "averageValue": "4"},
+    },
+}
+CPU = {
+    "type": "Resource",
+    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+}
+
+
+def hpa(
+    target: str = "search-blue",
+    conditions: list[dict[str, str]] | None = None,
+    current_metrics: list[dict[str, Any]] | None = None,
+    **status: Any,
+) -> dict[str, Any]:
+    """An autoscaling/v2 HPA on queue depth and CPU scaling a Deployment."""
+    obj: dict[str, Any] = {
+        "metadata": {"name": target},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metrics": [QUEUE, CPU],
+        },
+        "status": {**status, "conditions": conditions or []},
+    }
+    if current_metrics is not None:
+        obj["status"]["currentMetrics"] = current_metrics
+    return obj
+
+
+def cond(type_: str, ok: bool, reason: str, message: str = "") -> dict[str, str]:
+    return {"type": type_, "status": str(ok), "reason": reason, "message": message}
+
+
+def test_the_hpa_of_the_serving_slot_is_the_one_reported() -> None:
+    blue, green = hpa("search-blue"), hpa("search-green")
+    assert scaling([green, blue], "search-blue") is blue
+    assert scaling([green], "search-blue") is None
+
+
+def test_a_metric_the_adapter_does_not_serve_is_why_it_cannot_scale() -> None:
+    # What the HPA controller writes when custom.metrics.k8s.io has no such metric.
+    message = (
+        "the HPA was unable to compute the replica count: unable to get metric"
+        " clipserve_queue_depth: unable to fetch metrics from custom metrics API: the server"
+        " could not find the metric clipserve_queue_depth for pods"
+    )
+    status = autoscaler_status(
+        hpa(
+            conditions=[
+                cond("AbleToScale", True, "SucceededGetScale"),
+                cond("ScalingActive", False, "FailedGetPodsMetric", message),
+            ],
+            currentReplicas=1,
+            desiredReplicas=0,
+        )
+    )
+    assert status is not None
+    assert status["canScale"] is False
+    assert (status["reason"], status["message"]) == ("FailedGetPodsMetric", message)
+    assert (status["currentReplicas"], status["desiredReplicas"]) == (1, 0)
+    assert status["metrics"] == ["clipserve_queue_depth ?/4", "cpu ?/80%"]
+
+
+def test_a_scaling_hpa_reports_its_metrics_and_what_it_wants() -> None:
+    status = autoscaler_status(
+        hpa(
+            conditions=[
+                cond("AbleToScale", True, "SucceededRescale", "new size: 2"),
+                cond("ScalingActive", True, "ValidMetricFound", "computed from pods metric"),
+                cond("ScalingLimited", False, "DesiredWithinRange"),
+            ],
+            current_metrics=[
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "clipserve_queue_depth"},
+                        "current": {"averageValue": "9500m"},
+                    },
+                },
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "current": {"averageUtilization": 93, "averageValue": "930m"},
+                    },
+                },
+            ],
+            currentReplicas=1,
+            desiredReplicas=2,
+            lastScaleTime="2026-11-29T21:00:00Z",
+        )
+    )
+    assert status == {
+        "name": "search-blue",
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "currentReplicas": 1,
+        "desiredReplicas": 2,
+        "metrics": ["clipserve_queue_depth 9500m/4", "cpu 93%/80%"],
+        "canScale": True,
+        "reason": "ValidMetricFound",
+        "message": "computed from pods metric",
+        "lastScaleTime": "2026-11-29T21:00:00Z",
+    }
+
+
+def test_a_limit_reached_is_shown_while_it_can_still_scale() -> None:
+    status = autoscaler_status(
+        hpa(
+            conditions=[
+                cond("AbleToScale", True, "ReadyForNewScale"),
+                cond("ScalingActive", True, "ValidMetricFound"),
+                cond("ScalingLimited", True, "TooManyReplicas", "the desired count is more than 4"),
+            ]
+        )
+    )
+    assert status is not None and status["canScale"] is True
+    assert status["reason"] == "TooManyReplicas"
+
+
+def test_an_hpa_not_yet_computed_cannot_scale_yet() -> None:
+    status = autoscaler_status(hpa())
+    assert status is not None and status["canScale"] is False and status["reason"] == "Pending"
+
+
+def test_a_kedas_external_metric_is_summarised_by_its_name() -> None:
+    external = {
+        "type": "External",
+        "external": {
+            "metric": {"name": "s0-prometheus"},
+            "target": {"type": "AverageValue", "averageValue": "32"},
+        },
+    }
+    obj = hpa(
+        current_metrics=[
+            {
+                "type": "External",
+                "external": {"metric": {"name": "s0-prometheus"}, "current": {"averageValue": "7"}},
+            }
+        ]
+    )
+    obj["spec"]["metrics"] = [external]
+    assert metric_summaries(obj) == ["s0-prometheus 7/32"]
+
+
+def test_no_hpa_means_no_autoscaler_status() -> None:
+    assert autoscaler_status(None) is None
