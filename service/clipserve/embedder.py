@@ -139,7 +139,9 @@ class Embedder:
         threads = s.threads()
         torch.set_num_threads(threads)
         for spec in self.specs:
-            model = load_model(spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir)
+            model = load_model(
+                spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir, offline=s.offline
+            )
             batch = s.batch_size_for(model.device.type)
             workers = s.workers_for(model.device.type)
             if s.compile != "off" and workers > 1:

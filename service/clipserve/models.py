@@ -1,8 +1,9 @@
 """Model specs and the one wrapper around open_clip: load a model, encode text and images.
 
 Nothing else in clipserve imports open_clip. A spec is `ARCH:TAG` where TAG is an open_clip
-pretrained tag (weights from the HF hub), a path to a checkpoint file, or `random`; the
-`hf-hub:org/repo` and `local-dir:/path` forms of open_clip are accepted as they are.
+pretrained tag (weights from the HF hub), an http(s) URL of a checkpoint (`#sha256=` optional),
+a path to a checkpoint file or to a folder holding one, or `random`; the `hf-hub:org/repo` and
+`local-dir:/path` forms of open_clip are accepted as they are.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import HF_CONFIG_NAME, HF_WEIGHTS_NAME
+from open_clip.pretrained import _get_safe_alternatives
 
+from clipserve import weights
 from clipserve.devices import DeviceError, select_device
+from clipserve.download import DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +40,17 @@ class ModelSpec:
 
     raw: str
     arch: str
-    tag: str | None  # pretrained tag, checkpoint path, "random", or None for hf-hub/local-dir
+    tag: str | None  # pretrained tag, URL, checkpoint path, "random", or None for hf-hub/local-dir
 
     @property
     def kind(self) -> str:
-        """One of `schema`, `random`, `checkpoint`, `pretrained`."""
+        """One of `schema`, `random`, `url`, `checkpoint`, `pretrained`."""
         if self.tag is None:
             return "schema"
         if self.tag == RANDOM_TAG:
             return "random"
+        if self.tag.startswith(("http://", "https://")):
+            return "url"
         if _looks_like_path(self.tag):
             return "checkpoint"
         return "pretrained"
@@ -68,7 +75,55 @@ def parse_spec(raw: str) -> ModelSpec:
             f"model spec {raw!r} must be ARCH:TAG (e.g. ViT-B-32:openai, ViT-B-32:/path/ckpt.pt, "
             "ViT-B-32:random) or hf-hub:org/repo"
         )
-    return ModelSpec(raw=raw, arch=arch, tag=tag)
+    spec = ModelSpec(raw=raw, arch=arch, tag=tag)
+    if spec.kind == "url":
+        weights.parse_url(tag)  # a malformed URL or #sha256= is refused before anything loads
+    return spec
+
+
+def check_spec(raw: str) -> ModelSpec:
+    """Parse a spec and refuse one that names an unknown architecture or pretrained tag."""
+    spec = parse_spec(raw)
+    _check_known(spec)
+    return spec
+
+
+def _check_known(spec: ModelSpec) -> None:
+    if spec.kind != "schema" and open_clip.get_model_config(spec.arch) is None:
+        raise ModelLoadError(
+            f"{spec.raw}: unknown architecture {spec.arch!r}; `clipserve models` lists them"
+        )
+    if spec.kind == "pretrained" and not open_clip.get_pretrained_cfg(spec.arch, spec.tag):
+        known = open_clip.list_pretrained_tags_by_model(spec.arch)
+        raise ModelLoadError(
+            f"{spec.raw}: unknown pretrained tag {spec.tag!r} for {spec.arch} "
+            f"(known: {', '.join(known) or 'none'}); or give a checkpoint path, or 'random'"
+        )
+
+
+def weight_sources(spec: ModelSpec) -> list[weights.Source]:
+    """The remote files a spec's weights come from (none for random and local weights)."""
+    if spec.kind == "url":
+        return [weights.parse_url(spec.tag or "")]
+    if spec.kind == "pretrained":
+        hf_hub = open_clip.get_pretrained_cfg(spec.arch, spec.tag).get("hf_hub")
+        if not hf_hub:
+            return []
+        # as open_clip reads it: "org/repo/" (its default file name) or "org/repo/file.bin"
+        repo, name = os.path.split(hf_hub)
+        return [weights.HubFile(repo, _with_safe_alternatives(name or HF_WEIGHTS_NAME))]
+    if spec.kind == "schema" and spec.arch.startswith("hf-hub:"):
+        repo = spec.arch.removeprefix("hf-hub:")
+        return [
+            weights.HubFile(repo, (HF_CONFIG_NAME,)),
+            weights.HubFile(repo, _with_safe_alternatives(HF_WEIGHTS_NAME)),
+        ]
+    return []
+
+
+def _with_safe_alternatives(name: str) -> tuple[str, ...]:
+    """open_clip's order of preference: the file's safetensors twin first, when it has one."""
+    return (*_get_safe_alternatives(name), name)
 
 
 def available_specs() -> list[str]:
@@ -258,9 +313,17 @@ def _quick_gelu_for(spec: ModelSpec) -> bool:
 
 
 def load_model(
-    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", cache_dir: str | None = None
+    spec: ModelSpec,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    cache_dir: str | None = None,
+    offline: bool = False,
 ) -> ClipModel:
-    """Build the model for `spec` with its weights; raise ModelLoadError with a way forward."""
+    """Build the model for `spec` with its weights; raise ModelLoadError with a way forward.
+
+    `offline`: a URL's weights must already be in the cache; nothing is fetched.
+    """
     try:
         dev = select_device(device)
     except DeviceError as exc:
@@ -268,23 +331,9 @@ def load_model(
     precision = resolve_precision(dtype, dev)
     if precision != "fp32" and dev.type == "cpu":
         raise ModelLoadError(f"dtype {precision} is not supported on CPU; use fp32")
-    if spec.kind == "pretrained" and not open_clip.get_pretrained_cfg(spec.arch, spec.tag):
-        known = open_clip.list_pretrained_tags_by_model(spec.arch)
-        raise ModelLoadError(
-            f"{spec.raw}: unknown pretrained tag {spec.tag!r} for {spec.arch} "
-            f"(known: {', '.join(known) or 'none'}); or give a checkpoint path, or 'random'"
-        )
-    if spec.kind == "checkpoint" and not Path(spec.tag).expanduser().is_file():
-        raise ModelLoadError(f"{spec.raw}: checkpoint file {spec.tag} does not exist")
+    _check_known(spec)
     quick_gelu = _quick_gelu_for(spec)
-    name, pretrained = (
-        (spec.arch, None)
-        if spec.kind in ("schema", "random")
-        else (
-            spec.arch,
-            str(Path(spec.tag).expanduser()) if spec.kind == "checkpoint" else spec.tag,
-        )
-    )
+    name, pretrained, tag_cfg = _weights_location(spec, cache_dir, offline)
     try:
         model = open_clip.create_model(
             name,
@@ -293,6 +342,8 @@ def load_model(
             device=dev,
             cache_dir=cache_dir,
             force_quick_gelu=quick_gelu,
+            # a tag's weights arrive as a file path: keep the tag's preprocessing (mean, std, ...)
+            force_preprocess_cfg=tag_cfg,
             pretrained_text=False,
             require_pretrained=spec.kind != "random",
         )
@@ -311,7 +362,55 @@ def load_model(
     model.eval()
     if spec.kind == "random":
         log.warning("%s: serving RANDOM weights; embeddings are meaningless", spec.raw)
-    return _wrap(spec, model, dev, precision, quick_gelu)
+    return _wrap(spec, name, model, dev, precision, quick_gelu)
+
+
+def _weights_location(
+    spec: ModelSpec, cache_dir: str | None, offline: bool
+) -> tuple[str, str | None, dict[str, object] | None]:
+    """(model name, weights file, the tag's config) for open_clip, fetching what is missing.
+
+    Hub and URL files go through `weights` (resumable, verified, refused when offline); an
+    hf-hub: model is then loaded from its cache snapshot as open_clip's local-dir:.
+    """
+    if spec.kind == "checkpoint":
+        return spec.arch, str(_local_checkpoint(spec)), None
+    sources = weight_sources(spec)
+    try:
+        files = [weights.ensure(spec.raw, src, cache_dir, offline=offline) for src in sources]
+    except weights.WeightsMissing as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except DownloadError as exc:
+        raise ModelLoadError(
+            f"{exc}. Offline? Fill CLIPSERVE_CACHE_DIR with `clipserve download` and serve "
+            f"--offline, give a local checkpoint ({spec.arch}:/path/to/ckpt.pt), or use "
+            f"{spec.arch}:random for a smoke test"
+        ) from exc
+    if spec.kind == "pretrained":
+        return spec.arch, str(files[0]), open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+    if spec.kind == "url":
+        return spec.arch, str(files[0]), None
+    if files:  # hf-hub: its config and weights side by side in one snapshot folder
+        if len({f.parent for f in files}) != 1:
+            raise ModelLoadError(
+                f"{spec.raw}: the cached config and weights come from different commits "
+                f"({', '.join(str(f) for f in files)}); run `clipserve download` again"
+            )
+        return f"local-dir:{files[0].parent}", None, None
+    return spec.arch, None, None
+
+
+def _local_checkpoint(spec: ModelSpec) -> Path:
+    """A checkpoint file, or the one weights file in a folder (e.g. a mounted model image)."""
+    path = Path(spec.tag or "").expanduser()
+    if path.is_dir():
+        try:
+            return weights.weights_in_folder(path)
+        except weights.WeightsMissing as exc:
+            raise ModelLoadError(f"{spec.raw}: {exc}") from exc
+    if not path.is_file():
+        raise ModelLoadError(f"{spec.raw}: checkpoint file {spec.tag} does not exist")
+    return path
 
 
 def _first_line(exc: BaseException) -> str:
@@ -319,7 +418,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _wrap(
-    spec: ModelSpec, model: torch.nn.Module, dev: torch.device, precision: str, quick_gelu: bool
+    spec: ModelSpec,
+    name: str,
+    model: torch.nn.Module,
+    dev: torch.device,
+    precision: str,
+    quick_gelu: bool,
 ) -> ClipModel:
     pcfg = open_clip.get_model_preprocess_cfg(model)
     size = pcfg["size"]
@@ -327,7 +431,7 @@ def _wrap(
     dtype = _TORCH_DTYPES[precision]
     mean = torch.tensor(pcfg["mean"], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(pcfg["std"], device=dev).view(1, 3, 1, 1)
-    tokenizer = open_clip.get_tokenizer(spec.arch)
+    tokenizer = open_clip.get_tokenizer(name)  # local-dir: for a cached hf-hub model
     embed_dim = int(getattr(model, "embed_dim", 0) or _probe_embed_dim(model, tokenizer, dev))
     return ClipModel(
         spec=spec,

@@ -29,9 +29,9 @@ class Settings:
     """Everything `clipserve serve` can be told."""
 
     model: tuple[str, ...] = _doc(
-        "Model spec(s) to serve, ARCH:TAG (open_clip pretrained tag, checkpoint path, or "
-        "`random`) or hf-hub:org/repo; repeat the flag or comma-separate. The first is the "
-        "default.",
+        "Model spec(s) to serve, ARCH:TAG (open_clip pretrained tag, checkpoint URL with an "
+        "optional #sha256=, checkpoint file or folder, or `random`) or hf-hub:org/repo; repeat "
+        "the flag or comma-separate. The first is the default.",
         ("ViT-B-32:openai",),
     )
     host: str = _doc("Address to listen on (containers use 0.0.0.0).", "127.0.0.1")
@@ -44,7 +44,14 @@ class Settings:
     )
     dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
     cache_dir: str | None = _doc(
-        "Where downloaded weights are cached (default: the HF hub cache).", None
+        "Where downloaded weights are cached (default: the HF hub cache); `clipserve download` "
+        "fills it ahead of time.",
+        None,
+    )
+    offline: bool = _doc(
+        "Download nothing: weights must already be in the cache; start-up fails naming the "
+        "first missing file.",
+        False,
     )
     model_config_dir: str | None = _doc(
         "Folder (or JSON file) of extra open_clip architecture configs to register.", None
@@ -233,9 +240,12 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field; defaults are left unset so the environment shows through."""
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
+    """One flag per field (or per field in `only`); defaults are left unset so the environment
+    shows through."""
     for f in fields(Settings):
+        if only and f.name not in only:
+            continue
         base = _base_type(_hints()[f.name])
         default = f.default if f.default is not None else "unset"
         if isinstance(default, tuple):

@@ -9,6 +9,8 @@ in-process async clients and separate server processes can fetch from it. Usage:
         origin.add("/slow", b"x" * 10, delay_s=30)          # headers after 30 s
         origin.add("/drip", b"x" * 100, chunk_size=1, chunk_delay_s=0.1)
         origin.add("/huge", endless(), declare_length=None)  # endless chunked body
+        origin.add("/ckpt.pt", data, ranges=True, cut_after=1000)  # Range requests; the first
+                                                                   # answer stops after 1000 bytes
         url = origin.url("/cat.png")
         ...
         origin.hits("/cat.png"), origin.sent_bytes("/huge"), origin.requests[-1].headers
@@ -24,7 +26,7 @@ import itertools
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
@@ -42,6 +44,9 @@ class Route:
     chunk_size: int = 65536
     chunk_delay_s: float = 0.0  # between body chunks
     declare_length: int | bool | None = True  # True: real length; int: that value; None: chunked
+    ranges: bool = False  # answer `Range: bytes=N-` with 206 (a bytes body only)
+    cut_after: int | None = None  # drop the connection after this many body bytes...
+    cuts: int = 1  # ...in this many answers (then whole answers)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Origin:
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self._sent: dict[str, int] = {}
+        self._cuts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = _Server((host, 0), _handler_for(self))
@@ -143,6 +149,14 @@ class Origin:
         with self._lock:
             self._sent[path] = self._sent.get(path, 0) + n
 
+    def _take_cut(self, path: str, route: Route) -> int | None:
+        """The byte count to cut this answer at, if the route still has cuts left."""
+        with self._lock:
+            if route.cut_after is None or self._cuts.get(path, 0) >= route.cuts:
+                return None
+            self._cuts[path] = self._cuts.get(path, 0) + 1
+            return route.cut_after
+
 
 class _Server(ThreadingHTTPServer):
     """A deeper accept backlog: with the default 5, bursts of connections wait for SYN retries."""
@@ -163,22 +177,54 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
             """Keep test output quiet."""
 
         def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_HEAD(self) -> None:
+            self._serve("HEAD")
+
+        def _serve(self, method: str) -> None:
             path = self.path.split("?", 1)[0]
-            origin._record(Seen("GET", path, dict(self.headers.items())))
+            origin._record(Seen(method, path, dict(self.headers.items())))
             route = origin.routes.get(path)
             if route is None:
                 route = Route(status=404, body=b"not found")
             if route.delay_s and origin._stop.wait(route.delay_s):
                 return
+            if route.ranges:
+                route = self._ranged(route)
             # The client may stop reading on purpose (byte cap, timeout tests).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                self._answer(path, route)
+                self._answer(path, route, head=method == "HEAD")
 
-        def _answer(self, path: str, route: Route) -> None:
+        def _ranged(self, route: Route) -> Route:
+            """The part of a bytes body a `Range: bytes=N-` header asks for, as HTTP says."""
+            assert isinstance(route.body, bytes), "ranges need a bytes body"
+            size = len(route.body)
+            headers = {**route.headers, "Accept-Ranges": "bytes"}
+            asked = self.headers.get("Range", "")
+            if_range = self.headers.get("If-Range")
+            if not asked.startswith("bytes=") or not asked.endswith("-"):
+                return replace(route, headers=headers)
+            if if_range is not None and if_range != route.headers.get("ETag"):
+                return replace(route, headers=headers)  # changed since: the whole file again
+            start = int(asked[len("bytes=") : -1])
+            if start >= size:
+                headers["Content-Range"] = f"bytes */{size}"
+                return replace(route, status=416, body=b"", headers=headers)
+            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+            return replace(route, status=206, body=route.body[start:], headers=headers)
+
+        def _answer(self, path: str, route: Route, *, head: bool = False) -> None:
             body = route.body
             self.send_response(route.status)
             for name, value in route.headers.items():
                 self.send_header(name, value)
+            if head:
+                if isinstance(body, bytes) and route.declare_length is True:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                return
+            cut = origin._take_cut(path, route) if route.status in (200, 206) else None
             chunked = route.declare_length is None or route.declare_length is False
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
@@ -193,6 +239,12 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
                     return
                 if origin._stop.is_set():
                     return
+                if cut is not None:
+                    piece = piece[:cut]
+                    cut -= len(piece)
+                    if not piece:
+                        self.close_connection = True  # mid-body: the client sees a cut
+                        return
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 self.wfile.flush()
                 origin._count(path, len(piece))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import subprocess
 import sys
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -62,14 +65,28 @@ def test_image_encoder_normalizes_uint8_like_open_clips_preprocess(tiny):
     torch.testing.assert_close(tiny.encode_image(pixels), reference, atol=1e-4, rtol=1e-4)
 
 
-def test_openai_tags_load_with_quick_gelu(tmp_path, monkeypatch):
+def in_hub_cache(cache: Path, repo: str, name: str, data: bytes) -> None:
+    """Put a file where the hub's cache layout keeps it (blob, snapshot link, refs/main)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)
+    commit = "c" * 40
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / name).symlink_to(f"../../blobs/{blob.name}")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+
+
+def test_openai_tags_load_with_quick_gelu(tmp_path):
     # The hub is unreachable here: stand in for the download with a checkpoint saved from a
-    # QuickGELU ViT-B-32, so the real loading path (strict state-dict load) runs.
+    # QuickGELU ViT-B-32 in the cache, so the real loading path (strict state-dict load) runs.
     src = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
-    ckpt = tmp_path / "openai.pt"
-    torch.save(src.state_dict(), ckpt)
-    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda *a, **k: str(ckpt))
-    model = load_model(parse_spec("ViT-B-32:openai"))
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    in_hub_cache(tmp_path, repo, "open_clip_pytorch_model.bin", buf.getvalue())
+    model = load_model(parse_spec("ViT-B-32:openai"), cache_dir=str(tmp_path), offline=True)
     acts = {type(m).__name__ for m in model.model.modules()}
     assert model.quick_gelu and "QuickGELU" in acts and "GELU" not in acts
     tokens = model.tokenize(["a dog"])

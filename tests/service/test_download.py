@@ -1,0 +1,322 @@
+"""`clipserve download` and weights from URLs, the hub and local folders, `--offline`.
+
+Checkpoints are saved here from the tiny random-init model and served by a real local HTTP
+server (tests/service/origin.py) that counts requests, honours Range, and can cut a connection
+mid-body. The hub cannot be reached: the same server answers the hub's `resolve` URLs with the
+headers the hub sends (commit, etag = sha256 for LFS files, size), through HF_ENDPOINT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from clipserve import models, weights
+from clipserve.download import DownloadError, Limits, Progress
+from clipserve.models import ModelLoadError, load_model, parse_spec
+from huggingface_hub import try_to_load_from_cache
+
+from tests.service.origin import Origin
+from tests.service.server import MODEL_CONFIGS
+
+models.add_model_configs(str(MODEL_CONFIGS))
+ARCH = "Tiny-ViT-T"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+FAST = Limits(backoff_s=0.01)
+CLI = (sys.executable, "-m", "clipserve.cli")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[torch.nn.Module, bytes]:
+    """A random-init tiny model and its checkpoint bytes (a plain state dict)."""
+    src = open_clip.create_model(ARCH, pretrained=None).eval()
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    return src, buf.getvalue()
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    with Origin() as o:
+        yield o
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def serve_checkpoint(origin: Origin, data: bytes, path: str = "/w/tiny.pt", **route: object) -> str:
+    """The checkpoint on `path` with Range support and a strong ETag; returns its URL."""
+    etag = f'"{sha256(data)[:16]}"'
+    return origin.add(path, data, ranges=True, headers={"ETag": etag}, **route)
+
+
+def hub_file(
+    origin: Origin, repo: str, name: str, data: bytes, *, lfs: bool = True, body: bytes = b""
+) -> None:
+    """Answer the hub's resolve URL of `repo/name` as the hub does (HEAD and GET); `body`:
+    bytes sent instead of `data` (whose sha256 and size the headers announce)."""
+    if lfs:  # LFS files: the etag is the content's sha256
+        headers = {"X-Linked-Etag": f'"{sha256(data)}"', "X-Linked-Size": str(len(data))}
+    else:  # files in git: the etag is git's blob sha1
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        headers = {"ETag": f'"{blob}"'}
+    origin.add(
+        f"/{repo}/resolve/main/{name}",
+        body or data,
+        ranges=True,
+        headers={"X-Repo-Commit": COMMIT, **headers},
+    )
+
+
+def gets(origin: Origin, path: str) -> list[dict[str, str]]:
+    return [r.headers for r in origin.requests if r.path == path and r.method == "GET"]
+
+
+def configs(cache: Path) -> tuple[str, ...]:
+    return ("--cache-dir", str(cache), "--model-config-dir", str(MODEL_CONFIGS))
+
+
+def download_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, "download", "--model-config-dir", str(MODEL_CONFIGS), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_same_text_embedding(model: models.ClipModel, src: torch.nn.Module) -> None:
+    tokens = model.tokenize(["a photo of a dog"])
+    torch.testing.assert_close(model.encode_text(tokens), src.encode_text(tokens))
+
+
+@pytest.mark.slow
+def test_download_fetches_a_url_once_and_serve_offline_loads_it(tmp_path, tiny, origin):
+    src, data = tiny
+    url = serve_checkpoint(origin, data)
+    spec = f"{ARCH}:{url}#sha256={sha256(data)}"
+    first = download_cli("--model", spec, "--cache-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "1 file(s) fetched" in first.stdout
+    assert f"progress {len(data)}/{len(data)} bytes (100%)" in first.stderr  # not a terminal
+    again = download_cli("--model", spec, "--cache-dir", str(tmp_path))
+    assert again.returncode == 0 and "1 already cached" in again.stdout
+    assert len(gets(origin, "/w/tiny.pt")) == 1
+    cached = weights.url_path(weights.parse_url(url), str(tmp_path))
+    assert cached.read_bytes() == data and cached.name == "tiny.pt"
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["tiny.pt"]  # no .part left
+    origin.close()  # offline really means no server needed
+    model = load_model(parse_spec(spec), cache_dir=str(tmp_path), offline=True)
+    assert_same_text_embedding(model, src)
+
+
+def test_a_cut_connection_is_resumed_with_a_range_request(tmp_path, tiny, origin):
+    _, data = tiny
+    url = serve_checkpoint(origin, data, cut_after=100_000)
+    src = weights.parse_url(f"{url}#sha256={sha256(data)}")
+    report = weights.download([("tiny", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+    assert report.fetched == ["tiny"]
+    first, second = gets(origin, "/w/tiny.pt")
+    assert "Range" not in first
+    assert second["Range"] == "bytes=100000-" and second["If-Range"] == f'"{sha256(data)[:16]}"'
+    assert origin.sent_bytes("/w/tiny.pt") == len(data)  # nothing sent twice
+    assert weights.cached(src, str(tmp_path)).read_bytes() == data
+
+
+def test_a_later_run_resumes_what_an_earlier_run_left(tmp_path, tiny, origin):
+    _, data = tiny
+    url = serve_checkpoint(origin, data, cut_after=50_000)
+    src = weights.parse_url(url)
+    once = Limits(attempts=1)
+    with pytest.raises(DownloadError, match="gave up after 1 tries"):
+        weights.download([("tiny", src)], str(tmp_path), limits=once, out=io.StringIO())
+    part = weights.url_path(src, str(tmp_path)).with_name("tiny.pt.part")
+    assert part.stat().st_size == 50_000
+    weights.download([("tiny", src)], str(tmp_path), limits=once, out=io.StringIO())
+    assert gets(origin, "/w/tiny.pt")[1]["Range"] == "bytes=50000-"
+    assert weights.cached(src, str(tmp_path)).read_bytes() == data
+    assert not part.exists()
+
+
+def test_a_file_changed_since_the_cut_is_fetched_whole_again(tmp_path, tiny, origin):
+    _, data = tiny
+    url = serve_checkpoint(origin, data, cut_after=50_000)
+    src = weights.parse_url(url)
+    with pytest.raises(DownloadError):
+        weights.download([("t", src)], str(tmp_path), limits=Limits(attempts=1), out=io.StringIO())
+    changed = data[::-1]
+    serve_checkpoint(origin, changed)  # a new ETag: If-Range no longer matches
+    weights.download([("t", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+    assert weights.cached(src, str(tmp_path)).read_bytes() == changed
+
+
+def test_a_sha256_mismatch_is_refused_and_nothing_is_kept(tmp_path, tiny, origin):
+    _, data = tiny
+    url = serve_checkpoint(origin, data)
+    src = weights.parse_url(f"{url}#sha256={'0' * 64}")
+    with pytest.raises(DownloadError) as err:
+        weights.download([("tiny", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+    assert f"sha256 mismatch: expected {'0' * 64}, got {sha256(data)}" in str(err.value)
+    folder = weights.url_path(src, str(tmp_path)).parent
+    assert list(folder.iterdir()) == []
+
+
+def test_a_missing_url_fails_naming_the_status(tmp_path, origin):
+    src = weights.parse_url(origin.url("/nope.pt"))
+    with pytest.raises(DownloadError, match=r"nope.pt answered 404 Not Found"):
+        weights.download([("x", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+
+
+def test_a_file_over_the_size_cap_is_refused_before_writing(tmp_path, tiny, origin):
+    _, data = tiny
+    src = weights.parse_url(serve_checkpoint(origin, data))
+    small = Limits(max_bytes=1000)
+    with pytest.raises(DownloadError, match="over the 1000-byte cap"):
+        weights.download([("x", src)], str(tmp_path), limits=small, out=io.StringIO())
+    assert not weights.url_path(src, str(tmp_path)).with_name("tiny.pt.part").exists()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
+    lines, bar = io.StringIO(), io.StringIO()
+    for out, is_bar in ((lines, False), (bar, True)):
+        progress = Progress(4_000_000, out=out, bar=is_bar, every_s=0)
+        progress.add(1_000_000)
+        progress.add(3_000_000)
+        progress.finish()
+    assert lines.getvalue().splitlines()[0].startswith("progress 1000000/4000000 bytes (25%)")
+    assert "\r[#######" in bar.getvalue() and "100.0% 4.0/4.0 MB" in bar.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("tag", "words"),
+    [
+        ("ftp://host/x.pt", "not an http(s) URL"),
+        ("https://host/x.pt#md5=abc", "#sha256=<64 hex digits>"),
+        ("https://host/x.pt#sha256=12ab", "#sha256=<64 hex digits>"),
+    ],
+)
+def test_malformed_url_sources_are_refused_when_parsed(tag, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        weights.parse_url(tag)
+    if tag.startswith("https"):
+        with pytest.raises(ValueError):
+            parse_spec(f"{ARCH}:{tag}")
+
+
+@pytest.mark.slow
+def test_hub_files_land_in_the_hub_cache_layout_verified(tmp_path, tiny, origin):
+    """An hf-hub: model (config + weights), as the hub serves it, is served --offline after."""
+    src, data = tiny
+    repo = "clipserve-test/tiny"
+    config = open_clip.get_model_config(ARCH)
+    config_bytes = (
+        b'{"model_cfg": ' + str(config).replace("'", '"').encode() + b', "preprocess_cfg": {}}'
+    )
+    hub_file(origin, repo, "open_clip_config.json", config_bytes, lfs=False)
+    hub_file(origin, repo, "open_clip_pytorch_model.bin", data)  # no safetensors twin: 404
+    proc = download_cli(
+        "--model",
+        f"hf-hub:{repo}",
+        "--cache-dir",
+        str(tmp_path),
+        env={"HF_ENDPOINT": origin.base_url},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 file(s) fetched" in proc.stdout
+    blob = tmp_path / "models--clipserve-test--tiny" / "blobs" / sha256(data)
+    assert blob.read_bytes() == data
+    found = try_to_load_from_cache(repo, "open_clip_pytorch_model.bin", cache_dir=tmp_path)
+    assert Path(found).resolve() == blob and COMMIT in found  # huggingface_hub reads it
+    origin.close()
+    model = load_model(parse_spec(f"hf-hub:{repo}"), cache_dir=str(tmp_path), offline=True)
+    assert_same_text_embedding(model, src)
+
+
+def test_a_pretrained_tags_file_is_fetched_where_open_clip_looks(tmp_path, origin):
+    # Not a real ViT-B-32 (600 MB): the download and its place in the cache are what is tested.
+    data = os.urandom(300_000)
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    hub_file(origin, repo, "open_clip_model.safetensors", data)
+    proc = download_cli(
+        "--model",
+        "ViT-B-32:openai",
+        "--cache-dir",
+        str(tmp_path),
+        env={"HF_ENDPOINT": origin.base_url},
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = try_to_load_from_cache(repo, "open_clip_model.safetensors", cache_dir=tmp_path)
+    assert Path(found).read_bytes() == data
+    [hub_src] = models.weight_sources(parse_spec("ViT-B-32:openai"))
+    assert weights.cached(hub_src, str(tmp_path)) == Path(found)
+
+
+def test_a_hub_file_that_does_not_match_its_sha256_is_refused(tmp_path, origin):
+    data = os.urandom(10_000)
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    hub_file(origin, repo, "open_clip_model.safetensors", data, body=data[:-1] + b"x")
+    proc = download_cli(
+        "--model",
+        "ViT-B-32:openai",
+        "--cache-dir",
+        str(tmp_path),
+        env={"HF_ENDPOINT": origin.base_url},
+    )
+    assert proc.returncode == 1
+    assert f"sha256 mismatch: expected {sha256(data)}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_offline_names_the_missing_file(tmp_path):
+    cases = {
+        "ViT-B-32:openai": "timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors",
+        f"{ARCH}:http://127.0.0.1:9/x.pt": "http://127.0.0.1:9/x.pt",
+    }
+    for raw, named in cases.items():
+        with pytest.raises(ModelLoadError) as err:
+            load_model(parse_spec(raw), cache_dir=str(tmp_path), offline=True)
+        message = str(err.value)
+        assert named in message and str(tmp_path) in message and "--offline" in message
+
+
+def test_a_folder_with_one_checkpoint_loads_it_and_an_ambiguous_one_is_refused(tmp_path, tiny):
+    src, data = tiny
+    (tmp_path / "model.pt").write_bytes(data)
+    (tmp_path / "README.md").write_text("model image")
+    assert_same_text_embedding(load_model(parse_spec(f"{ARCH}:{tmp_path}")), src)
+    (tmp_path / "other.safetensors").write_bytes(b"")
+    with pytest.raises(
+        ModelLoadError, match=r"exactly one weights file.*model\.pt, other\.safetensors"
+    ):
+        load_model(parse_spec(f"{ARCH}:{tmp_path}"))
+
+
+def test_download_refuses_unknown_models_before_fetching(tmp_path):
+    proc = download_cli("--model", "ViT-B-32:nope", "--cache-dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert "unknown pretrained tag 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_serve_offline_asks_nothing_of_the_network_and_names_the_missing_file(tmp_path, origin):
+    url = serve_checkpoint(origin, b"never fetched")
+    proc = subprocess.run(
+        [*CLI, "serve", "--offline", "--model", f"{ARCH}:{url}", "--port", "0", *configs(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert f"start-up failed: {ARCH}:{url}: {url} is not in the cache {tmp_path}" in proc.stderr
+    assert "--offline forbids downloading it" in proc.stderr
+    assert origin.requests == []
