@@ -1,18 +1,10 @@
-"""Dynamic batching: per-modality bounded queues served by a model's compute workers.
+"""Dynamic batching mechanics: per-modality bounded queues served by a model's compute workers.
 
-The event loop only appends to a queue and awaits futures; a compute worker (a thread) forms a
-batch (up to `max_batch_size` items, waiting at most `max_wait_s` for the cohort it expects),
-runs the forward pass and resolves each item's future on the loop. Items whose future is
-already done (the client went away) are dropped before they cost a forward pass.
-
-Several workers run several batches at once (inter-op parallelism). On a CPU that beats one
-batch spread over every core: measured on 2 cores, two single-threaded ViT-B-32 text passes at
-batch 16 make 170 items/s against 152 for one two-threaded pass, and lose much less when the
-event loop takes a core (a parallel region waits for its slowest thread). Worker 0 is the
-first choice; worker k takes a batch only while workers 0..k-1 are busy. A batch of one item
-while the others are idle gets every intra-op thread (lowest latency for a lone client);
-otherwise each worker runs single-threaded, so only one OpenMP team ever exists (libgomp slows
-every team down once it manages more threads than there are CPUs: docs/performance.md).
+The event loop only appends to a queue and awaits futures; a compute worker (a thread) asks
+batch_policy.decide when to take a batch and how big, runs the forward pass and resolves each
+item's future on the loop. Items whose future is already done (the client went away) are
+dropped before they cost a forward pass. Several workers run several batches at once; why that,
+and every rule of the policy, is measured in docs/performance.md ("How the batcher decides").
 """
 
 from __future__ import annotations
@@ -29,15 +21,20 @@ from typing import Any
 
 import torch
 
+from clipserve.batch_policy import (
+    QUIET_S,
+    Limits,
+    Queue,
+    State,
+    Stop,
+    Wait,
+    decide,
+    intra_op_threads,
+)
 from clipserve.errors import ClipServeError, Overloaded
 from clipserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# A cohort is "in" once its size is ready and no item arrived for this long: its requests come
-# ~1 ms apart while the event loop answers and re-reads them, and a group larger than the last
-# cohort must be able to grow it (tried without: cohorts only ever shrank).
-_QUIET_S = 0.002
 
 # One forward pass over a list of items' payloads; returns one result (an embedding row) per item.
 EncodeFn = Callable[[list[Any]], Sequence[Any]]
@@ -72,15 +69,15 @@ class ModelBatcher:
         metrics: Metrics,
         workers: int = 1,
         threads: int = 1,
+        quiet_s: float = QUIET_S,
     ) -> None:
         self.name = name
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
+        self.limits = Limits(max_batch_size, max_wait_s, quiet_s)
         self.max_queue = max_queue
         self.threads = threads  # intra-op threads of worker 0 while the others are idle
         self._encoders = encoders
         self._queues: dict[str, deque[_Pending]] = {m: deque() for m in encoders}
-        # Per modality and worker: the size of the worker's last batch (see _cohort_in).
+        # Per modality and worker: the size of the worker's last batch (its cohort).
         self._cohort: dict[str, list[int]] = {m: [0] * workers for m in encoders}
         self._arrived: dict[str, float] = dict.fromkeys(encoders, 0.0)  # last submit
         self._gap: dict[str, float] = dict.fromkeys(encoders, 0.0)  # ... and the one before
@@ -157,7 +154,7 @@ class ModelBatcher:
         try:
             threads = 0
             while (job := self._next_batch(worker)) is not None:
-                want = self._threads_for(worker, len(job[1]))
+                want = intra_op_threads(worker, len(job[1]), self._busy, self.threads)
                 if want != threads:
                     torch.set_num_threads(want)  # this thread's OpenMP/MKL setting
                     threads = want
@@ -176,101 +173,52 @@ class ModelBatcher:
             self._crashed = True
             self._fail_all(ItemFailed(f"a compute worker of model {self.name} died"))
 
-    def _threads_for(self, worker: int, size: int) -> int:
-        """Intra-op threads for a batch: every thread for a lone item, else one (see top)."""
-        if self.workers == 1:
-            return self.threads
-        # Only for a single item: under load, switching one worker to a team of threads that
-        # then competes with the others' single threads cost 15% of throughput (measured).
-        alone = worker == 0 and size == 1 and not any(self._busy[1:])
-        return self.threads if alone else 1
-
     def _next_batch(self, worker: int) -> tuple[str, list[_Pending]] | None:
+        """Wait until the policy gives this worker a batch (None: stopped)."""
         with self._cond:
             while True:
-                if not all(self._busy[:worker]):  # an earlier worker is free: its turn
-                    if self._stopping and not any(self._queues.values()):
-                        return None
-                    self._cond.wait()
+                decision = decide(self._state(worker), self.limits)
+                if isinstance(decision, Stop):
+                    return None
+                if isinstance(decision, Wait):
+                    self._cond.wait(decision.seconds)
                     continue
-                for modality, queue in self._queues.items():
-                    while queue and queue[0].future.done():  # cancelled: client gone
-                        queue.popleft()
-                    self._metrics.queue_depth.labels(self.name, modality).set(len(queue))
-                heads = [(q[0].enqueued, m) for m, q in self._queues.items() if q]
-                if not heads:
-                    if self._stopping:
-                        return None
-                    self._cond.wait()
-                    continue
-                oldest, modality = min(heads)
-                queue = self._queues[modality]
-                now = time.monotonic()
-                waited, quiet = now - oldest, now - self._arrived[modality]
-                cohort_in = self._cohort_in(modality, worker, len(queue))
-                if (
-                    len(queue) >= self.max_batch_size
-                    or waited >= self.max_wait_s
-                    or (cohort_in and (quiet >= _QUIET_S or self._lone(modality, worker)))
-                    or self._stopping
-                ):
-                    ready = len(queue)
-                    batch = [queue.popleft() for _ in range(self._take(modality, worker, ready))]
-                    batch = [p for p in batch if not p.future.done()]
-                    self._metrics.queue_depth.labels(self.name, modality).set(len(queue))
-                    if batch:
-                        self._cohort[modality][worker] = len(batch)
-                        self._busy[worker] = True
-                        self._cond.notify_all()  # the next worker's turn, if work is left
-                        return modality, batch
-                    continue
-                timeout = self.max_wait_s - waited
-                self._cond.wait(min(timeout, _QUIET_S - quiet) if cohort_in else timeout)
+                modality, queue = decision.modality, self._queues[decision.modality]
+                batch = [queue.popleft() for _ in range(decision.count)]
+                batch = [p for p in batch if not p.future.done()]
+                self._metrics.queue_depth.labels(self.name, modality).set(len(queue))
+                if batch:
+                    self._cohort[modality][worker] = len(batch)
+                    self._busy[worker] = True
+                    self._cond.notify_all()  # the next worker's turn, if work is left
+                    return modality, batch
 
-    def _cohort_in(self, modality: str, worker: int, ready: int) -> bool:
-        """Whether the items worth waiting for are here: as many as this worker's last batch.
-
-        Clients that send their next request once answered come back to the worker that
-        answered them as a cohort of its last batch's size: a lone client (1) is served at
-        once, a group is served whole. Waiting any shorter splits a group into cohorts that
-        never merge again (at concurrency 32, batches of 13 instead of 16 and a p95 twice
-        the p50); waiting for a full batch every time makes small groups wait max_wait_s.
-        Before a worker's first batch the target is a full batch.
-        """
-        cohort = self._cohort[modality][worker] or self.max_batch_size
-        return ready >= min(cohort, self.max_batch_size)
-
-    def _lone(self, modality: str, worker: int) -> bool:
-        """Whether the one queued item is a lone client's: its cohort is one, nothing else is
-        queued or computing, and it came after a quiet spell, so no group is forming that the
-        quiet gap could let grow; waiting would only add latency (2 ms of a concurrency-1
-        request's p50, measured). Requests trickling in closer together than the gap (a group
-        arriving one by one) still wait for it, and are batched.
-        """
-        return (
-            self._cohort[modality][worker] == 1
-            and not any(self._busy)
-            and sum(len(q) for q in self._queues.values()) == 1
-            and self._gap[modality] >= _QUIET_S
+    def _state(self, worker: int) -> State:
+        """The policy's view, after dropping cancelled items at the queues' heads (lock held)."""
+        queues = {}
+        for modality, queue in self._queues.items():
+            dropped = False
+            while queue and queue[0].future.done():  # cancelled: client gone
+                queue.popleft()
+                dropped = True
+            if dropped:
+                self._metrics.queue_depth.labels(self.name, modality).set(len(queue))
+            # positional: this runs on every wake-up of every worker
+            queues[modality] = Queue(
+                len(queue),
+                queue[0].enqueued if queue else 0.0,
+                self._arrived[modality],
+                self._gap[modality],
+            )
+        return State(
+            time.monotonic(),
+            worker,
+            queues,
+            self._busy,  # the live lists: decide() reads them under this lock only
+            self._freed,
+            self._cohort,
+            self._stopping,
         )
-
-    def _take(self, modality: str, worker: int, ready: int) -> int:
-        """How many ready items this worker takes: its cohort, or an even share with the idle
-        workers if that is more, or the even share alone once an idle worker is starving.
-
-        Eight items and two idle workers make two single-threaded batches of four, which run
-        at once (not one batch of eight on one core while the other core idles). A worker
-        idle for longer than max_wait_s has no cohort coming back; without the last rule a
-        cohort larger than its fair share (8 clients after a 16-item request) would stay
-        whole on one worker for good (measured: 76 instead of 130 text items/s at
-        concurrency 8).
-        """
-        now = time.monotonic()
-        idle = [i for i, busy in enumerate(self._busy) if not busy and i != worker]
-        even = -(-ready // (len(idle) + 1))
-        if any(now - self._freed[i] >= self.max_wait_s for i in idle):
-            return min(ready, self.max_batch_size, even)
-        return min(ready, self.max_batch_size, max(self._cohort[modality][worker], even))
 
     def _compute(self, modality: str, batch: list[_Pending]) -> list[_Outcome]:
         """Run one forward pass; each item's embedding, or the error that is its alone."""

@@ -262,8 +262,8 @@ class Embedder:
                     **model.info(),
                     default=name == self.default_model,
                     batching=BatchingInfo(
-                        max_batch_size=b.max_batch_size,
-                        max_wait_ms=b.max_wait_s * 1000,
+                        max_batch_size=b.limits.max_batch_size,
+                        max_wait_ms=b.limits.max_wait_s * 1000,
                         max_queue=b.max_queue,
                         compute_workers=b.workers,
                         compute_threads=b.threads,

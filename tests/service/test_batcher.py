@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-from clipserve import batching
 from clipserve.batching import ItemFailed, ModelBatcher
 from clipserve.errors import Overloaded
 from clipserve.metrics import Metrics
@@ -205,19 +204,18 @@ def test_a_worker_waits_for_the_cohort_of_its_last_batch_and_no_longer():
     assert [len(batch) for _, _, batch in seen] == [1, 1, 3, 3]
 
 
-def _batcher_with_quiet_gap(monkeypatch, gap_s: float, log: list) -> ModelBatcher:
+def _batcher_with_quiet_gap(gap_s: float, log: list) -> ModelBatcher:
     """One recording worker (max batch 8, max wait 1 s) with the quiet gap widened to gap_s,
     so waiting it out and not waiting are far apart in time."""
-    monkeypatch.setattr(batching, "_QUIET_S", gap_s)
-    return _batcher(_recording(log), max_batch_size=8, max_wait_s=1)
+    return _batcher(_recording(log), max_batch_size=8, max_wait_s=1, quiet_s=gap_s)
 
 
-def test_only_a_lone_client_skips_the_quiet_gap(monkeypatch):
+def test_only_a_lone_client_skips_the_quiet_gap():
     """A lone client's item goes at once; two items of cohort size still wait out the gap."""
     seen: list = []
 
     async def main():
-        b = _batcher_with_quiet_gap(monkeypatch, 0.4, seen)
+        b = _batcher_with_quiet_gap(0.4, seen)
         try:
             await asyncio.gather(b.submit("text", [1.0]), b.submit("text", [2.0]))
             await b.submit("text", [3.0])  # under the cohort of 2: waits max_wait_s
@@ -236,12 +234,12 @@ def test_only_a_lone_client_skips_the_quiet_gap(monkeypatch):
     assert [len(batch) for _, _, batch in seen] == [2, 1, 1, 2]
 
 
-def test_items_trickling_in_closer_than_the_quiet_gap_are_batched(monkeypatch):
+def test_items_trickling_in_closer_than_the_quiet_gap_are_batched():
     """After a lone item, one arriving soon after the last is no longer alone: it waits."""
     seen: list = []
 
     async def main():
-        b = _batcher_with_quiet_gap(monkeypatch, 0.3, seen)
+        b = _batcher_with_quiet_gap(0.3, seen)
         try:
             await b.submit("text", [1.0])  # the first batch waits max_wait_s: cohort 1
             await asyncio.sleep(0.4)
