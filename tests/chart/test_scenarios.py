@@ -27,6 +27,7 @@ EXPECTED_KINDS = {
     "servicemonitor": {"Deployment", "Service", "ServiceMonitor", "ConfigMap"},
     "pvc-cache": {"Deployment", "Service", "PersistentVolumeClaim", "PodDisruptionBudget"},
     "existing-claim": {"Deployment", "Service"},
+    "model-image": {"Deployment", "Service"},
     "network-ingress": {"Deployment", "Service", "NetworkPolicy", "Ingress", "ServiceAccount"},
     "slot-blue": {"Deployment", "Service", "PodDisruptionBudget"},
     "slot-green": {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"},

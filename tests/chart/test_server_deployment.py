@@ -251,6 +251,48 @@ def test_should_back_the_cache_with_the_chosen_volume_if_model_cache_type_is_set
         assert claims == []
 
 
+@pytest.mark.parametrize(
+    ("values", "volume"),
+    [
+        (
+            {"modelCache": {"type": "existingClaim", "existingClaim": "w", "readOnly": True}},
+            {"name": "cache", "persistentVolumeClaim": {"claimName": "w", "readOnly": True}},
+        ),
+        (
+            {"modelCache": {"type": "image", "image": {"reference": "reg/clip-weights:1"}}},
+            {
+                "name": "cache",
+                "image": {"reference": "reg/clip-weights:1", "pullPolicy": "IfNotPresent"},
+            },
+        ),
+    ],
+    ids=["read-only-claim", "model-image"],
+)
+def test_should_mount_the_cache_read_only_and_serve_offline_if_it_was_filled_beforehand(
+    helm: Helm, values: dict, volume: dict
+) -> None:
+    objs = helm.template(values)
+    assert pod_spec(objs)["volumes"][0] == volume
+    assert {"name": "cache", "mountPath": "/cache", "readOnly": True} in container(objs)[
+        "volumeMounts"
+    ]
+    e = env(objs)
+    assert e["CLIPSERVE_OFFLINE"] == "true" and e["CLIPSERVE_CACHE_DIR"] == "/cache"
+    # the libraries' own caches move to the writable /tmp
+    assert (e["HF_HOME"], e["TORCH_HOME"], e["XDG_CACHE_HOME"]) == (
+        "/tmp/hf",
+        "/tmp/torch",
+        "/tmp/xdg",
+    )
+
+
+def test_should_serve_offline_from_a_writable_cache_if_offline_is_set(helm: Helm) -> None:
+    objs = helm.template({"offline": True, "modelCache": {"type": "pvc"}})
+    assert env(objs)["CLIPSERVE_OFFLINE"] == "true"
+    assert env(objs)["HF_HOME"] == "/cache/hf"
+    assert "CLIPSERVE_OFFLINE" not in env(helm.template({}))
+
+
 def test_should_read_secrets_from_secret_refs_if_tokens_are_configured(helm: Helm) -> None:
     objs = helm.template(
         {

@@ -34,6 +34,13 @@ pytestmark = pytest.mark.helm
         ({"modelCache": {"type": "hostPath"}}, "modelCache.type"),
         ({"modelCache": {"type": "existingClaim"}}, "modelCache.existingClaim"),
         ({"modelCache": {"size": "ten gigs"}}, "modelCache.size"),
+        ({"modelCache": {"type": "image"}}, "modelCache.image.reference"),
+        (
+            {"modelCache": {"type": "image", "image": {"reference": ""}}},
+            "modelCache.image.reference",
+        ),
+        ({"modelCache": {"readOnly": True}}, "modelCache.readOnly"),  # an emptyDir starts empty
+        ({"offline": "yes"}, "offline"),
         ({"autoscaling": {"minReplicas": 0}}, "autoscaling.minReplicas"),
         ({"keda": {"prometheus": {"threshold": 0}}}, "keda.prometheus.threshold"),
         ({"drain": {"graceSeconds": -5}}, "drain.graceSeconds"),

@@ -121,6 +121,14 @@ ServiceAccount the pods run as.
 {{- end -}}
 
 {{/*
+"true" when the cache is mounted read-only (a model image, or a claim filled beforehand): pods
+then serve with --offline and keep the libraries' own caches in /tmp.
+*/}}
+{{- define "clipserve.cacheReadOnly" -}}
+{{- or (eq .Values.modelCache.type "image") .Values.modelCache.readOnly -}}
+{{- end -}}
+
+{{/*
 Claim backing the weights cache (modelCache.type pvc or existingClaim).
 */}}
 {{- define "clipserve.cacheClaimName" -}}
