@@ -58,9 +58,10 @@ test: dev tools images ## install everything, build the images, lint, and run ev
 	$(PY) -m pytest
 
 .PHONY: lint
-lint: dev ## ruff check and ruff format --check
+lint: dev ## ruff check, ruff format --check and mypy (service and operator)
 	$(VENV)/bin/ruff check service operator tests scripts
 	$(VENV)/bin/ruff format --check service operator tests scripts
+	$(VENV)/bin/mypy
 
 .PHONY: cluster
 cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node running the images (prints KUBECONFIG)

@@ -20,7 +20,7 @@ from .workqueue import WorkQueue
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """kopf settings, the API client, metrics and the work queue (shared through memo)."""
     # No change handlers write progress, but keep any kopf bookkeeping under our own prefix.
@@ -78,36 +78,47 @@ async def reconciles(memo: kopf.Memo, **_: Any) -> int:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def clipservice_changed(
-    type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any
+    type: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
     """Any change of a ClipService (and the initial listing after a restart) reconciles it."""
     if type != "DELETED":
-        memo.queue.trigger(namespace, name)
+        _trigger(memo, namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
 async def deployment_changed(
-    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     """Rollout progress and drift (an edited Deployment) reconcile the owning ClipService."""
-    memo.queue.trigger(namespace, labels[OWNER_LABEL])
+    _trigger(memo, namespace, labels[OWNER_LABEL])
 
 
 @kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
-async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     """Pod readiness and scheduling failures update the owning ClipService's status."""
-    memo.queue.trigger(namespace, labels[OWNER_LABEL])
+    _trigger(memo, namespace, labels[OWNER_LABEL])
 
 
 @kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT})
-async def service_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def service_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     """An edited Service (say, its selector moved by hand) is put back at once."""
-    memo.queue.trigger(namespace, labels[OWNER_LABEL])
+    _trigger(memo, namespace, labels[OWNER_LABEL])
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels={OWNER_LABEL: kopf.PRESENT})
 async def autoscaler_changed(
-    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     """The HPA's view (replicas wanted, metrics, why it cannot scale) goes into the status."""
-    memo.queue.trigger(namespace, labels[OWNER_LABEL])
+    _trigger(memo, namespace, labels[OWNER_LABEL])
+
+
+def _trigger(memo: kopf.Memo, namespace: str | None, name: str) -> None:
+    """Queue a reconcile of a ClipService (kopf types `namespace` as optional for cluster-scoped
+    objects; every object watched here is namespaced)."""
+    if namespace is not None:
+        memo.queue.trigger(namespace, name)

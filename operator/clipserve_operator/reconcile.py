@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -223,7 +223,9 @@ async def _report(
     if state.blue_green and before.get("pendingModel") != state.pending_model:
         ctx.metrics.swaps.labels("started").inc()
     for type_, reason, message in transitions(before, status):
-        kopf.event(owner, type=type_, reason=reason, message=message)
+        # the ClipService as read from the API: the raw body kopf's Body wraps
+        body = kopf.Body(cast(kopf.RawBody, owner))
+        kopf.event(body, type=type_, reason=reason, message=message)
     return failure
 
 

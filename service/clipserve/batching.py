@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ class ModelBatcher:
     def __init__(
         self,
         name: str,
-        encoders: dict[str, EncodeFn],
+        encoders: Mapping[str, EncodeFn],
         *,
         max_batch_size: int,
         max_wait_s: float,

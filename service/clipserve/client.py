@@ -138,8 +138,8 @@ def _images(images: ImageSource | Sequence[ImageSource] | None) -> list[ImageSou
     if images is None:
         return []
     if isinstance(images, str | bytes | os.PathLike) or hasattr(images, "save"):
-        return [images]  # type: ignore[list-item]
-    return list(images)  # type: ignore[arg-type]
+        return [images]
+    return list(images)
 
 
 class _Core:

@@ -9,7 +9,16 @@ import time
 from collections.abc import Callable, Iterable
 
 import msgspec
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from clipserve.metrics import Metrics
 from clipserve.openai_compat import OPENAI_PREFIX, error_body
@@ -102,18 +111,22 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
                 await app(scope, receive, send)
                 return
             answer = openai_body if scope["path"].startswith(OPENAI_PREFIX) else body
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"www-authenticate", b'Bearer realm="clipserve"'),
-                        (b"content-length", str(len(answer)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": answer})
+            start: HTTPResponseStartEvent = {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="clipserve"'),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
+            }
+            await send(start)
+            end: HTTPResponseBodyEvent = {
+                "type": "http.response.body",
+                "body": answer,
+                "more_body": False,
+            }
+            await send(end)
 
         return wrapped
 
@@ -134,7 +147,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
         body_read = asyncio.Event()
         responded = False
 
-        async def receive_wrapper() -> Message:
+        async def receive_wrapper() -> ReceiveMessage:
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body"):
                 body_read.set()

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -164,8 +165,10 @@ class ClipModel:
     """
 
     spec: ModelSpec
-    model: torch.nn.Module
-    tokenizer: object
+    # open_clip's CLIP / CustomTextCLIP (towers and attributes differ by class) and tokenizers
+    # (HF, SigLIP, CLIP BPE) share no typed interface: Any, not a cast at every use.
+    model: Any
+    tokenizer: Any
     device: torch.device
     precision: str
     image_size: int
@@ -286,7 +289,7 @@ class ClipModel:
                 setattr(self.model, tower, torch.compile(module, mode=mode, dynamic=True))
         self.compiled = mode
 
-    def info(self) -> dict[str, object]:
+    def info(self) -> dict[str, Any]:
         """What /models reports about this model."""
         return {
             "spec": self.spec.raw,
@@ -420,7 +423,7 @@ def _first_line(exc: BaseException) -> str:
 def _wrap(
     spec: ModelSpec,
     name: str,
-    model: torch.nn.Module,
+    model: Any,
     dev: torch.device,
     precision: str,
     quick_gelu: bool,
@@ -450,7 +453,7 @@ def _wrap(
 
 
 @torch.inference_mode()
-def _probe_embed_dim(model: torch.nn.Module, tokenizer: object, dev: torch.device) -> int:
+def _probe_embed_dim(model: Any, tokenizer: Any, dev: torch.device) -> int:
     return int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])
 
 

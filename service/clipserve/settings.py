@@ -11,6 +11,7 @@ import functools
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
@@ -229,13 +230,13 @@ def _parse(name: str, raw: str) -> Any:
         raise SystemExit(f"clipserve: {name}: {raw!r} is not a valid {base.__name__}") from exc
 
 
-def from_env(environ: dict[str, str] | None = None) -> Settings:
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from CLIPSERVE_* variables over the defaults."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     values = {
-        f.name: _parse(f.name, environ[env_name(f.name)])
+        f.name: _parse(f.name, env[env_name(f.name)])
         for f in fields(Settings)
-        if env_name(f.name) in environ
+        if env_name(f.name) in env
     }
     return Settings(**values)
 

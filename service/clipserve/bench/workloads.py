@@ -74,7 +74,9 @@ def request_bodies(workload: str, items: int, count: int = 64) -> list[bytes]:
     modality, fmt, size = WORKLOADS[workload]
     texts = captions(count * items)
     blobs = (
-        [base64.b64encode(photo_bytes(fmt, size, seed=i)).decode() for i in range(8)] if fmt else []
+        [base64.b64encode(photo_bytes(fmt, size, seed=i)).decode() for i in range(8)]
+        if fmt and size
+        else []
     )
     bodies = []
     for r in range(count):
