@@ -30,7 +30,7 @@ LABELS = {"app.kubernetes.io/name": "prometheus-adapter"}
 
 def chart_names() -> dict[str, str]:
     """The names file the chart reads with .Files.Get."""
-    return {"queueDepth": metrics.QUEUE_DEPTH}
+    return {"queueDepth": metrics.QUEUE_DEPTH, "gateRequests": metrics.GATE_REQUESTS}
 
 
 def adapter_rules() -> dict[str, Any]:

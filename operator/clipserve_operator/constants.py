@@ -28,6 +28,9 @@ OWNER_LABEL = f"{GROUP}/clipservice"
 SLOT_LABEL = f"{GROUP}/slot"
 # The model a slot's Deployment and pod template run (rendered by charts/clipserve).
 MODEL_ANNOTATION = f"{GROUP}/model"
+# On the Service clients should call when the chart renders two (the gate's, with scale to
+# zero); status.endpoint names it.
+ENDPOINT_ANNOTATION = f"{GROUP}/endpoint"
 
 # The chart's init container that reports the device a pod computes on, in its termination
 # message (charts/clipserve server-deployment.yaml; docs/architecture.md says why).

@@ -15,13 +15,22 @@ import kopf
 
 from .apply import apply_objects, patch_status, prune
 from .autoscaler import scaling
-from .constants import API_VERSION, KIND, MODEL_ANNOTATION, OWNER_LABEL, PLURAL, SLOT_LABEL, Obj
+from .constants import (
+    API_VERSION,
+    KIND,
+    MODEL_ANNOTATION,
+    OWNER_LABEL,
+    PLURAL,
+    SLOT_LABEL,
+    Obj,
+)
 from .errors import ApiError, ReconcileError, TransientError, as_reconcile_error
 from .kube import KubeClient
 from .metrics import Metrics
 from .render import (
     autoscaling_enabled,
     desired_objects,
+    endpoint,
     helm_template,
     object_key,
     render_state,
@@ -69,16 +78,6 @@ def _render(
             ctx.settings.helm, ctx.settings.chart, name, namespace, values, api_versions=apis
         )
     return ctx.render_cache[key]
-
-
-def _endpoint(objects: list[Obj], namespace: str, domain: str) -> str:
-    """In-cluster URL of the rendered Service (its `http` port)."""
-    for obj in objects:
-        if obj["kind"] == "Service":
-            ports = obj.get("spec", {}).get("ports") or [{}]
-            port = next((p for p in ports if p.get("name") == "http"), ports[0]).get("port", 3000)
-            return f"http://{obj['metadata']['name']}.{namespace}.svc.{domain}:{port}"
-    return ""
 
 
 def _selector(objects: list[Obj], deployment: str) -> str:
@@ -209,7 +208,7 @@ async def _report(
             generation=meta["generation"],
             state=state,
             observed=observed,
-            endpoint=_endpoint(objects, namespace, ctx.settings.cluster_domain)
+            endpoint=endpoint(objects, namespace, ctx.settings.cluster_domain)
             or before.get("endpoint", ""),
             selector=_selector(objects, active) or before.get("selector", ""),
             slot_label=SLOT_LABEL,

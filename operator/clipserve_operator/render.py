@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .constants import API_VERSION, KIND, MANAGED_BY, OWNER_LABEL, Obj
+from .constants import API_VERSION, ENDPOINT_ANNOTATION, KIND, MANAGED_BY, OWNER_LABEL, Obj
 from .errors import HelmNotFound, RenderFailed
 from .swap import SwapState
 
@@ -146,6 +146,20 @@ def render_state(render: Any, name: str, spec: Mapping[str, Any], state: SwapSta
     # Service keeps selecting the serving slot; slot objects differ by name.
     shared = {object_key(o) for o in active}
     return active + [o for o in pending if object_key(o) not in shared]
+
+
+def endpoint(objects: list[Obj], namespace: str, domain: str) -> str:
+    """In-cluster URL (its `http` port) of the Service marked as the endpoint (the gate's, in
+    front of servers that scale to zero), else of the only one."""
+    services = [o for o in objects if o["kind"] == "Service"]
+    marked = [
+        s for s in services if (s["metadata"].get("annotations") or {}).get(ENDPOINT_ANNOTATION)
+    ]
+    for obj in marked or services:
+        ports = obj.get("spec", {}).get("ports") or [{}]
+        port = next((p for p in ports if p.get("name") == "http"), ports[0]).get("port", 3000)
+        return f"http://{obj['metadata']['name']}.{namespace}.svc.{domain}:{port}"
+    return ""
 
 
 def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:

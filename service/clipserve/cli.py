@@ -1,4 +1,4 @@
-"""`clipserve serve | download | models | encode | device | bench`."""
+"""`clipserve serve | download | models | encode | device | bench | gate`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 
-from clipserve import __version__
+from clipserve import __version__, gate
 from clipserve.bench import cli as bench
 from clipserve.lifecycle import Lifecycle
 from clipserve.settings import Settings, add_arguments, from_args
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--report-to", type=Path, metavar="PATH", help="also write it to this file")
     add_arguments(dev)
     bench.add_parser(sub)
+    gate.add_parser(sub)
     return parser
 
 
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return list_models()
     if args.command == "bench":
         return bench.main(args)
+    if args.command == "gate":
+        return gate.main(args)
     settings = from_args(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -22,6 +22,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 # (charts/clipserve/metrics.json) and the prometheus-adapter rules (manifests/metrics/) are
 # generated from it by scripts/generate-metrics.py; a test finds it on a real server.
 QUEUE_DEPTH = "clipserve_queue_depth"
+# Requests `clipserve gate` saw, by outcome: KEDA wakes a service scaled to zero on their rate.
+GATE_REQUESTS = "clipserve_gate_requests_total"
+GATE_OUTCOMES = ("proxied", "unavailable", "error")
 
 
 class Metrics:
@@ -130,3 +133,20 @@ class Metrics:
         for device, allocated in gpu_memory.items():
             self.gpu_memory.labels(device).set(allocated)
         return generate_latest(self.registry)
+
+
+class GateMetrics:
+    """`clipserve gate`'s own collectors (it serves no model)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            GATE_REQUESTS,
+            "Requests in front of the servers: proxied, unavailable (no server ready: 503), error",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in GATE_OUTCOMES:
+            # From 0, so that the first request after a quiet spell is an increase rate() sees.
+            self.requests.labels(outcome)

@@ -42,7 +42,11 @@ def test_should_render_a_scaled_object_on_queue_depth_if_keda_is_enabled(helm: H
     so = only(objs, "ScaledObject")["spec"]
     assert so["scaleTargetRef"]["name"] == "clip-clipserve"
     assert (so["minReplicaCount"], so["maxReplicaCount"]) == (0, 6)
-    (trigger,) = so["triggers"]
+    trigger, wake = so["triggers"]  # minReplicas 0: the gate's wake-up trigger comes second
+    assert wake["metadata"]["query"] == (
+        f'sum(rate(clipserve_gate_requests_total{{namespace="{NAMESPACE}",'
+        'job="clip-clipserve-gate"}[1m]))'
+    )
     assert trigger["type"] == "prometheus"
     assert trigger["metricType"] == "AverageValue"
     assert (
@@ -111,3 +115,36 @@ def test_should_keep_min_available_if_max_unavailable_is_unset(helm: Helm) -> No
     )["spec"]
     assert pdb["minAvailable"] == "50%"
     assert "maxUnavailable" not in pdb
+
+
+def test_should_put_a_gate_in_front_if_keda_may_scale_to_zero(helm: Helm) -> None:
+    objs = helm.template({"keda": {"enabled": True, "minReplicas": 0, "gate": {"replicas": 2}}})
+    deployments = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Deployment"}
+    services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
+    assert set(deployments) == {"clip-clipserve", "clip-clipserve-gate"}
+    assert set(services) == {"clip-clipserve", "clip-clipserve-gate"}
+    gate, server = deployments["clip-clipserve-gate"], deployments["clip-clipserve"]
+    gate_pods = gate["spec"]["template"]["metadata"]["labels"]
+    server_pods = server["spec"]["template"]["metadata"]["labels"]
+    # Each Service selects its own pods only: a gate never receives the gate's own traffic.
+    assert services["clip-clipserve-gate"]["spec"]["selector"].items() <= gate_pods.items()
+    assert not services["clip-clipserve"]["spec"]["selector"].items() <= gate_pods.items()
+    assert not services["clip-clipserve-gate"]["spec"]["selector"].items() <= server_pods.items()
+    # It passes requests to the servers' Service; clients call the gate's.
+    spec = gate["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["clipserve", "gate"]
+    assert "--backend=http://clip-clipserve:3000" in container["command"]
+    assert "--retry-after-s=15" in container["command"]
+    assert container["image"] == server["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert spec["replicas"] == 2 and "replicas" not in server["spec"]
+    marked = [n for n, s in services.items() if s["metadata"].get("annotations")]
+    assert marked == ["clip-clipserve-gate"]
+    wake = only(objs, "ScaledObject")["spec"]["triggers"][1]["metadata"]
+    assert (wake["activationThreshold"], wake["threshold"]) == ("0", "1000000")
+
+
+def test_should_render_no_gate_if_keda_keeps_a_pod(helm: Helm) -> None:
+    objs = helm.template({"keda": {"enabled": True, "minReplicas": 1}})
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Deployment"] == ["clip-clipserve"]
+    assert len(only(objs, "ScaledObject")["spec"]["triggers"]) == 1

@@ -14,6 +14,7 @@ from clipserve_operator.render import (
     chart_values,
     deep_merge,
     desired_objects,
+    endpoint,
     helm_template,
     render_state,
 )
@@ -135,3 +136,15 @@ def test_every_example_renders_through_the_chart_schema(helm_bin: str, example: 
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "Service"} <= kinds
     assert ("HorizontalPodAutoscaler" in kinds) == autoscaling_enabled(doc["spec"])
+
+
+@pytest.mark.helm
+def test_the_endpoint_is_the_gate_when_keda_may_scale_to_zero(helm_bin: str) -> None:
+    render = partial(helm_template, helm_bin, CHART, "search", "ml")
+    gated = _spec(values={"keda": {"enabled": True, "minReplicas": 0}})
+    objects = render_state(render, "search", gated, SwapState("blue", B))
+    assert (
+        endpoint(objects, "ml", "cluster.local") == "http://search-gate.ml.svc.cluster.local:3000"
+    )
+    plain = render_state(render, "search", _spec(), SwapState("blue", B))
+    assert endpoint(plain, "ml", "cluster.local") == "http://search.ml.svc.cluster.local:3000"

@@ -206,3 +206,29 @@ whose job label is the Service name and which copies the pods' slot label as cli
 {{- printf "sum(%s{%s})" (include "clipserve.metricName" (dict "root" . "key" "queueDepth")) $sel -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when KEDA may scale the servers to zero: then `clipserve gate` stays up in front of them.
+*/}}
+{{- define "clipserve.gated" -}}
+{{- if and .Values.keda.enabled (eq (int .Values.keda.minReplicas) 0) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The gate's selector labels: its own name, so that no server selector matches a gate pod.
+*/}}
+{{- define "clipserve.gateSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "clipserve.name" . }}-gate
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+KEDA's wake-up query: requests per second the gate saw (proxied or answered 503) over the
+last minute, from the ServiceMonitor's scrape of the gate Service (job <fullname>-gate).
+*/}}
+{{- define "clipserve.kedaGateQuery" -}}
+{{- $sel := printf "namespace=%q,job=%q" .Release.Namespace (printf "%s-gate" (include "clipserve.fullname" .)) -}}
+{{- printf "sum(rate(%s{%s}[1m]))" (include "clipserve.metricName" (dict "root" . "key" "gateRequests")) $sel -}}
+{{- end -}}
