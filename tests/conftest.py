@@ -4,8 +4,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.chart.rendering import Helm, install_tool
 from tests.cluster import realnode
 from tests.cluster.harness import Cluster, running_cluster
+
+
+@pytest.fixture(scope="session")
+def helm() -> Helm:
+    """The pinned helm from scripts/install-helm.sh (cached after the first run)."""
+    return Helm(install_tool("install-helm.sh"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Fixtures for the chart tests: the pinned helm binary and the CRD validators."""
+"""Fixtures for the chart tests: the CRD validators and a namespace (helm: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ from uuid import uuid4
 
 import pytest
 
-from tests.chart.rendering import Helm, install_tool
+from tests.chart.rendering import install_tool
 from tests.cluster.harness import Cluster
-
-
-@pytest.fixture(scope="session")
-def helm() -> Helm:
-    """helm from scripts/install-helm.sh (cached after the first run)."""
-    return Helm(install_tool("install-helm.sh"))
 
 
 @pytest.fixture(scope="session")

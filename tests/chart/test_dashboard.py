@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from clipserve.metrics import Metrics
 from PIL import Image
 
 from tests.chart.rendering import CHART, ROOT, install_tool
+from tests.polling import eventually
 from tests.service.origin import Origin
 from tests.service.server import TINY, Server, free_port, start_server
 
@@ -108,16 +108,8 @@ class Prometheus:
 
 
 def wait_for(condition: Any, what: str, timeout: float = 90) -> None:
-    """Poll until `condition()` is truthy (a readiness wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Poll until `condition()` is truthy, Prometheus refusing connections counting as not yet."""
+    eventually(condition, what, timeout, not_yet=(httpx.TransportError,))
 
 
 def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:

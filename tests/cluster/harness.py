@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from clipserve.bench.server import free_ports
+
 from tests.cluster import components, pki
-from tests.cluster.processes import Proc, free_ports, is_running, log_tail, spawn, stop
+from tests.cluster.processes import Proc, is_running, log_tail, spawn, stop
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,15 +23,6 @@ class Proc:
     pid: int
     binary: str
     log: str
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct TCP ports on 127.0.0.1 that are free right now (the kernel picks them)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _die_with_parent() -> None:

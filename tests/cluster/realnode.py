@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipserve.bench.server import free_ports
+
 from tests.cluster import host, oci, pki
 from tests.cluster.harness import REPO, Cluster, KubectlError, _versions
 from tests.cluster.node_config import (
@@ -43,7 +45,7 @@ from tests.cluster.node_config import (
     kubelet_config,
     pin,
 )
-from tests.cluster.processes import Proc, free_ports, is_running, log_tail, spawn, stop
+from tests.cluster.processes import Proc, is_running, log_tail, spawn, stop
 
 NODE_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "coredns", "pause", "probe")
 RUNC = "/usr/sbin/runc"

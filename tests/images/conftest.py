@@ -1,4 +1,4 @@
-"""Fixtures for the image tests: both images built by scripts/build-images.sh, and helm."""
+"""Fixtures for the image tests: both images, built by scripts/build-images.sh."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import yaml
 
 from tests.cluster.harness import Cluster, KubectlError
 from tests.operator.clipservices import clip, condition, events, fully_ready, get, items, patch
-from tests.operator.conftest import REPO, OperatorRun, wait_for
+from tests.operator.running import REPO, OperatorRun, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 

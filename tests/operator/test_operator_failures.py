@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 import yaml
+from clipserve.bench.server import free_port
 
 from tests.cluster.harness import Cluster
 from tests.operator.clipservices import clip, condition, events, fully_ready, get
-from tests.operator.conftest import (
+from tests.operator.running import (
     OPERATOR_NS,
     RELEASE,
     REPO,
     OperatorRun,
-    _free_port,
-    _http_get,
-    _token_kubeconfig,
+    http_get,
+    token_kubeconfig,
     wait_for,
 )
 
@@ -222,10 +222,10 @@ def test_namespaced_operator_watches_only_its_namespaces_with_rbac_bound_only_th
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
     token = cluster.kubectl("create", "token", "nsop-clipserve-operator", "-n", OPERATOR_NS).strip()
     operator.stop()  # one operator at a time
-    liveness = _free_port()
+    liveness = free_port()
     env = {
         **operator.env,
-        "KUBECONFIG": _token_kubeconfig(cluster, token, tmp_path / "kubeconfig"),
+        "KUBECONFIG": token_kubeconfig(cluster, token, tmp_path / "kubeconfig"),
         "CLIPSERVE_OPERATOR_METRICS_PORT": "0",
         "CLIPSERVE_OPERATOR_LIVENESS": f"http://127.0.0.1:{liveness}/healthz",
     }
@@ -235,7 +235,7 @@ def test_namespaced_operator_watches_only_its_namespaces_with_rbac_bound_only_th
         wait_for(
             "the namespaced operator to be live",
             lambda: (
-                _http_get(f"http://127.0.0.1:{liveness}/healthz")[0] == 200
+                http_get(f"http://127.0.0.1:{liveness}/healthz")[0] == 200
                 or proc.poll() is not None
             ),
         )

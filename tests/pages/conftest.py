@@ -10,7 +10,7 @@ import pytest
 from tests.chart.rendering import install_tool
 from tests.pages.browser import chromium
 from tests.pages.proxy import Proxy, start_proxy
-from tests.service.conftest import png_bytes
+from tests.service.pictures import png_bytes
 from tests.service.server import Server, start_server
 
 API_KEY = "playground-test-key"

@@ -13,7 +13,7 @@ from clipserve.models import parse_spec
 from clipserve.schemas import Item
 from clipserve.settings import Settings, available_cpus
 
-from tests.service.conftest import png_b64
+from tests.service.pictures import png_b64
 from tests.service.server import TINY, Server, start_server
 
 EMBED_DIM = 32  # tests/service/model_configs/Tiny-ViT-T.json

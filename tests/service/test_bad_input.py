@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from tests.service.conftest import png_b64, png_bytes
+from tests.service.pictures import png_b64, png_bytes
 from tests.service.server import Server
 
 CASES = [

@@ -9,7 +9,7 @@ import pytest
 from clipserve.bench.loadgen import RawConnection
 from clipserve.bench.scrape import MetricsPage
 
-from tests.service.conftest import png_b64
+from tests.service.pictures import png_b64
 from tests.service.server import TINY, start_server
 
 

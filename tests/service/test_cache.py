@@ -15,8 +15,8 @@ from clipserve.metrics import Metrics
 from clipserve.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.conftest import png_b64, png_bytes
 from tests.service.origin import Origin
+from tests.service.pictures import png_b64, png_bytes
 from tests.service.server import Server, start_server
 
 DIM = 32

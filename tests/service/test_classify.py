@@ -11,7 +11,7 @@ from clipserve.client import Client
 from clipserve.errors import PayloadTooLarge
 from clipserve.models import load_model, parse_spec
 
-from tests.service.conftest import png_b64, png_bytes
+from tests.service.pictures import png_b64, png_bytes
 from tests.service.server import MODEL_CONFIGS, TINY, Server
 
 LABELS = ["dog", "cat", "red car", "tree"]

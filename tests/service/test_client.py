@@ -23,8 +23,8 @@ from clipserve.client import (
 )
 from PIL import Image
 
-from tests.service.conftest import png_bytes
 from tests.service.origin import Origin
+from tests.service.pictures import png_bytes
 from tests.service.server import TINY, Server, free_port, start_server
 
 KEY = "client-test-key"

@@ -14,7 +14,7 @@ from clipserve import models
 from clipserve.bench.ceiling import measure_ceiling
 from clipserve.models import ModelLoadError, load_model, parse_spec
 
-from tests.service.conftest import png_bytes
+from tests.service.pictures import png_bytes
 from tests.service.server import MODEL_CONFIGS, TINY, start_server
 
 models.add_model_configs(str(MODEL_CONFIGS))

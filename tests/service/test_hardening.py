@@ -10,8 +10,8 @@ import httpx
 import pytest
 from clipserve.bench.scrape import MetricsPage
 
-from tests.service.conftest import png_b64, png_bytes
 from tests.service.origin import Origin
+from tests.service.pictures import png_b64, png_bytes
 from tests.service.server import Server, start_server
 
 

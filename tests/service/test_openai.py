@@ -13,7 +13,7 @@ import openai
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from tests.service.conftest import png_b64
+from tests.service.pictures import png_b64
 from tests.service.server import TINY, Server, start_server
 
 KEY = "openai-test-key"

@@ -21,7 +21,7 @@ from clipserve.settings import (
     markdown_table,
 )
 
-from tests.service.conftest import png_bytes
+from tests.service.pictures import png_bytes
 from tests.service.server import MODEL_CONFIGS, TINY
 
 README = Path(__file__).parents[2] / "README.md"

@@ -3,6 +3,7 @@ bench, the tests and scripts/soak.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,11 +18,19 @@ from pathlib import Path
 import httpx
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports nothing listens on right now (the kernel picks them, all bound
+    at once so none is picked twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 def free_port() -> int:
     """A loopback port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass
