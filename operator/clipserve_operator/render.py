@@ -60,6 +60,13 @@ def chart_values(
             "queueDepthPerPod",
         )
     )
+    if (
+        autoscaling.get("queueDepthPerPod")
+        and autoscaling.get("targetCPUUtilizationPercentage") is None
+    ):
+        # Queue depth alone: CPU says little about a GPU pod, and a CPU metric the cluster
+        # cannot serve (no metrics-server) would keep the HPA from ever scaling down.
+        values["autoscaling"]["targetCPUUtilizationPercentage"] = None
     values["serviceMonitor"].update(_present(monitoring, "interval", "labels"))
     values.update(
         _present(

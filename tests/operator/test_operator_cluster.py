@@ -183,7 +183,7 @@ def test_autoscaled_service_leaves_replicas_to_the_hpa(
     assert autoscaler["name"] == "auto-blue" and autoscaler["canScale"] is False
     assert "cpu" in autoscaler["message"] and "metrics API" in autoscaler["message"]
     assert (autoscaler["minReplicas"], autoscaler["maxReplicas"]) == (2, 5)
-    assert autoscaler["currentReplicas"] == 2 and autoscaler["metrics"] == ["cpu ?/70%"]
+    assert autoscaler["currentReplicas"] == 2 and autoscaler["metrics"] == ["cpu ?/80%"]
 
 
 def test_model_swap_never_puts_two_slots_in_one_endpoint_slice(

@@ -53,6 +53,22 @@ def test_spec_fields_map_onto_chart_values() -> None:
     assert values["podLabels"] == {OWNER_LABEL: "search"}
 
 
+def test_queue_depth_alone_leaves_cpu_out_of_the_hpa_unless_asked_for() -> None:
+    alone = chart_values(
+        "search",
+        _spec(autoscaling={"maxReplicas": 4, "queueDepthPerPod": 8}),
+        model=A,
+        slot="blue",
+        service_slot="blue",
+    )
+    assert alone["autoscaling"]["targetCPUUtilizationPercentage"] is None
+    both = {"queueDepthPerPod": 8, "targetCPUUtilizationPercentage": 60}
+    values = chart_values(
+        "search", _spec(autoscaling=both), model=A, slot="blue", service_slot="blue"
+    )
+    assert values["autoscaling"]["targetCPUUtilizationPercentage"] == 60
+
+
 def test_raw_values_merge_but_cannot_move_the_service_or_rename() -> None:
     spec = _spec(
         values={
