@@ -11,7 +11,7 @@ import httpx
 import pytest
 from clipserve.client import Client
 
-from tests.service.conftest import png_b64
+from tests.service.pictures import png_b64
 from tests.service.gate import GateProcess
 from tests.service.server import TINY, Server, free_port, start_server
 
