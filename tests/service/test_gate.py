@@ -11,8 +11,8 @@ import httpx
 import pytest
 from clipserve.client import Client
 
-from tests.service.pictures import png_b64
 from tests.service.gate import GateProcess
+from tests.service.pictures import png_b64
 from tests.service.server import TINY, Server, free_port, start_server
 
 RETRY_AFTER_S = 1
