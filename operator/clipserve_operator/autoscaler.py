@@ -23,6 +23,11 @@ def scaling(hpas: Iterable[Obj], deployment: str) -> Obj | None:
     return None
 
 
+def _keda(hpa: Obj) -> bool:
+    """True for the HPA KEDA makes for a ScaledObject (keda-hpa-<name>, as the chart leaves it)."""
+    return str(hpa["metadata"]["name"]).startswith("keda-hpa-")
+
+
 def _quantity(value: Mapping[str, Any]) -> str:
     """A metric value or target as the HPA states it (averageValue, value or utilization %)."""
     if "averageUtilization" in value:
@@ -67,6 +72,16 @@ def autoscaler_status(hpa: Obj | None) -> dict[str, Any] | None:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     able, active = conditions.get("AbleToScale"), conditions.get("ScalingActive")
     blocking = next((c for c in (able, active) if c and c.get("status") == "False"), None)
+    if blocking is not None and blocking.get("reason") == "ScalingDisabled" and _keda(hpa):
+        # KEDA holds the Deployment at zero and starts the first pod itself when its trigger
+        # activates; its HPA idles meanwhile, which is no fault.
+        blocking, active = (
+            None,
+            {
+                "reason": "ScaledToZero",
+                "message": "no pods: KEDA starts one when its trigger activates",
+            },
+        )
     if blocking is not None:
         reason, message = blocking.get("reason", ""), blocking.get("message", "")
     elif active is None:

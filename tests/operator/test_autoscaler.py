@@ -159,3 +159,24 @@ def test_a_kedas_external_metric_is_summarised_by_its_name() -> None:
 
 def test_no_hpa_means_no_autoscaler_status() -> None:
     assert autoscaler_status(None) is None
+
+
+def test_kedas_hpa_idling_at_zero_is_scaled_to_zero_not_stuck() -> None:
+    idle = [
+        cond("AbleToScale", True, "SucceededGetScale"),
+        cond(
+            "ScalingActive",
+            False,
+            "ScalingDisabled",
+            "scaling is disabled since the replica count of the target is zero",
+        ),
+    ]
+    keda = hpa(conditions=idle, currentReplicas=0, desiredReplicas=0)
+    keda["metadata"]["name"] = "keda-hpa-search-blue"
+    status = autoscaler_status(keda)
+    assert status is not None and status["canScale"] is True
+    assert status["reason"] == "ScaledToZero" and "KEDA" in status["message"]
+    # A plain HPA whose Deployment someone scaled to 0 really is disabled.
+    manual = autoscaler_status(hpa(conditions=idle, currentReplicas=0))
+    assert manual is not None and manual["canScale"] is False
+    assert manual["reason"] == "ScalingDisabled"
