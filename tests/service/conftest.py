@@ -1,11 +1,13 @@
-"""Service test fixtures: real server processes with the tiny random-weights model."""
+"""Service test fixtures: the tiny random-weights model in a real server process, or in-process."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from litestar.testing import TestClient
 
+from tests.service.inprocess import in_process
 from tests.service.server import Server, start_server
 
 
@@ -15,3 +17,10 @@ def server() -> Iterator[Server]:
     srv = start_server()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="package")
+def api() -> Iterator[TestClient]:
+    """One shared app in this process, as `server` but without HTTP between (same rules)."""
+    with in_process() as client:
+        yield client

@@ -1,4 +1,5 @@
-"""The HTTP API against a real server process (tiny random-weights model)."""
+"""The HTTP API of the app in-process (tiny random-weights model): the wire formats, headers and
+metrics; what needs a real process is in test_hardening and test_batching."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from clipserve.metrics import Metrics
 from clipserve.models import parse_spec
 from clipserve.schemas import Item
 from clipserve.settings import Settings, available_cpus
+from litestar.testing import TestClient
 
+from tests.service.inprocess import in_process
 from tests.service.pictures import png_b64
-from tests.service.server import TINY, Server, start_server
+from tests.service.server import TINY
 
 EMBED_DIM = 32  # tests/service/model_configs/Tiny-ViT-T.json
 
@@ -27,47 +30,43 @@ def _cos(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / (_norm(a) * _norm(b))
 
 
-def test_encode_accepts_the_seed_array_and_returns_one_embedding_per_item_in_order(server: Server):
+def test_encode_accepts_the_seed_array_and_returns_one_embedding_per_item_in_order(api: TestClient):
     body = [{"text": "picture of a dog"}, {"img_blob": png_b64()}, {"text": "a cat"}]
-    with server.client() as c:
-        r = c.post("/encode", json=body)
-        assert r.status_code == 200, r.text
-        out = r.json()
-        assert len(out) == 3 and all(len(v) == EMBED_DIM for v in out)
-        # order is kept: each item alone gives the same vector as in the mixed request
-        for item, vec in zip(body, out, strict=True):
-            alone = c.post("/encode", json=[item]).json()[0]
-            assert _cos(alone, vec) == pytest.approx(1.0, abs=1e-5)
-        assert _cos(out[0], out[2]) < 0.9999  # different texts, different vectors
+    r = api.post("/encode", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out) == 3 and all(len(v) == EMBED_DIM for v in out)
+    # order is kept: each item alone gives the same vector as in the mixed request
+    for item, vec in zip(body, out, strict=True):
+        alone = api.post("/encode", json=[item]).json()[0]
+        assert _cos(alone, vec) == pytest.approx(1.0, abs=1e-5)
+    assert _cos(out[0], out[2]) < 0.9999  # different texts, different vectors
 
 
-def test_encode_is_not_normalized_by_default_and_normalizes_on_request(server: Server):
-    with server.client() as c:
-        raw = c.post("/encode", json=[{"text": "a dog"}]).json()[0]
-        normed = c.post("/encode", json={"items": [{"text": "a dog"}], "normalize": True}).json()
+def test_encode_is_not_normalized_by_default_and_normalizes_on_request(api: TestClient):
+    raw = api.post("/encode", json=[{"text": "a dog"}]).json()[0]
+    normed = api.post("/encode", json={"items": [{"text": "a dog"}], "normalize": True}).json()
     assert _norm(raw) != pytest.approx(1.0, abs=1e-3)
     assert _norm(normed[0]) == pytest.approx(1.0, abs=1e-5)
     assert _cos(raw, normed[0]) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_encode_accepts_data_uris_like_blobs(server: Server):
+def test_encode_accepts_data_uris_like_blobs(api: TestClient):
     blob = png_b64()
-    with server.client() as c:
-        a = c.post("/encode", json=[{"img_blob": blob}]).json()[0]
-        b = c.post("/encode", json=[{"img_uri": f"data:image/png;base64,{blob}"}]).json()[0]
+    a = api.post("/encode", json=[{"img_blob": blob}]).json()[0]
+    b = api.post("/encode", json=[{"img_uri": f"data:image/png;base64,{blob}"}]).json()[0]
     assert a == pytest.approx(b, abs=1e-6)
 
 
-def test_rank_rows_sum_to_one_and_follow_the_models_logit_scale(server: Server):
+def test_rank_rows_sum_to_one_and_follow_the_models_logit_scale(api: TestClient):
     queries = [{"img_blob": png_b64()}, {"text": "a red square"}]
     candidates = [{"text": "a dog"}, {"text": "a cat"}, {"img_blob": png_b64(color=(0, 0, 255))}]
-    with server.client() as c:
-        r = c.post("/rank", json={"queries": queries, "candidates": candidates})
-        assert r.status_code == 200, r.text
-        out = r.json()
-        scale = c.get("/models").json()["models"][0]["logit_scale"]
-        q = c.post("/encode", json=queries).json()
-        k = c.post("/encode", json=candidates).json()
+    r = api.post("/rank", json={"queries": queries, "candidates": candidates})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    scale = api.get("/models").json()["models"][0]["logit_scale"]
+    q = api.post("/encode", json=queries).json()
+    k = api.post("/encode", json=candidates).json()
     assert set(out) == {"probabilities", "cosine_similarities"}
     assert len(out["probabilities"]) == 2 and all(len(row) == 3 for row in out["probabilities"])
     for qi, (probs, cosines) in enumerate(
@@ -80,10 +79,9 @@ def test_rank_rows_sum_to_one_and_follow_the_models_logit_scale(server: Server):
         assert probs == pytest.approx([e / sum(exps) for e in exps], abs=1e-4)
 
 
-def test_models_lists_the_loaded_model_with_its_settings(server: Server):
-    with server.client() as c:
-        r = c.get("/models")
-        available = c.get("/models", params={"available": "true"}).json()["available"]
+def test_models_lists_the_loaded_model_with_its_settings(api: TestClient):
+    r = api.get("/models")
+    available = api.get("/models", params={"available": "true"}).json()["available"]
     assert r.status_code == 200
     (info,) = r.json()["models"]
     assert info["spec"] == TINY and info["architecture"] == "Tiny-ViT-T"
@@ -98,11 +96,10 @@ def test_models_lists_the_loaded_model_with_its_settings(server: Server):
     assert "ViT-B-32:openai" in available and "ViT-L-14:openai" in available
 
 
-def test_openai_embeddings_accepts_a_string_or_a_list(server: Server):
-    with server.client() as c:
-        one = c.post("/v1/embeddings", json={"input": "a dog"}).json()
-        many = c.post("/v1/embeddings", json={"input": ["a dog", "a cat"], "model": TINY}).json()
-        raw = c.post("/encode", json=[{"text": "a dog"}]).json()[0]
+def test_openai_embeddings_accepts_a_string_or_a_list(api: TestClient):
+    one = api.post("/v1/embeddings", json={"input": "a dog"}).json()
+    many = api.post("/v1/embeddings", json={"input": ["a dog", "a cat"], "model": TINY}).json()
+    raw = api.post("/encode", json=[{"text": "a dog"}]).json()[0]
     assert one["object"] == "list" and one["model"] == TINY
     assert [d["index"] for d in many["data"]] == [0, 1]
     vec = one["data"][0]["embedding"]
@@ -114,40 +111,36 @@ def test_openai_embeddings_accepts_a_string_or_a_list(server: Server):
     assert many["usage"]["prompt_tokens"] == 8
 
 
-def test_every_response_names_the_model_even_errors(server: Server):
-    with server.client() as c:
-        responses = [
-            c.post("/encode", json=[{"text": "x"}]),
-            c.post("/rank", json={"queries": [{"text": "x"}], "candidates": [{"text": "y"}]}),
-            c.get("/models"),
-            c.get("/healthz"),
-            c.get("/readyz"),
-            c.get("/metrics"),
-            c.post("/encode", json=[]),  # 400
-            c.post("/encode", json={"items": [{"text": "x"}], "model": "nope"}),  # 404
-        ]
+def test_every_response_names_the_model_even_errors(api: TestClient):
+    responses = [
+        api.post("/encode", json=[{"text": "x"}]),
+        api.post("/rank", json={"queries": [{"text": "x"}], "candidates": [{"text": "y"}]}),
+        api.get("/models"),
+        api.get("/healthz"),
+        api.get("/readyz"),
+        api.get("/metrics"),
+        api.post("/encode", json=[]),  # 400
+        api.post("/encode", json={"items": [{"text": "x"}], "model": "nope"}),  # 404
+    ]
     for r in responses:
         assert r.headers.get("x-clip-model") == TINY, (r.request.url, r.status_code)
 
 
-def test_health_and_readiness_are_ok_once_loaded(server: Server):
-    with server.client() as c:
-        assert c.get("/healthz").json() == {"status": "ok"}
-        assert c.get("/readyz").json() == {"status": "ready"}
+def test_health_and_readiness_are_ok_once_loaded(api: TestClient):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json() == {"status": "ready"}
 
 
-def test_openapi_schema_documents_the_endpoints(server: Server):
-    with server.client() as c:
-        schema = c.get("/schema/openapi.json").json()
-        swagger = c.get("/schema/swagger")
+def test_openapi_schema_documents_the_endpoints(api: TestClient):
+    schema = api.get("/schema/openapi.json").json()
+    swagger = api.get("/schema/swagger")
     assert {"/encode", "/rank", "/v1/embeddings", "/models"} <= set(schema["paths"])
     assert swagger.status_code == 200 and "swagger" in swagger.text.lower()
 
 
-def test_metrics_expose_the_documented_families(server: Server):
-    with server.client() as c:
-        c.post("/encode", json=[{"text": "x"}, {"img_blob": png_b64()}])
-        text = c.get("/metrics").text
+def test_metrics_expose_the_documented_families(api: TestClient):
+    api.post("/encode", json=[{"text": "x"}, {"img_blob": png_b64()}])
+    text = api.get("/metrics").text
     for name in (
         "clipserve_requests_total",
         "clipserve_request_duration_seconds_bucket",
@@ -168,15 +161,11 @@ def test_metrics_expose_the_documented_families(server: Server):
 
 @pytest.mark.slow
 def test_several_models_are_served_and_picked_by_name():
-    srv = start_server(model=f"{TINY},ViT-B-32:random")
-    try:
-        with srv.client() as c:
-            names = [m["spec"] for m in c.get("/models").json()["models"]]
-            default = c.post("/encode", json=[{"text": "a"}])
-            big = c.post("/encode", json={"items": [{"text": "a"}], "model": "ViT-B-32:random"})
-            by_arch = c.post("/encode", json={"items": [{"text": "a"}], "model": "ViT-B-32"})
-    finally:
-        srv.stop()
+    with in_process(TINY, "ViT-B-32:random") as c:
+        names = [m["spec"] for m in c.get("/models").json()["models"]]
+        default = c.post("/encode", json=[{"text": "a"}])
+        big = c.post("/encode", json={"items": [{"text": "a"}], "model": "ViT-B-32:random"})
+        by_arch = c.post("/encode", json={"items": [{"text": "a"}], "model": "ViT-B-32"})
     assert names == [TINY, "ViT-B-32:random"]
     assert default.headers["x-clip-model"] == TINY and len(default.json()[0]) == EMBED_DIM
     assert big.headers["x-clip-model"] == "ViT-B-32:random" and len(big.json()[0]) == 512

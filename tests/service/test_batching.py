@@ -9,6 +9,7 @@ import pytest
 from clipserve.bench.loadgen import RawConnection
 from clipserve.bench.scrape import MetricsPage
 
+from tests.service.inprocess import in_process
 from tests.service.pictures import png_b64
 from tests.service.server import TINY, start_server
 
@@ -76,13 +77,9 @@ def test_concurrent_requests_share_forward_passes_and_match_unbatched_results():
 
 
 def test_a_full_queue_answers_503_with_retry_after():
-    srv = start_server("--max-queue", "4")
-    try:
-        with srv.client() as c:
-            r = c.post("/encode", json=[{"text": str(i)} for i in range(5)])
-            ok = c.post("/encode", json=[{"text": str(i)} for i in range(4)])
-    finally:
-        srv.stop()
+    with in_process(max_queue=4) as c:  # one request: no batching across connections
+        r = c.post("/encode", json=[{"text": str(i)} for i in range(5)])
+        ok = c.post("/encode", json=[{"text": str(i)} for i in range(4)])
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert "queue is full" in r.json()["detail"]
     assert ok.status_code == 200
