@@ -69,6 +69,13 @@ class RenderFailed(ReconcileError):
     reason = "RenderFailed"
 
 
+class InvalidSpec(ReconcileError):
+    """The spec asks for something the CRD's schema cannot rule out (say, a model without its
+    model image); retried when the ClipService changes."""
+
+    reason = "InvalidSpec"
+
+
 class HelmNotFound(ReconcileError):
     """The configured helm cannot be run."""
 

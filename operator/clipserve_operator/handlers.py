@@ -45,6 +45,7 @@ async def configure(
     memo.queue = WorkQueue(
         partial(reconcile, ctx), metrics=metrics, retry_delay_s=config.retry_delay_s
     )
+    ctx.requeue = memo.queue.later
     memo.resync = asyncio.get_running_loop().create_task(resync_forever(ctx, memo.queue.trigger))
     if config.metrics_port:
         memo.metrics_server, _thread = start_http_server(
@@ -98,6 +99,14 @@ async def pod_changed(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     """Pod readiness and scheduling failures update the owning ClipService's status."""
+    _trigger(memo, namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={OWNER_LABEL: kopf.PRESENT})
+async def job_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """A prefetch Job that finished (or failed) lets its slot start (or shows why not)."""
     _trigger(memo, namespace, labels[OWNER_LABEL])
 
 

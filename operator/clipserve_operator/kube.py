@@ -96,6 +96,37 @@ class KubeClient:
         content_type: str | None = None,
     ) -> Obj | None:
         """One API call; None on 404, ApiError with the apiserver's message otherwise."""
+        resp = await self._send(
+            method, path, params=params, json=json, content=content, content_type=content_type
+        )
+        if resp.status_code == 404:
+            return None
+        return resp.json() if resp.content else {}
+
+    async def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        """The last lines of a container's log; "" when there is none (yet, or any more)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        try:
+            resp = await self._send(
+                "GET", path, params={"container": container, "tailLines": lines}
+            )
+        except ApiError as exc:
+            if exc.status == 403:
+                raise  # missing RBAC is shown, not hidden as "no progress"
+            return ""  # a pod not started or gone, a kubelet out of reach: no progress to show
+        return resp.text if resp.status_code == 200 else ""
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> httpx.Response:
+        """The call, logged in again once after a 401; ApiError for statuses >= 400 but 404."""
         headers = {"Content-Type": content_type} if content_type else None
         for attempt in range(2):
             try:
@@ -108,9 +139,7 @@ class KubeClient:
                 break
             old, self._http = self._http, _http_client(self._login(), self._timeout_s)
             await old.aclose()
-        if resp.status_code == 404:
-            return None
-        if resp.status_code >= 400:
+        if resp.status_code >= 400 and resp.status_code != 404:
             try:
                 message = resp.json().get("message", resp.text)
             except ValueError:
@@ -118,7 +147,7 @@ class KubeClient:
             raise ApiError(
                 resp.status_code, f"{method} {path}: {resp.status_code} {message}", method, path
             )
-        return resp.json() if resp.content else {}
+        return resp
 
     async def _discover(self, api_version: str) -> dict[str, tuple[str, bool]] | None:
         """kind -> (plural, namespaced) for one group version; None if the API is not served."""

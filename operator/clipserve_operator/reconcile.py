@@ -38,9 +38,22 @@ from .render import (
 from .settings import Settings
 from .status import Observed, compute_status, degraded_status, transitions
 from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
+from .weights import (
+    COMPONENT,
+    COMPONENT_LABEL,
+    CONTAINER,
+    SHARED,
+    Weights,
+    cache_type,
+    claim,
+    prefetch_job,
+    ready_models,
+    weights_state,
+)
 
 logger = logging.getLogger("clipserve_operator")
 _RENDER_CACHE_MAX = 256
+PROGRESS_EVERY_S = 3.0  # how often a running prefetch's progress reaches the status
 
 
 @dataclass
@@ -56,6 +69,9 @@ class Context:
     pruned: dict[tuple[str, str, str], frozenset[tuple[str, str, str]]] = field(
         default_factory=dict
     )
+    # Reconcile a ClipService again after a delay (the work queue's `later`), while prefetch
+    # Jobs run: their progress is in a log, which sends no event.
+    requeue: Callable[[str, str, float], None] | None = None
 
 
 def deployment_name(name: str, slot: str) -> str:
@@ -139,6 +155,50 @@ async def _desired(ctx: Context, owner: Obj, state: SwapState) -> list[Obj]:
     return desired_objects(rendered, owner, autoscaling=autoscaling_enabled(spec))
 
 
+async def _prefetch(
+    ctx: Context, owner: Obj, state: SwapState, objects: list[Obj], selector: str
+) -> tuple[list[Obj], list[Weights]]:
+    """Add the shared claim and a prefetch Job per slot model; hold back each slot whose
+    weights are not in the cache yet (a Rolling swap keeps the old model until they are)."""
+    meta = owner["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    slots = [o for o in objects if o["kind"] == "Deployment"]
+    jobs = {job["metadata"]["name"]: job for job in (prefetch_job(name, d) for d in slots)}
+    mine = f"{selector},{COMPONENT_LABEL}={COMPONENT}"
+    found = {
+        j["metadata"]["name"]: j for j in await ctx.client.list("batch/v1", "Job", namespace, mine)
+    }
+    pods = await ctx.client.list("v1", "Pod", namespace, mine)
+    states = []
+    for job_name, job in jobs.items():
+        job_pods = [
+            p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+        ]
+        running = [p for p in job_pods if (p.get("status") or {}).get("phase") == "Running"]
+        log = ""
+        if running:
+            log = await ctx.client.log_tail(
+                namespace, running[-1]["metadata"]["name"], CONTAINER, 5
+            )
+        model = job["metadata"]["annotations"][MODEL_ANNOTATION]
+        states.append(weights_state(model, found.get(job_name), job_name, job_pods, log))
+    ready = ready_models(states)
+    if any(w.phase in ("Pending", "Downloading") for w in states) and ctx.requeue:
+        ctx.requeue(namespace, name, PROGRESS_EVERY_S)  # the log, not an event, says how far
+    if state.swapping and not state.blue_green and state.pending_model not in ready:
+        objects = await _desired(ctx, owner, replace(state, pending_slot="", pending_model=""))
+    existing = await _deployments(ctx.client, namespace, selector)
+    held = {
+        d["metadata"]["name"]
+        for d in slots
+        if d["spec"]["template"]["metadata"]["annotations"][MODEL_ANNOTATION] not in ready
+        and d["metadata"]["name"] not in existing
+    }
+    kept = [o for o in objects if o["metadata"]["name"] not in held]
+    extra = [c for c in (claim(name, owner["spec"]),) if c is not None] + list(jobs.values())
+    return kept + desired_objects(extra, owner, autoscaling=False), states
+
+
 async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None:
     """Apply every object, then prune what is no longer rendered (when the set changed)."""
     meta, delay = owner["metadata"], ctx.settings.retry_delay_s
@@ -190,6 +250,7 @@ async def _report(
     objects: list[Obj],
     selector: str,
     failure: ReconcileError | None,
+    weights: list[Weights],
 ) -> ReconcileError | None:
     """Write the status computed from what is observed now, post events for its transitions;
     returns the failure to raise (observing can fail too, then only Degraded is updated)."""
@@ -214,6 +275,7 @@ async def _report(
             slot_label=SLOT_LABEL,
             previous=before,
             now=now,
+            weights=weights,
         )
     if status != {k: before.get(k) for k in status}:
         await patch_status(
@@ -239,14 +301,17 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
         return  # the garbage collector removes the children
     selector = f"{OWNER_LABEL}={name}"
     state, objects = _planned(owner), []
+    weights: list[Weights] = []
     failure: ReconcileError | None = None
     try:
         state = await _advance_swap(ctx, owner, selector, state)
         objects = await _desired(ctx, owner, state)
+        if cache_type(owner["spec"]) == SHARED:
+            objects, weights = await _prefetch(ctx, owner, state, objects, selector)
         await _apply_and_prune(ctx, owner, objects)
     except Exception as exc:
         failure = _reportable(exc, ctx.settings.retry_delay_s)
-    failure = await _report(ctx, owner, state, objects, selector, failure)
+    failure = await _report(ctx, owner, state, objects, selector, failure, weights)
     if failure is not None:
         raise failure
 

@@ -14,6 +14,7 @@ import yaml
 from .constants import API_VERSION, ENDPOINT_ANNOTATION, KIND, MANAGED_BY, OWNER_LABEL, Obj
 from .errors import HelmNotFound, RenderFailed
 from .swap import SwapState
+from .weights import cache_values
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,7 +74,9 @@ def chart_values(
             pool, "nodeSelector", "tolerations", "affinity", "runtimeClassName", "priorityClassName"
         )
     )
-    values.update(_present(spec, "dtype", "device", "resources", "modelCache", "hfToken", "apiKey"))
+    values.update(_present(spec, "dtype", "device", "resources", "hfToken", "apiKey"))
+    if spec.get("modelCache"):
+        values["modelCache"] = cache_values(name, spec, model)
     if spec.get("batching"):
         values["batching"] = _present(
             spec["batching"], "maxBatchSize", "maxWaitMs", "maxQueue", "computeWorkers"

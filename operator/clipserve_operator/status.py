@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .autoscaler import autoscaler_status
 from .constants import DEVICE_CONTAINER, Obj
 from .swap import SwapState
+from .weights import COMPONENT, COMPONENT_LABEL, Weights, condition_fields
 
 # What a device report may say (torch device types: cuda, cpu, ...); anything else is ignored.
 _DEVICE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
@@ -151,12 +152,26 @@ def compute_status(
     slot_label: str,
     previous: Mapping[str, Any] | None,
     now: str,
+    weights: Sequence[Weights] = (),
 ) -> dict[str, Any]:
-    """The full status: swap state, counts, endpoint and Ready/Progressing/Degraded."""
+    """The full status: swap state, counts, endpoint, Ready/Progressing/Degraded, and with a
+    shared cache WeightsReady and each model's prefetch (status.weights)."""
     want, ready = counts(observed.active)
     serving = state.active_model
+    fetching = {w.model: w for w in weights if w.phase != "Ready"}
     conds = []
-    if observed.active is None:
+    if observed.active is None and serving in fetching:
+        conds.append(
+            condition(
+                "Ready",
+                False,
+                "WeightsNotReady",
+                f"the serving slot starts once its weights are in the cache: "
+                f"{fetching[serving].summary()}",
+                generation,
+            )
+        )
+    elif observed.active is None:
         conds.append(
             condition(
                 "Ready",
@@ -185,7 +200,14 @@ def compute_status(
             )
         )
 
-    if state.blue_green:
+    if state.blue_green and state.pending_model in fetching:
+        msg = (
+            f"prefetching the weights of {state.pending_model} before slot {state.pending_slot}"
+            f" starts ({fetching[state.pending_model].summary()}); the Service stays on"
+            f" {state.active_model} (slot {state.active_slot})"
+        )
+        conds.append(condition("Progressing", True, "PrefetchingWeights", msg, generation))
+    elif state.blue_green:
         p_want, p_ready = counts(observed.pending)
         msg = (
             f"starting {state.pending_model} in slot {state.pending_slot}"
@@ -207,9 +229,15 @@ def compute_status(
     else:
         conds.append(condition("Progressing", False, "Complete", f"serving {serving}", generation))
 
-    problems = pod_problems(observed.pods, slot_label)
+    problems = pod_problems(
+        [p for p in observed.pods if not _is_prefetch(p)], slot_label
+    )  # a failed prefetch is said once, below, with its model
+    failed = [w for w in weights if w.phase == "Failed"]
     if observed.error:
         conds.append(condition("Degraded", True, observed.error_reason, observed.error, generation))
+    elif failed:
+        msg = "; ".join(f"weights of {w.model}: {w.message}" for w in failed)
+        conds.append(condition("Degraded", True, "WeightsDownloadFailed", msg, generation))
     elif problems:
         reason = problems[0][0]
         conds.append(
@@ -218,8 +246,17 @@ def compute_status(
     else:
         conds.append(condition("Degraded", False, "AsExpected", "no problems observed", generation))
 
+    if weights:
+        ok, reason, msg = condition_fields(list(weights))
+        conds.append(condition("WeightsReady", ok, reason, msg, generation))
     previous = previous or {}
+    extra: dict[str, Any] = {}
+    if weights:
+        extra["weights"] = [w.to_status() for w in weights]
+    elif previous.get("weights"):
+        extra["weights"] = None  # the merge patch removes it: no prefetch any more
     return {
+        **extra,
         **state.to_status(),
         "observedGeneration": generation,
         "replicas": want,
@@ -232,6 +269,11 @@ def compute_status(
         "autoscaler": autoscaler_status(observed.autoscaler),
         "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
     }
+
+
+def _is_prefetch(pod: Obj) -> bool:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return labels.get(COMPONENT_LABEL) == COMPONENT
 
 
 def degraded_status(

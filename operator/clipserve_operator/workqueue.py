@@ -49,6 +49,10 @@ class WorkQueue:
             return
         self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key))
 
+    def later(self, namespace: str, name: str, delay: float) -> None:
+        """Run again after `delay` seconds (replacing a retry already scheduled)."""
+        self._schedule((namespace, name), delay)
+
     async def _run(self, key: Key) -> None:
         """Work until no trigger arrived meanwhile; schedule a retry after a failure."""
         try:
