@@ -15,7 +15,8 @@ in-process async clients and separate server processes can fetch from it. Usage:
         ...
         origin.hits("/cat.png"), origin.sent_bytes("/huge"), origin.requests[-1].headers
 
-`Origin(tls=(certfile, keyfile))` serves https instead. Sleeps wait on an event that `close()`
+`Origin(tls=(certfile, keyfile))` serves https instead; `Origin(rate_bps=25e6)` sends every body
+over one shared 25 MB/s link (a cluster's egress to the hub). Sleeps wait on an event that `close()`
 sets, so closing never waits for a slow route.
 """
 
@@ -25,6 +26,7 @@ import contextlib
 import itertools
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +58,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    client: str = ""  # the peer's address
 
 
 def endless(chunk: bytes = b"\xff" * 65536) -> Callable[[], Iterator[bytes]]:
@@ -66,8 +69,16 @@ def endless(chunk: bytes = b"\xff" * 65536) -> Callable[[], Iterator[bytes]]:
 class Origin:
     """The server; a context manager. Routes can be added while it runs."""
 
-    def __init__(self, host: str = "127.0.0.1", *, tls: tuple[str, str] | None = None) -> None:
-        """Listen on `host` (a free port); `tls=(certfile, keyfile)` serves https."""
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        tls: tuple[str, str] | None = None,
+        rate_bps: float | None = None,
+    ) -> None:
+        """Listen on `host` (a free port); `tls=(certfile, keyfile)` serves https; `rate_bps`:
+        every answer's body shares one link of that many bytes per second."""
+        self.pace = _Pace(rate_bps) if rate_bps else None
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self._sent: dict[str, int] = {}
@@ -158,6 +169,23 @@ class Origin:
             return route.cut_after
 
 
+class _Pace:
+    """One shared link: each body piece waits until the link has carried the ones before it."""
+
+    def __init__(self, rate_bps: float) -> None:
+        self.rate_bps = rate_bps
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()
+
+    def take(self, n: int) -> float:
+        """Seconds to wait before sending n bytes."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._free_at)
+            self._free_at = start + n / self.rate_bps
+            return start - now
+
+
 class _Server(ThreadingHTTPServer):
     """A deeper accept backlog: with the default 5, bursts of connections wait for SYN retries."""
 
@@ -184,7 +212,7 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, method: str) -> None:
             path = self.path.split("?", 1)[0]
-            origin._record(Seen(method, path, dict(self.headers.items())))
+            origin._record(Seen(method, path, dict(self.headers.items()), self.client_address[0]))
             route = origin.routes.get(path)
             if route is None:
                 route = Route(status=404, body=b"not found")
@@ -238,6 +266,8 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
                 if route.chunk_delay_s and origin._stop.wait(route.chunk_delay_s):
                     return
                 if origin._stop.is_set():
+                    return
+                if origin.pace and origin._stop.wait(origin.pace.take(len(piece))):
                     return
                 if cut is not None:
                     piece = piece[:cut]

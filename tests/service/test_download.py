@@ -13,6 +13,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -320,3 +321,14 @@ def test_serve_offline_asks_nothing_of_the_network_and_names_the_missing_file(tm
     assert f"start-up failed: {ARCH}:{url}: {url} is not in the cache {tmp_path}" in proc.stderr
     assert "--offline forbids downloading it" in proc.stderr
     assert origin.requests == []
+
+
+def test_a_paced_origin_shares_one_link_between_downloads(tmp_path):
+    # the origin the cold-start benchmark throttles to a hub's bandwidth
+    with Origin(rate_bps=2_000_000) as paced:
+        for i in range(2):
+            paced.add(f"/w/{i}.pt", os.urandom(500_000), ranges=True)
+        start = time.monotonic()
+        sources = [(str(i), weights.parse_url(paced.url(f"/w/{i}.pt"))) for i in range(2)]
+        weights.download(sources, str(tmp_path), limits=FAST, out=io.StringIO())
+        assert time.monotonic() - start >= 0.45  # 1 MB over 2 MB/s, whichever order
