@@ -31,6 +31,7 @@ import httpx
 CHUNK = 1 << 20
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HEX40 = re.compile(r"[0-9a-f]{40}")
+RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
 class DownloadError(Exception):
@@ -184,6 +185,8 @@ def _transfer(http: httpx.Client, file: RemoteFile, progress: Progress, limits: 
                 return  # the part was already complete (a previous run stopped before the move)
             if resp.status_code not in (200, 206):
                 progress.add(-have)
+                if resp.status_code in RETRY_STATUSES:  # busy or briefly down: try again
+                    raise _Retry(f"{file.url} answered {_status(resp)}")
                 raise DownloadError(f"{file.label}: {file.url} answered {_status(resp)}")
             if resp.status_code == 200 and have:
                 progress.add(-have)  # no Range support, or the file changed: start again

@@ -49,6 +49,7 @@ class Route:
     ranges: bool = False  # answer `Range: bytes=N-` with 206 (a bytes body only)
     cut_after: int | None = None  # drop the connection after this many body bytes...
     cuts: int = 1  # ...in this many answers (then whole answers)
+    busy: int = 0  # answer this many requests 503 first
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Origin:
         self.requests: list[Seen] = []
         self._sent: dict[str, int] = {}
         self._cuts: dict[str, int] = {}
+        self._busy: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = _Server((host, 0), _handler_for(self))
@@ -160,6 +162,12 @@ class Origin:
         with self._lock:
             self._sent[path] = self._sent.get(path, 0) + n
 
+    def _take_busy(self, path: str, route: Route) -> bool:
+        """True while the route still has busy answers left."""
+        with self._lock:
+            self._busy[path] = self._busy.get(path, 0) + 1
+            return self._busy[path] <= route.busy
+
     def _take_cut(self, path: str, route: Route) -> int | None:
         """The byte count to cut this answer at, if the route still has cuts left."""
         with self._lock:
@@ -218,7 +226,9 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
                 route = Route(status=404, body=b"not found")
             if route.delay_s and origin._stop.wait(route.delay_s):
                 return
-            if route.ranges:
+            if route.busy and origin._take_busy(path, route):
+                route = Route(status=503, body=b"busy", headers={"Retry-After": "1"})
+            elif route.ranges:
                 route = self._ranged(route)
             # The client may stop reading on purpose (byte cap, timeout tests).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):

@@ -172,10 +172,20 @@ def test_a_sha256_mismatch_is_refused_and_nothing_is_kept(tmp_path, tiny, origin
     assert list(folder.iterdir()) == []
 
 
+def test_a_busy_server_is_asked_again_and_a_missing_file_is_not(tmp_path, tiny, origin):
+    _, data = tiny
+    url = serve_checkpoint(origin, data, busy=2)  # 503, 503, then the file
+    report = weights.download(
+        [("x", weights.parse_url(url))], str(tmp_path), limits=FAST, out=io.StringIO()
+    )
+    assert report.fetched == ["x"] and len(gets(origin, "/w/tiny.pt")) == 3
+
+
 def test_a_missing_url_fails_naming_the_status(tmp_path, origin):
     src = weights.parse_url(origin.url("/nope.pt"))
     with pytest.raises(DownloadError, match=r"nope.pt answered 404 Not Found"):
         weights.download([("x", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+    assert len(gets(origin, "/nope.pt")) == 1  # a 404 is final
 
 
 def test_a_file_over_the_size_cap_is_refused_before_writing(tmp_path, tiny, origin):
