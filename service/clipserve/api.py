@@ -82,12 +82,16 @@ async def encode(
 async def rank(
     data: JSONBody[RankRequest], embedder: NamedDependency[Embedder]
 ) -> Response[RankResponse]:
-    """Softmax over candidates of exp(logit_scale) x cosine, one row per query."""
+    """Per query row: cosines, softmax probabilities over the candidates, and the model's own
+    scores (sigmoid per pair for SigLIP-style models; see `objective`)."""
     out = await embedder.rank(data.queries, data.candidates, model=data.model)
     return _from(
         out.model,
         RankResponse(
-            probabilities=out.probabilities.tolist(), cosine_similarities=out.cosine.tolist()
+            probabilities=out.probabilities.tolist(),
+            cosine_similarities=out.cosine.tolist(),
+            scores=out.scores.tolist(),
+            objective=out.objective,  # type: ignore[arg-type]
         ),
     )
 
@@ -96,10 +100,13 @@ async def rank(
 async def classify(
     data: JSONBody[ClassifyRequest], embedder: NamedDependency[Embedder]
 ) -> Response[ClassifyResponse]:
-    """Each image against every label's prompt ensemble; probabilities with the model's own
-    logit scale, most likely label first."""
+    """Each image against every label's prompt ensemble, scored by the model's own objective
+    (softmax over the labels for CLIP, sigmoid per label for SigLIP), most likely first."""
     out = await embedder.classify(data.images, data.labels, data.templates, model=data.model)
-    return _from(out.model, ClassifyResponse(predictions=out.predictions))
+    return _from(
+        out.model,
+        ClassifyResponse(predictions=out.predictions, objective=out.objective),  # type: ignore[arg-type]
+    )
 
 
 @post(

@@ -109,7 +109,7 @@ def encode_once(settings: Settings, text: str | None, image: Path | None) -> int
         limits = ImageLimits(
             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
-        pixels = prepare_image(image.read_bytes(), model.image_size, limits)
+        pixels = prepare_image(image.read_bytes(), model.preprocessing.geometry, limits)
         vector = model.encode_image(pixels.unsqueeze(0))[0]
     else:
         vector = model.encode_text(model.tokenize([text or ""]))[0]
@@ -118,21 +118,34 @@ def encode_once(settings: Settings, text: str | None, image: Path | None) -> int
 
 
 def download(settings: Settings, bar: bool | None) -> int:
-    """Fetch the weights of every --model into --cache-dir (what `serve --offline` reads)."""
+    """Fetch the weights and tokenizer files of every --model into --cache-dir (what `serve
+    --offline` reads)."""
     from clipserve.download import DownloadError
-    from clipserve.models import ModelLoadError, add_model_configs, check_spec, weight_sources
+    from clipserve.hub import HubFileMissing, fetch_tokenizer
+    from clipserve.models import (
+        ModelLoadError,
+        add_model_configs,
+        check_spec,
+        tokenizer_repo,
+        weight_sources,
+    )
     from clipserve.weights import cache_root
     from clipserve.weights import download as fetch_all
 
     if settings.model_config_dir:
         add_model_configs(settings.model_config_dir)
     sources = []
+    tokenizers: set[str] = set()
     try:
         for raw in settings.model:
             spec = check_spec(raw)
             sources += [(spec.raw, src) for src in weight_sources(spec)]
+            tokenizers |= {repo} if (repo := tokenizer_repo(spec)) else set()
         report = fetch_all(sources, settings.cache_dir, bar=bar)
-    except (ModelLoadError, DownloadError, ValueError, OSError) as exc:
+        for repo in sorted(tokenizers):
+            folder = fetch_tokenizer(repo, cache_dir=settings.cache_dir, offline=False)
+            print(f"clipserve download: tokenizer {repo} in {folder}")
+    except (ModelLoadError, DownloadError, HubFileMissing, ValueError, OSError) as exc:
         print(f"clipserve download: {exc}", file=sys.stderr)
         return 1
     print(

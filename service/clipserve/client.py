@@ -83,10 +83,14 @@ class Prediction(NamedTuple):
 
 
 class Ranking(NamedTuple):
-    """[queries, candidates] each: softmax over candidates, and cosine similarities."""
+    """[queries, candidates] each: softmax over candidates, cosine similarities, and the
+    model's own scores (`objective`: softmax, the same as probabilities; or sigmoid, each pair
+    on its own, for SigLIP-style models)."""
 
     probabilities: np.ndarray
     cosine_similarities: np.ndarray
+    scores: np.ndarray
+    objective: str
 
 
 def text(value: str) -> Item:
@@ -283,6 +287,8 @@ def _ranking(body: dict[str, Any]) -> Ranking:
     return Ranking(
         np.asarray(body["probabilities"], dtype=np.float32),
         np.asarray(body["cosine_similarities"], dtype=np.float32),
+        np.asarray(body["scores"], dtype=np.float32),
+        body["objective"],
     )
 
 

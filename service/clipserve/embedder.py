@@ -42,6 +42,8 @@ from clipserve.schemas import (
     LabelScore,
     ModelInfo,
     ModelsResponse,
+    PreprocessInfo,
+    TokenizerInfo,
 )
 from clipserve.settings import Settings
 
@@ -62,7 +64,9 @@ class Ranked:
     """Every candidate scored against every query: [queries, candidates] each."""
 
     model: str
-    probabilities: torch.Tensor
+    probabilities: torch.Tensor  # softmax over the candidates (the wire's field)
+    scores: torch.Tensor  # the model's own (ClipModel.scores): the probabilities, or sigmoid
+    objective: str
     cosine: torch.Tensor
 
 
@@ -72,6 +76,7 @@ class Classified:
 
     model: str
     predictions: list[list[LabelScore]]
+    objective: str
 
 
 class Embedder:
@@ -214,7 +219,8 @@ class Embedder:
     async def rank(
         self, queries: list[Item], candidates: list[Item], *, model: str | None
     ) -> Ranked:
-        """Softmax over candidates of exp(logit_scale) x cosine, one row per query."""
+        """Cosines, softmax probabilities over the candidates and the model's own scores,
+        one row per query."""
         self._check_count(len(queries), "queries")
         self._check_count(len(candidates), "candidates")
         self._check_count(len(queries) + len(candidates), "queries+candidates")
@@ -223,7 +229,13 @@ class Embedder:
             self._embed(served, queries, "queries"), self._embed(served, candidates, "candidates")
         )
         cosine = l2_normalize(q) @ l2_normalize(c).T
-        return Ranked(served.spec.raw, served.probabilities(cosine), cosine)
+        return Ranked(
+            served.spec.raw,
+            served.probabilities(cosine),
+            served.scores(cosine),
+            served.objective,
+            cosine,
+        )
 
     async def classify(
         self,
@@ -250,7 +262,8 @@ class Embedder:
             self._embed(served, images, "images"), self._embed_prompts(served, prompts)
         )
         cosine = l2_normalize(pictures) @ classify.ensemble(label_vectors, len(labels)).T
-        return Classified(served.spec.raw, classify.ranked(served.probabilities(cosine), labels))
+        scores = classify.ranked(served.scores(cosine), labels)
+        return Classified(served.spec.raw, scores, served.objective)
 
     def describe(self, *, available: bool) -> ModelsResponse:
         """What /models reports: each model, how it is batched, optionally every downloadable."""
@@ -259,7 +272,7 @@ class Embedder:
             b = self.batchers[name]
             infos.append(
                 ModelInfo(
-                    **model.info(),
+                    **_model_info(model),
                     default=name == self.default_model,
                     batching=BatchingInfo(
                         max_batch_size=b.limits.max_batch_size,
@@ -356,6 +369,15 @@ class Embedder:
         return torch.cat(parts)
 
 
+def _model_info(model: ClipModel) -> dict[str, Any]:
+    info = model.info()
+    return {
+        **info,
+        "preprocess": PreprocessInfo(**info["preprocess"]),  # type: ignore[arg-type]
+        "tokenizer": TokenizerInfo(**info["tokenizer"]),  # type: ignore[arg-type]
+    }
+
+
 class Row(NamedTuple):
     """One item's result from a forward pass (in the compute thread)."""
 
@@ -366,7 +388,7 @@ class Row(NamedTuple):
 def _encoders(model: ClipModel) -> dict[str, Callable[[list[Any]], list[Row]]]:
     def text(texts: list[str]) -> list[Row]:
         tokens = model.tokenize(texts)  # once, here: its counts are /v1/embeddings' usage
-        counts = (tokens != 0).sum(dim=1).tolist()
+        counts = model.token_counts(tokens)
         return [Row(v, n) for v, n in zip(model.encode_text(tokens), counts, strict=True)]
 
     def image(pixels: list[torch.Tensor]) -> list[Row]:
@@ -383,4 +405,5 @@ def _warm_up(model: ClipModel, batch: int) -> None:
         sizes |= {1, 2}
     for n in sorted(sizes):
         model.encode_text(model.tokenize(["warm up"] * (n - 1) + ["a longer warm-up caption"]))
-        model.encode_image(torch.zeros(n, 3, model.image_size, model.image_size, dtype=torch.uint8))
+        g = model.preprocessing.geometry
+        model.encode_image(torch.zeros(n, 3, g.height, g.width, dtype=torch.uint8))

@@ -1,9 +1,10 @@
 """Decode inline image payloads and turn image bytes into CLIP-ready uint8 pixels, safely and fast.
 
-`prepare_image` reproduces open_clip's inference preprocess for a square `image_size` (resize the
-shortest side with BICUBIC, center crop; `x.float() / 255` then `(x - mean) / std` on the model's
-device gives bit-identical input for an opaque RGB or grayscale image), with these deliberate
-differences, each because open_clip's result would be wrong or unsafe:
+`prepare_image` reproduces open_clip's inference preprocess (`image_transform_v2`) for the model's
+own `Geometry`: its `resize_mode` (shortest side + center crop, longest side + pad, or squash),
+interpolation (bicubic, bilinear), size (square or not) and fill colour. `x.float() / 255` then
+`(x - mean) / std` on the model's device gives bit-identical input for an opaque RGB or grayscale
+image, with these deliberate differences, each because open_clip's result would be wrong or unsafe:
 - EXIF orientation is applied (a phone photo is embedded upright).
 - Transparency is composited on white (as LAION's img2dataset does), not dropped to the
   colour hidden under transparent pixels (often black).
@@ -11,8 +12,9 @@ differences, each because open_clip's result would be wrong or unsafe:
   NEAREST); 16-bit images are scaled to 8 bits (open_clip clips them to white).
 - JPEGs are decoded with DCT scaling (`Image.draft`) to the smallest size still >= the target:
   much faster, within a few grey levels of the full decode (tests/service/test_images.py).
-- Images thinner than 1:`MAX_ASPECT` are center-cropped to that aspect before resizing, so a
-  1x5000 strip does not become a 224x1,120,000 intermediate.
+- `shortest` only: images thinner than 1:`MAX_ASPECT` are center-cropped to that aspect before
+  resizing, so a 1x5000 strip does not become a 224x1,120,000 intermediate; `longest` keeps at
+  least one pixel of a strip's short side (open_clip would ask PIL for a 0-pixel image and fail).
 Safety: only common raster formats are opened (no EPS/Ghostscript and other exotic decoders),
 the pixel cap is checked from the header before any pixel is decoded, truncated files are
 refused (PIL's LOAD_TRUNCATED_IMAGES stays False), and only the first frame of an animation is
@@ -50,6 +52,33 @@ _DATA_URI = re.compile(r"data:(?P<meta>[^,]*?),(?P<payload>.*)", re.IGNORECASE |
 # PIL's process-wide warning above MAX_IMAGE_PIXELS would only add noise. PIL still raises
 # DecompressionBombError above 2x MAX_IMAGE_PIXELS, which we report as PayloadTooLarge.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+RESIZE_MODES = ("shortest", "longest", "squash")
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+INTERPOLATIONS = tuple(_FILTERS)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes the model's input (open_clip's size, resize_mode, interpolation)."""
+
+    height: int
+    width: int
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    fill: int = 0  # the colour (grey level) `longest` pads with
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+
+    @classmethod
+    def square(cls, size: int, **kw: object) -> Geometry:
+        """A size x size geometry (CLIP's recipe unless told otherwise)."""
+        return cls(size, size, **kw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -100,9 +129,9 @@ def decode_data_uri(uri: str, limits: ImageLimits) -> bytes:
 
 
 def prepare_image(
-    data: bytes, size: int, limits: ImageLimits, *, draft: bool = True
+    data: bytes, geometry: Geometry, limits: ImageLimits, *, draft: bool = True
 ) -> torch.Tensor:
-    """Image bytes -> uint8 tensor [3, size, size] on the CPU (open_clip's resize + center crop)."""
+    """Image bytes -> uint8 tensor [3, height, width] on the CPU, resized as open_clip does."""
     if not data:
         raise InvalidInput("empty image")
     if len(data) > limits.max_bytes:
@@ -125,10 +154,12 @@ def prepare_image(
             )
         try:
             if draft and im.format in ("JPEG", "MPO"):
-                im.draft("RGB", (size, size))  # DCT scaling: decode at 1/2, 1/4 or 1/8 size
+                # DCT scaling: decode at 1/2, 1/4 or 1/8 size, still at least the target in both
+                # directions (every resize mode then only shrinks it further)
+                im.draft("RGB", (geometry.width, geometry.height))
             im.load()  # first frame only; raises on truncated data
             rgb = _to_rgb_or_l(_upright(im))
-            pixels = _resize_center_crop(rgb, size)
+            pixels = _resize(rgb, geometry)
         except (PayloadTooLarge, InvalidInput):
             raise
         except Exception as exc:  # corrupt data surfaces as OSError, SyntaxError, ValueError...
@@ -173,21 +204,70 @@ def _on_white(rgba: Image.Image) -> Image.Image:
     return out
 
 
-def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    """torchvision's Resize(size, BICUBIC) + CenterCrop(size) on a PIL image, bit for bit."""
+def _resize(im: Image.Image, g: Geometry) -> Image.Image:
+    """open_clip's inference resize for `g` (torchvision on a PIL image), bit for bit."""
+    flt = _FILTERS[g.interpolation]
+    if g.resize_mode == "squash":
+        return _resized(im, g.width, g.height, flt)
+    if g.resize_mode == "longest":
+        width, height = _keep_ratio(im.size, g, longest=True)
+        return _crop_or_pad(_resized(im, width, height, flt), g, g.fill)
+    im = _thin_strip_center(im)
+    if g.height != g.width:
+        # open_clip resizes to a non-square target with ResizeKeepRatio at its default, BICUBIC,
+        # whatever the config's interpolation says; torchvision's CenterCrop pads with 0
+        width, height = _keep_ratio(im.size, g, longest=False)
+        return _crop_or_pad(_resized(im, width, height, Image.Resampling.BICUBIC), g, 0)
+    return _resize_shortest_center_crop(im, g.height, flt)
+
+
+def _resized(im: Image.Image, width: int, height: int, flt: Image.Resampling) -> Image.Image:
+    return im if im.size == (width, height) else im.resize((width, height), flt)
+
+
+def _thin_strip_center(im: Image.Image) -> Image.Image:
+    """A strip thinner than 1:MAX_ASPECT cut to that aspect (only its center survives the crop)."""
     width, height = im.size
     short, long = min(width, height), max(width, height)
-    if long > short * MAX_ASPECT:  # a thin strip: only its center can survive the crop
-        keep = short * MAX_ASPECT
-        cut = (long - keep) // 2
-        box = (cut, 0, cut + keep, height) if width > height else (0, cut, width, cut + keep)
-        im = im.crop(box)
+    if long <= short * MAX_ASPECT:
+        return im
+    keep = short * MAX_ASPECT
+    cut = (long - keep) // 2
+    return im.crop((cut, 0, cut + keep, height) if width > height else (0, cut, width, cut + keep))
+
+
+def _keep_ratio(size: tuple[int, int], g: Geometry, *, longest: bool) -> tuple[int, int]:
+    """open_clip's ResizeKeepRatio: scale so the longest (or shortest) side fits; (w, h)."""
+    width, height = size
+    ratio_h, ratio_w = height / g.height, width / g.width
+    ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
+    return max(1, round(width / ratio)), max(1, round(height / ratio))
+
+
+def _crop_or_pad(im: Image.Image, g: Geometry, fill: int) -> Image.Image:
+    """open_clip's center_crop_or_pad: pad with the fill colour where too small, then crop."""
+    width, height = im.size
+    if g.width > width or g.height > height:
+        left, top = max(0, (g.width - width) // 2), max(0, (g.height - height) // 2)
+        colour = fill if im.mode == "L" else (fill,) * 3
+        canvas = Image.new(im.mode, (max(width, g.width), max(height, g.height)), colour)
+        canvas.paste(im, (left, top))
+        im = canvas
         width, height = im.size
-        long = keep
+        if (width, height) == (g.width, g.height):
+            return im
+    top = round((height - g.height) / 2.0)
+    left = round((width - g.width) / 2.0)
+    return im.crop((left, top, left + g.width, top + g.height))
+
+
+def _resize_shortest_center_crop(im: Image.Image, size: int, flt: Image.Resampling) -> Image.Image:
+    """torchvision's Resize(size) + CenterCrop(size) on a PIL image, bit for bit."""
+    width, height = im.size
+    short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)  # torchvision's formula (floor)
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-    if (new_w, new_h) != (width, height):
-        im = im.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    im = _resized(im, new_w, new_h, flt)
     # torchvision's CenterCrop rounds half offsets with Python's round (to even).
     top = round((new_h - size) / 2.0)
     left = round((new_w - size) / 2.0)

@@ -147,7 +147,7 @@ class InputDecoder:
         key = self._key(model, IMAGE, data)
         if key and (cached := self._cache.get(key)) is not None:
             return Prepared(IMAGE, None, key, cached)
-        pixels = prepare_image(data, model.image_size, self._limits)
+        pixels = prepare_image(data, model.preprocessing.geometry, self._limits)
         self._metrics.decode.labels(model.spec.raw).observe(time.perf_counter() - start)
         return Prepared(IMAGE, pixels, key)
 

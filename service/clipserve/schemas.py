@@ -47,8 +47,25 @@ class RankRequest(Base):
 class RankResponse(Base):
     """One row per query, one column per candidate."""
 
-    probabilities: list[list[float]]
+    probabilities: Annotated[
+        list[list[float]],
+        msgspec.Meta(
+            description="softmax(logit_scale x cosine) over each row's candidates, for every "
+            "model (CLIP-API-service's field)"
+        ),
+    ]
     cosine_similarities: list[list[float]]
+    scores: Annotated[
+        list[list[float]],
+        msgspec.Meta(
+            description="the model's own scores: equal to probabilities for softmax-trained "
+            "models (CLIP); sigmoid(logit_scale x cosine + logit_bias) per pair for "
+            "sigmoid-trained ones (SigLIP), where each pair is judged on its own"
+        ),
+    ]
+    objective: Annotated[
+        Literal["softmax", "sigmoid"], msgspec.Meta(description="which rule gave `scores`")
+    ]
 
 
 class BatchingInfo(Base):
@@ -59,16 +76,59 @@ class BatchingInfo(Base):
     compute_threads: int
 
 
+class PreprocessInfo(Base):
+    """How images are prepared for the model (open_clip's preprocess config for it)."""
+
+    size: Annotated[list[int], msgspec.Meta(description="[height, width]")]
+    resize_mode: Annotated[
+        Literal["shortest", "longest", "squash"],
+        msgspec.Meta(
+            description="shortest: shortest side to size, center crop; longest: longest side "
+            "to size, pad with fill_color; squash: both sides to size, aspect not kept"
+        ),
+    ]
+    interpolation: Literal["bicubic", "bilinear"]
+    mean: list[float]
+    std: list[float]
+    fill_color: int
+    source: Annotated[str, msgspec.Meta(description="where this config came from")]
+
+
+class TokenizerInfo(Base):
+    """The model's tokenizer."""
+
+    kind: Annotated[
+        Literal["clip-bpe", "huggingface"],
+        msgspec.Meta(description="open_clip's own BPE, or a Hugging Face tokenizer"),
+    ]
+    name: Annotated[str, msgspec.Meta(description="the HF repo, or open_clip's class")]
+    context_length: int
+
+
 class ModelInfo(Base):
     spec: str
     architecture: str
     pretrained: str | None
     random_weights: bool
     embedding_dim: int
-    image_size: int
+    image_size: Annotated[int, msgspec.Meta(description="input height; preprocess.size has both")]
     context_length: int
     quick_gelu: bool
     logit_scale: float
+    logit_bias: float | None
+    objective: Annotated[
+        Literal["softmax", "sigmoid"],
+        msgspec.Meta(description="how /rank's scores are computed (see RankResponse.scores)"),
+    ]
+    preprocess: PreprocessInfo
+    tokenizer: TokenizerInfo
+    text_trimmed: Annotated[
+        bool,
+        msgspec.Meta(
+            description="text batches run only up to their longest text (exact only for causal "
+            "text towers with EOT pooling, as CLIP's)"
+        ),
+    ]
     device: str
     dtype: str
     compiled: str
@@ -99,13 +159,23 @@ class ClassifyRequest(Base):
 
 class LabelScore(Base):
     label: str
-    probability: float
+    probability: Annotated[
+        float,
+        msgspec.Meta(
+            description="the model's own score (see `objective`): softmax over the labels, or "
+            "sigmoid(logit_scale x cosine + logit_bias) for this label alone"
+        ),
+    ]
 
 
 class ClassifyResponse(Base):
     """Per image, every label with its probability, most likely first."""
 
     predictions: list[list[LabelScore]]
+    objective: Annotated[
+        Literal["softmax", "sigmoid"],
+        msgspec.Meta(description="softmax: a row sums to 1; sigmoid: each label on its own"),
+    ]
 
 
 class CacheInfo(Base):

@@ -45,13 +45,13 @@ class Settings:
     )
     dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
     cache_dir: str | None = _doc(
-        "Where downloaded weights are cached (default: the HF hub cache); `clipserve download` "
-        "fills it ahead of time.",
+        "Where downloaded weights and tokenizer files are cached (default: the HF hub cache); "
+        "`clipserve download` fills it ahead of time.",
         None,
     )
     offline: bool = _doc(
-        "Download nothing: weights must already be in the cache; start-up fails naming the "
-        "first missing file.",
+        "Download nothing: weights and tokenizer files must already be in the cache; start-up "
+        "fails naming the first missing file.",
         False,
     )
     model_config_dir: str | None = _doc(

@@ -67,7 +67,9 @@ def test_rank_rows_sum_to_one_and_follow_the_models_logit_scale(api: TestClient)
     scale = api.get("/models").json()["models"][0]["logit_scale"]
     q = api.post("/encode", json=queries).json()
     k = api.post("/encode", json=candidates).json()
-    assert set(out) == {"probabilities", "cosine_similarities"}
+    assert set(out) == {"probabilities", "cosine_similarities", "scores", "objective"}
+    # a CLIP model's own scores are the softmax probabilities: nothing changes for it
+    assert out["objective"] == "softmax" and out["scores"] == out["probabilities"]
     assert len(out["probabilities"]) == 2 and all(len(row) == 3 for row in out["probabilities"])
     for qi, (probs, cosines) in enumerate(
         zip(out["probabilities"], out["cosine_similarities"], strict=True)
@@ -87,6 +89,13 @@ def test_models_lists_the_loaded_model_with_its_settings(api: TestClient):
     assert info["spec"] == TINY and info["architecture"] == "Tiny-ViT-T"
     assert info["random_weights"] is True and info["default"] is True
     assert info["embedding_dim"] == EMBED_DIM and info["image_size"] == 224
+    assert info["objective"] == "softmax" and info["logit_bias"] is None
+    # no pretrained tag to say otherwise: open_clip's default, CLIP's recipe, said so
+    assert info["preprocess"]["size"] == [224, 224]
+    assert info["preprocess"]["resize_mode"] == "shortest"
+    assert info["preprocess"]["interpolation"] == "bicubic"
+    assert "default" in info["preprocess"]["source"]
+    assert info["tokenizer"]["kind"] == "clip-bpe" and info["text_trimmed"] is True
     assert info["device"] == "cpu" and info["dtype"] == "fp32"
     assert info["batching"]["max_batch_size"] == 16  # the CPU default
     # CPU default: one worker per usable CPU; a lone item gets every one of them as threads

@@ -101,6 +101,8 @@ def test_rank_takes_strings_as_texts_and_image_items_and_matches_the_server(serv
     np.testing.assert_allclose(ranking.probabilities, r["probabilities"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ranking.cosine_similarities, r["cosine_similarities"], atol=1e-6)
     assert ranking.probabilities.shape == (2, 3)
+    np.testing.assert_allclose(ranking.scores, r["scores"], rtol=1e-5, atol=1e-6)
+    assert ranking.objective == r["objective"] == "softmax"
 
 
 def test_the_server_fetches_image_urls_the_client_passes_on(guarded: Server, origin: Origin):

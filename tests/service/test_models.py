@@ -13,6 +13,7 @@ import pytest
 import torch
 from clipserve import models
 from clipserve.models import ModelLoadError, load_model, parse_spec
+from clipserve.models.load import _quick_gelu_for
 
 from tests.service.server import MODEL_CONFIGS, TINY
 
@@ -92,8 +93,8 @@ def test_openai_tags_load_with_quick_gelu(tmp_path):
     tokens = model.tokenize(["a dog"])
     torch.testing.assert_close(model.encode_text(tokens), src.eval().encode_text(tokens))
     # a tag trained with plain GELU does not get it
-    assert not models._quick_gelu_for(parse_spec("ViT-B-32:laion2b_s34b_b79k"))
-    assert models._quick_gelu_for(parse_spec("ViT-B-32:laion400m_e32"))
+    assert not _quick_gelu_for(parse_spec("ViT-B-32:laion2b_s34b_b79k"))
+    assert _quick_gelu_for(parse_spec("ViT-B-32:laion400m_e32"))
 
 
 def test_a_checkpoint_file_loads_its_weights(tmp_path):
