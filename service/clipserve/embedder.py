@@ -373,8 +373,8 @@ def _model_info(model: ClipModel) -> dict[str, Any]:
     info = model.info()
     return {
         **info,
-        "preprocess": PreprocessInfo(**info["preprocess"]),  # type: ignore[arg-type]
-        "tokenizer": TokenizerInfo(**info["tokenizer"]),  # type: ignore[arg-type]
+        "preprocess": PreprocessInfo(**info["preprocess"]),
+        "tokenizer": TokenizerInfo(**info["tokenizer"]),
     }
 
 

@@ -25,12 +25,12 @@ class ModelLoadError(Exception):
 class _TextTower:
     """The parts of a causal text tower that the trimmed encoder runs (CLIP or TextTransformer)."""
 
-    module: torch.nn.Module  # has token_embedding, positional_embedding, transformer, ...
+    module: Any  # has token_embedding, positional_embedding, transformer, ln_final, ...
     pool_type: str
     eos_id: int | None
 
 
-def trimmable_tower(model: torch.nn.Module, tokenizer: Any) -> _TextTower | None:
+def trimmable_tower(model: Any, tokenizer: Any) -> _TextTower | None:
     """The text tower when trimming padding is exact for it, else None.
 
     Exact only with a causal mask, EOT/argmax pooling and no class token, for a tokenizer that

@@ -247,4 +247,4 @@ def _wrap(
 
 @torch.inference_mode()
 def _probe_embed_dim(model: Any, tokenizer: Any, dev: torch.device) -> int:
-    return int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])  # type: ignore[operator]
+    return int(model.encode_text(tokenizer(["x"]).to(dev)).shape[-1])

@@ -72,7 +72,7 @@ def _triple(v: float | tuple[float, ...] | list[float]) -> tuple[float, float, f
     values = (float(v),) * 3 if isinstance(v, int | float) else tuple(float(x) for x in v)
     if len(values) != 3:
         raise ValueError(f"mean/std must have 3 channels, got {values}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def tag_preprocess_cfg(arch: str, tag: str, size: int | tuple[int, int]) -> dict[str, Any]:
