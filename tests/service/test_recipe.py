@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.service.conftest import png_b64
+from tests.service.pictures import png_b64
 from tests.service.server import Server, start_server
 from tests.service.test_images import encode, photo
 

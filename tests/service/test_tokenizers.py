@@ -17,7 +17,7 @@ import torch
 from clipserve import hub
 from open_clip.tokenizer import HFTokenizer
 
-from tests.service.hf_tokenizers import cache_tokenizer
+from tests.service.hf_tokenizers import cache_tokenizer, put_in_hub_cache
 from tests.service.server import MODEL_CONFIGS, Server, start_server
 
 REPO = "clipserve-tests/tiny-unigram"
@@ -67,7 +67,6 @@ def test_fetch_tokenizer_offline_names_the_missing_file_and_repo(tmp_path: Path)
 
 
 def test_a_cached_snapshot_without_a_vocabulary_is_refused(tmp_path: Path) -> None:
-    from tests.service.hf_tokenizers import put_in_hub_cache
 
     only_config = tmp_path / "files"
     only_config.mkdir()
