@@ -63,7 +63,11 @@ def test_should_select_the_slots_series_if_keda_scales_a_slot(helm: Helm) -> Non
     assert 'clipserve_io_slot="green"' in query
     # The ServiceMonitor is what turns the pod label into that series label.
     objs = helm.template({"serviceMonitor": {"enabled": True}})
-    assert only(objs, "ServiceMonitor")["spec"]["podTargetLabels"] == ["clipserve.io/slot"]
+    monitor = only(objs, "ServiceMonitor")["spec"]
+    assert monitor["podTargetLabels"] == ["clipserve.io/slot"]
+    # ... and keeps the server's `endpoint` label (its route), which the dashboard groups by,
+    # instead of the Prometheus Operator's (the port name).
+    assert monitor["endpoints"][0]["honorLabels"] is True
 
 
 def test_should_use_the_given_query_if_keda_query_is_set(helm: Helm) -> None:
