@@ -118,3 +118,15 @@ def test_a_model_without_its_model_image_is_refused_at_apply_time(
         "reference": "registry.example.com/clip:b",
         "pullPolicy": "IfNotPresent",
     }
+
+
+def test_kubectl_explain_teaches_the_model_cache(
+    cluster: Cluster, running_operator: OperatorRun
+) -> None:
+    text = cluster.kubectl("explain", "clipservice.spec.modelCache")
+    for words in ("shared", "prefetch Job", "read-only", "model image", "air-gapped"):
+        assert words in " ".join(text.split()), words
+    for field in ("accessModes", "existingClaim", "images", "pullPolicy", "size", "type"):
+        assert f"\n  {field}\t" in text or f"\n  {field} " in text, field
+    images = " ".join(cluster.kubectl("explain", "clipservice.spec.modelCache.images").split())
+    assert "Kubernetes 1.35+" in images and "containerd 2.1+" in images
