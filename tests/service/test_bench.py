@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 from clipserve.bench.ceiling import measure_ceiling
-from clipserve.bench.config import BenchConfig
+from clipserve.bench.config import BenchConfig, ZeroShot
 from clipserve.bench.loadgen import percentile, run_load
 from clipserve.bench.run import _probe_peak, batch_totals, run_bench
 from clipserve.bench.workloads import WORKLOADS, request_bodies
+from clipserve.bench.zeroshot import bodies as zeroshot_bodies
 
 from tests.service.server import MODEL_CONFIGS, TINY, Server, start_server
 
@@ -183,3 +184,53 @@ def test_work_between_requests_is_not_counted_as_serving_time(server: Server):
     assert res.seconds < 0.5  # 1 s of pauses, not counted
     with pytest.raises(ValueError, match="concurrency 1"):
         asyncio.run(run_load(server.url, body, concurrency=2, requests=2, between=pause))
+
+
+@pytest.mark.slow
+def test_the_zero_shot_scenario_serves_the_prompts_from_the_cache_and_reports_the_ratio(
+    tmp_path: Path,
+):
+    out = tmp_path / "zero-shot.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipserve.cli",
+            "bench",
+            "--spawn",
+            "--model",
+            TINY,
+            "--model-config-dir",
+            str(MODEL_CONFIGS),
+            "--zero-shot",
+            "12x3x4",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cache off / on:" in proc.stdout
+    result = json.loads(out.read_text())
+    on, off = result["runs"]
+    assert (on["cache"], off["cache"]) == ("on", "off")
+    assert on["cache_mb"] > 0 and off["cache_mb"] == 0
+    # after the first request every prompt (12 x 3) is a hit; the photos all differ
+    assert on["cache_hits"] == 3 * 12 * 3 and off["cache_hits"] == 0
+    assert len(on["top_labels"]) == len(off["top_labels"]) == 4
+    assert result["ratio_total"] == pytest.approx(off["total_s"] / on["total_s"], rel=0.05)
+    assert "same_top_labels" not in result  # random weights: two inits need not agree
+
+
+def test_the_zero_shot_size_is_parsed_and_checked():
+    assert ZeroShot.parse("200x10x20") == ZeroShot(200, 10, 20)
+    for bad in ("200x10", "ax1x1", "0x10x20", "200x81x20"):
+        with pytest.raises(ValueError):
+            ZeroShot.parse(bad)
+    bodies = zeroshot_bodies(ZeroShot(5, 2, 3))
+    sent = [json.loads(b) for b in bodies]
+    assert len(sent) == 3 and all(len(s["labels"]) == 5 and len(s["templates"]) == 2 for s in sent)
+    assert len({s["images"][0]["img_blob"] for s in sent}) == 3

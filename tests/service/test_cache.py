@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import torch
+from clipserve.bench.scrape import MetricsPage
 from clipserve.cache import ENTRY_OVERHEAD, CacheKey, EmbeddingCache, digest
 from clipserve.metrics import Metrics
 from clipserve.settings import Settings
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.origin import Origin
 from tests.service.pictures import png_b64, png_bytes
@@ -124,13 +124,8 @@ def test_threads_storing_and_reading_at_once_keep_the_byte_count_exact():
 
 
 def scrape(server: Server, name: str, **labels: str) -> float:
-    """One sample of /metrics (0 if absent)."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
+    """A sample of /metrics now, summed over the labels not given (0 if absent)."""
+    return MetricsPage.get(server.url).value(name, **labels)
 
 
 def encode(server: Server, items: list[dict]) -> list[list[float]]:

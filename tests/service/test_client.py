@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from clipserve.bench.scrape import MetricsPage
 from clipserve.client import (
     APIError,
     AsyncClient,
@@ -174,12 +175,7 @@ def test_a_refused_connection_is_retried_then_raised():
 
 
 def _count_503(server: Server) -> float:
-    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("clipserve_requests_total{") and 'status="503"' in line
-    )
+    return MetricsPage.get(server.url).value("clipserve_requests_total", status="503")
 
 
 # --- the embedding space changing under the caller -----------------------------------------

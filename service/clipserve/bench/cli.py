@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import clipserve.bench
-from clipserve.bench.config import BenchConfig
+from clipserve.bench.config import BenchConfig, ZeroShot
 from clipserve.bench.workloads import WORKLOADS
 
 
@@ -25,6 +25,13 @@ def _names(raw: str) -> tuple[str, ...]:
             f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
         )
     return names
+
+
+def _zero_shot(raw: str) -> ZeroShot:
+    try:
+        return ZeroShot.parse(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -99,6 +106,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="HTTP client of the load generator: raw (asyncio streams, least CPU; "
         "http only) or httpx (default raw)",
     )
+    p.add_argument(
+        "--zero-shot",
+        nargs="?",
+        const="200x10x20",
+        type=_zero_shot,
+        metavar="LxTxR",
+        help="instead of the load test: zero-shot /classify, L labels x T templates, R "
+        "single-image requests, cache on then off (with --spawn; default 200x10x20)",
+    )
     p.add_argument("--json", type=Path, help="write the full result here")
     p.add_argument("--plot", type=Path, help="write a PNG of throughput and latency vs concurrency")
     p.add_argument(
@@ -129,6 +145,14 @@ def main(args: argparse.Namespace) -> int:
         log=args.server_log,
         client=args.client,
     )
+    if args.zero_shot:
+        from clipserve.bench.zeroshot import format_zero_shot, run_zero_shot
+
+        result = run_zero_shot(cfg, args.zero_shot)
+        print(format_zero_shot(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     result = run_bench(cfg)
     print(format_report(result))
     if args.json:

@@ -1,4 +1,4 @@
-"""One `clipserve bench` run's settings (the flags of `clipserve bench`, as a dataclass)."""
+"""One `clipserve bench` run's settings (the flags of `clipserve bench`, as dataclasses)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,23 @@ class BenchConfig:
     api_key: str | None = None
     log: Path | None = None
     client: str = "raw"  # or "httpx"
+
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """The scenario's size: labels x templates prompts, `requests` single-image requests."""
+
+    labels: int = 200
+    templates: int = 10
+    requests: int = 20
+
+    @classmethod
+    def parse(cls, raw: str) -> ZeroShot:
+        """`LABELSxTEMPLATESxREQUESTS`, e.g. 200x10x20."""
+        try:
+            labels, templates, requests = (int(x) for x in raw.lower().split("x"))
+        except ValueError as exc:
+            raise ValueError(f"{raw!r} is not LABELSxTEMPLATESxREQUESTS (e.g. 200x10x20)") from exc
+        if not (0 < labels <= 998 and 0 < templates <= 80 and requests > 0):
+            raise ValueError("labels 1-998, templates 1-80, requests > 0")
+        return cls(labels, templates, requests)

@@ -34,6 +34,11 @@ def imagenet_templates() -> tuple[str, ...]:
     return tuple(template("{}") for template in open_clip.OPENAI_IMAGENET_TEMPLATES)
 
 
+def imagenet_classnames() -> tuple[str, ...]:
+    """ImageNet's 1,000 class names as open_clip's zero-shot evaluation words them."""
+    return tuple(open_clip.IMAGENET_CLASSNAMES)
+
+
 def add_model_configs(path: str) -> None:
     """Register extra open_clip architecture configs (a JSON file or a folder of them)."""
     open_clip.add_model_config(path)
