@@ -14,7 +14,8 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"model {m['spec']} on {m['device']} ({m['dtype']}), max batch "
         f"{m['batching']['max_batch_size']}, max wait {m['batching']['max_wait_ms']} ms, "
-        f"{m['batching']['compute_workers']} compute workers; "
+        f"{m['batching']['compute_workers']} compute workers, embedding cache "
+        f"{'on' if result['cache']['enabled'] else 'off'}; "
         f"{result['machine']['cpus']} CPUs, load average at end "
         f"{result['machine']['loadavg_at_end'][0]:.2f}"
     ]
