@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,12 +134,17 @@ def test_the_api_key_is_sent_from_the_argument_or_the_environment(
         assert clip.encode(texts="a dog").shape[0] == 1
 
 
+def fresh_texts(n: int) -> list[str]:
+    """Texts no server has seen: a cached text never reaches the queue (nor its limit)."""
+    return [f"never sent before {uuid.uuid4()}" for _ in range(n)]
+
+
 def test_a_503_is_retried_after_its_retry_after_then_raised(guarded: Server):
     # Two items never fit a queue of one: the real server answers 503 with Retry-After: 1.
     before = _count_503(guarded)
     start = time.monotonic()
     with Client(guarded.url, api_key=KEY, retries=2) as clip, pytest.raises(APIError) as err:
-        clip.encode(texts=["a dog", "a cat"])
+        clip.encode(texts=fresh_texts(2))
     elapsed = time.monotonic() - start
     assert err.value.status_code == 503 and "queue is full" in err.value.detail
     assert _count_503(guarded) - before == 3  # the first try and two retries
@@ -151,7 +157,7 @@ def test_retry_waits_are_capped_by_the_client(guarded: Server):
         Client(guarded.url, api_key=KEY, retries=3, max_retry_wait_s=0.1) as clip,
         pytest.raises(APIError),
     ):
-        clip.encode(texts=["a dog", "a cat"])
+        clip.encode(texts=fresh_texts(2))
     assert time.monotonic() - start < 1.0  # three capped waits, not three seconds
 
 
@@ -259,7 +265,7 @@ def test_the_async_client_retries_and_sends_its_key(guarded: Server):
         async with AsyncClient(guarded.url, api_key=KEY, retries=1) as clip:
             assert (await clip.encode(texts="a dog")).shape == (1, 32)
             with pytest.raises(APIError) as err:
-                await clip.encode(texts=["a", "b"])
+                await clip.encode(texts=fresh_texts(2))
             assert err.value.status_code == 503
 
     before = _count_503(guarded)
