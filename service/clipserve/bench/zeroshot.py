@@ -52,9 +52,9 @@ def run_zero_shot(cfg: BenchConfig, shape: ZeroShot) -> dict[str, Any]:
     runs = []
     for cache in ("on", "off") if cfg.spawn else ("as served",):
         extra = ["--model-config-dir", cfg.model_config_dir] if cfg.model_config_dir else []
-        off = ["--cache-mb", "0"] if cache == "off" else []
+        no_cache = ["--cache-mb", "0"] if cache == "off" else []
         server = (
-            start_server(cfg.model, *extra, *cfg.server_args, *off, log=cfg.log)
+            start_server(cfg.model, *extra, *cfg.server_args, *no_cache, log=cfg.log)
             if cfg.spawn
             else None
         )
@@ -66,18 +66,21 @@ def run_zero_shot(cfg: BenchConfig, shape: ZeroShot) -> dict[str, Any]:
                 server.stop()
     result: dict[str, Any] = {"scenario": "zero-shot", **shape.__dict__, "runs": runs}
     if len(runs) == 2:
-        on, off = runs
-        result["ratio_total"] = round(off["total_s"] / on["total_s"], 1)
-        result["ratio_after_first_p50"] = round(off["rest_p50_ms"] / on["rest_p50_ms"], 1)
-        if not on["random_weights"]:  # two random inits disagree by design
-            result["same_top_labels"] = on["top_labels"] == off["top_labels"]
+        with_cache, without = runs
+        result["ratio_total"] = round(without["total_s"] / with_cache["total_s"], 1)
+        result["ratio_after_first_p50"] = round(
+            without["rest_p50_ms"] / with_cache["rest_p50_ms"], 1
+        )
+        if not with_cache["random_weights"]:  # two random inits disagree by design
+            result["same_top_labels"] = with_cache["top_labels"] == without["top_labels"]
     return result
 
 
 def _one_run(
     url: str, headers: dict[str, str], requests: list[bytes], cache: str
 ) -> dict[str, Any]:
-    ms, top = [], []
+    ms: list[float] = []
+    top: list[str] = []
     with httpx.Client(base_url=url, headers=headers, timeout=3600) as client:
         model = client.get("/models").raise_for_status().json()
         for body in requests:
