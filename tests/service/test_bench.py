@@ -221,7 +221,8 @@ def test_the_zero_shot_scenario_serves_the_prompts_from_the_cache_and_reports_th
     # after the first request every prompt (12 x 3) is a hit; the photos all differ
     assert on["cache_hits"] == 3 * 12 * 3 and off["cache_hits"] == 0
     assert len(on["top_labels"]) == len(off["top_labels"]) == 4
-    assert result["ratio_total"] == pytest.approx(off["total_s"] / on["total_s"], rel=0.05)
+    # (a speed is not asserted: the ratio is what it is on a busy machine, only its arithmetic)
+    assert result["ratio_total"] == pytest.approx(off["total_s"] / on["total_s"], abs=0.01)
     assert "same_top_labels" not in result  # random weights: two inits need not agree
 
 

@@ -67,9 +67,9 @@ def run_zero_shot(cfg: BenchConfig, shape: ZeroShot) -> dict[str, Any]:
     result: dict[str, Any] = {"scenario": "zero-shot", **shape.__dict__, "runs": runs}
     if len(runs) == 2:
         with_cache, without = runs
-        result["ratio_total"] = round(without["total_s"] / with_cache["total_s"], 1)
+        result["ratio_total"] = round(without["total_s"] / with_cache["total_s"], 2)
         result["ratio_after_first_p50"] = round(
-            without["rest_p50_ms"] / with_cache["rest_p50_ms"], 1
+            without["rest_p50_ms"] / with_cache["rest_p50_ms"], 2
         )
         if not with_cache["random_weights"]:  # two random inits disagree by design
             result["same_top_labels"] = with_cache["top_labels"] == without["top_labels"]
