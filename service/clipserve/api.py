@@ -9,7 +9,7 @@ from __future__ import annotations
 from litestar import Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from clipserve import openai_compat
 from clipserve.embedder import Embedder
@@ -142,7 +142,7 @@ async def openai_models(embedder: NamedDependency[Embedder]) -> OpenAIModels:
     responses=_openai_errors(401, 404, 503),
     exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
-async def openai_model(name: str, embedder: NamedDependency[Embedder]) -> OpenAIModel:
+async def openai_model(name: FromPath[str], embedder: NamedDependency[Embedder]) -> OpenAIModel:
     """What OpenAI clients' `models.retrieve(id)` reads; ids may hold slashes (hf-hub:...)."""
     return openai_compat.model(embedder, name.removeprefix("/"))
 
