@@ -39,7 +39,7 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
 
 .PHONY: tools
-tools: ## fetch/build the real test parts: helm, control plane, real node, prometheus, chromium, podman (cached)
+tools: ## fetch/build the real test parts: helm, control plane, real node, metrics pipeline, prometheus, chromium, podman (cached)
 	bash scripts/install-helm.sh
 	bash scripts/install-podman.sh
 	bash scripts/install-crd-validators.sh
@@ -47,6 +47,7 @@ tools: ## fetch/build the real test parts: helm, control plane, real node, prome
 	bash scripts/install-browser.sh
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
+	bash scripts/build-metrics.sh
 
 .PHONY: images
 images: ## build the clipserve and clipserve-operator images with podman (cached by content)

@@ -1,11 +1,13 @@
 """Fixtures shared across test areas (each area adds its own in its folder's conftest.py)."""
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.chart.rendering import Helm, install_tool
-from tests.cluster import realnode
+from tests.cluster import monitoring, realnode
 from tests.cluster.harness import Cluster, running_cluster
 
 
@@ -34,6 +36,31 @@ def real_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def metrics_pipeline(
+    cluster: Cluster, real_node: realnode.RealNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[monitoring.Prometheus]:
+    """Prometheus scraping ClipService pods on the real node, and prometheus-adapter serving
+    their queue depth to HPAs (custom.metrics.k8s.io); stopped before the node."""
+    prometheus = monitoring.build("prometheus") / "prometheus"
+    adapter = monitoring.build("prometheus-adapter")
+    prom = monitoring.start_prometheus(cluster, prometheus, tmp_path_factory.mktemp("prometheus"))
+    try:
+        monitoring.install_prometheus_adapter(cluster, real_node, adapter)
+        yield prom
+    finally:
+        prom.stop()
+
+
+@pytest.fixture(scope="session")
+def keda(cluster: Cluster, real_node: realnode.RealNode, metrics_pipeline: Any) -> Path:
+    """KEDA's operator and metrics server on the real node (external.metrics.k8s.io), reading
+    the session's Prometheus; its build folder."""
+    bin_dir = monitoring.build("keda")
+    monitoring.install_keda(cluster, real_node, bin_dir)
+    return bin_dir
 
 
 @pytest.hookimpl(wrapper=True)

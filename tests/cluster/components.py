@@ -66,6 +66,11 @@ def apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> list[str]:
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         f"--proxy-client-cert-file={pki.crt(FRONT_PROXY_CLIENT)}",
         f"--proxy-client-key-file={pki.key(FRONT_PROXY_CLIENT)}",
+        # Call aggregated APIs (custom and external metrics) at their pods' IPs, not their
+        # Service IP: this API server is a host process outside the pod network (as on
+        # managed control planes), and pods have no route back to a host address from which
+        # a Service IP would be dialled.
+        "--enable-aggregator-routing=true",
         # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service endpoint,
         # which Endpoints validation rejects; the real node publishes its forwarder instead.
         "--endpoint-reconciler-type=none",
