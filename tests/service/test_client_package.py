@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -33,10 +34,25 @@ def test_importing_the_client_loads_no_server_dependency():
     assert _modules_loaded_by_import() == []
 
 
-def test_the_client_distribution_links_the_servers_own_client_module():
+def test_the_client_distribution_links_the_servers_own_client_package():
     linked = ROOT / "client" / "clipserve"
-    for name in ("__init__.py", "client.py"):
+    for name in ("__init__.py", "client"):
         assert (linked / name).resolve() == (ROOT / "service" / "clipserve" / name).resolve()
+
+
+def test_the_servers_distribution_lists_every_subpackage():
+    # setuptools ships only the packages listed; a missing one imports in an editable install
+    # and is absent from the wheel the images install.
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    for top, folder in (
+        ("clipserve", "service/clipserve"),
+        ("clipserve_operator", "operator/clipserve_operator"),
+    ):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            assert ".".join((top, *parts)) in listed, init
 
 
 def test_the_client_distribution_holds_only_the_client_and_requires_no_torch(tmp_path: Path):
@@ -59,7 +75,10 @@ def test_the_client_distribution_holds_only_the_client_and_requires_no_torch(tmp
         code = sorted(n for n in names if not n.split("/")[0].endswith(".dist-info"))
         meta = email.message_from_bytes(whl.read(next(n for n in names if n.endswith("METADATA"))))
         whl.extractall(tmp_path / "installed")
-    assert code == ["clipserve/__init__.py", "clipserve/client.py"]
+    assert code == [
+        "clipserve/__init__.py",
+        *(f"clipserve/client/{m}.py" for m in ("__init__", "clients", "items", "results")),
+    ]
     requires = {r.split(">")[0].split("=")[0].strip() for r in meta.get_all("Requires-Dist")}
     assert requires == {"httpx", "numpy"}
     assert _modules_loaded_by_import(tmp_path / "installed") == []

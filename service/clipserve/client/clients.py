@@ -1,149 +1,34 @@
-"""A typed Python client for clipserve: `Client` and `AsyncClient` (httpx), numpy arrays out.
-
-It needs httpx and numpy only, never torch: `pip install ./client` installs it alone (the
-`clipserve-client` distribution). Both clients retry a 503 after the server's `Retry-After`
-and a refused connection with backoff, send an API key, and check every response's
-`X-Clip-Model`: once a client has seen which model answers (per requested model), a different
-one raises `ModelChanged`, because vectors from two models must never be mixed.
-
-    with Client("http://localhost:3000") as clip:
-        vectors = clip.encode(texts=["a dog", "a cat"])          # float32 [2, dim]
-        scores = clip.rank([image("dog.jpg")], ["a dog", "a cat"])
-        top = clip.classify(["dog.jpg"], labels=["dog", "cat"])[0][0]  # Prediction(label, p)
-"""
+"""`Client` and `AsyncClient`: the same calls, blocking or awaited, over what `_Core` shares."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import io
 import itertools
 import os
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 
+from clipserve.client.items import ImageSource, Item, as_item, image, images_of, text, texts_of
+from clipserve.client.results import (
+    APIError,
+    ClientError,
+    ModelChanged,
+    Prediction,
+    Ranking,
+    RequestTimeout,
+    detail_of,
+    embeddings_of,
+    predictions_of,
+    ranking_of,
+)
+
 MODEL_HEADER = "X-Clip-Model"
-_URI_SCHEMES = ("http://", "https://", "data:")
-
-
-class SavableImage(Protocol):
-    """A PIL image, or anything that saves itself like one."""
-
-    def save(self, fp: Any, format: str | None = None) -> None: ...
-
-
-# An image: a URL or data: URI, a local path, the file's bytes, or a PIL image.
-ImageSource: TypeAlias = str | os.PathLike[str] | bytes | SavableImage
-# One request item as the server takes it: {"text": ...}, {"img_uri": ...} or {"img_blob": ...}.
-Item: TypeAlias = dict[str, str]
-
-
-class ClientError(Exception):
-    """Base of the errors this client raises."""
-
-
-class APIError(ClientError):
-    """The server answered with an error; `detail` is its message (it names the field)."""
-
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
-
-
-class RequestTimeout(ClientError, TimeoutError):
-    """The server did not answer within the client's timeout."""
-
-
-class ModelChanged(ClientError):
-    """The model answering is not the one that answered before: the embedding space changed."""
-
-    def __init__(self, requested: str | None, previous: str, current: str) -> None:
-        which = f"model {requested!r}" if requested else "the default model"
-        super().__init__(
-            f"{which} was {previous!r} and is now {current!r}: embeddings from the two are not "
-            "comparable; re-embed what you stored, then call reset() to go on"
-        )
-        self.previous = previous
-        self.current = current
-
-
-class Prediction(NamedTuple):
-    """One label and its probability for an image."""
-
-    label: str
-    probability: float
-
-
-class Ranking(NamedTuple):
-    """[queries, candidates] each: softmax over candidates, cosine similarities, and the
-    model's own scores (`objective`: softmax, the same as probabilities; or sigmoid, each pair
-    on its own, for SigLIP-style models)."""
-
-    probabilities: np.ndarray
-    cosine_similarities: np.ndarray
-    scores: np.ndarray
-    objective: str
-
-
-def text(value: str) -> Item:
-    """A text item (for rank; plain strings there are texts too)."""
-    return {"text": value}
-
-
-def image(source: ImageSource) -> Item:
-    """An image item: URLs and data: URIs are sent for the server to fetch, anything else
-    (a path, bytes, a PIL image) is sent inline as base64."""
-    if isinstance(source, str):
-        if source.startswith(_URI_SCHEMES):
-            return {"img_uri": source}
-        source = Path(source)
-    if isinstance(source, os.PathLike):
-        data = Path(source).read_bytes()
-    elif isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-    elif hasattr(source, "save"):
-        data = _png(source)
-    else:
-        raise TypeError(f"not an image source: {type(source).__name__}")
-    return {"img_blob": base64.b64encode(data).decode("ascii")}
-
-
-def _png(picture: Any) -> bytes:
-    buf = io.BytesIO()
-    if getattr(picture, "mode", "RGB") not in ("1", "L", "LA", "I", "P", "RGB", "RGBA"):
-        picture = picture.convert("RGB")  # PNG has no CMYK or YCbCr
-    picture.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _item(value: str | Item | ImageSource) -> Item:
-    if isinstance(value, str):
-        return text(value)
-    if isinstance(value, dict):
-        return value
-    return image(value)
-
-
-def _texts(texts: str | Sequence[str] | None) -> list[str]:
-    if texts is None:
-        return []
-    return [texts] if isinstance(texts, str) else list(texts)
-
-
-def _images(images: ImageSource | Sequence[ImageSource] | None) -> list[ImageSource]:
-    if images is None:
-        return []
-    if isinstance(images, str | bytes | os.PathLike) or hasattr(images, "save"):
-        return [images]
-    return list(images)
 
 
 class _Core:
@@ -202,7 +87,7 @@ class _Core:
         normalize: bool,
         model: str | None,
     ) -> dict[str, Any]:
-        items = [text(t) for t in _texts(texts)] + [image(i) for i in _images(images)]
+        items = [text(t) for t in texts_of(texts)] + [image(i) for i in images_of(images)]
         if not items:
             raise ValueError("give texts, images or both")
         return {"items": items, "normalize": normalize, **self._model_field(model)}
@@ -211,8 +96,8 @@ class _Core:
         self, queries: Sequence[str | Item], candidates: Sequence[str | Item], model: str | None
     ) -> dict[str, Any]:
         return {
-            "queries": [_item(q) for q in queries],
-            "candidates": [_item(c) for c in candidates],
+            "queries": [as_item(q) for q in queries],
+            "candidates": [as_item(c) for c in candidates],
             **self._model_field(model),
         }
 
@@ -224,7 +109,7 @@ class _Core:
         model: str | None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "images": [image(i) for i in _images(images)],
+            "images": [image(i) for i in images_of(images)],
             "labels": list(labels),
             **self._model_field(model),
         }
@@ -239,7 +124,7 @@ class _Core:
     def _accept(self, response: httpx.Response, model: str | None, *, track: bool) -> Any:
         """The JSON body of a success; APIError otherwise; ModelChanged if the model moved."""
         if response.status_code >= 400:
-            raise APIError(response.status_code, _detail(response))
+            raise APIError(response.status_code, detail_of(response))
         served = response.headers.get(MODEL_HEADER)
         key = model if model is not None else self.model
         if track and served is not None:
@@ -264,39 +149,6 @@ class _Core:
             with contextlib.suppress(ValueError):
                 backoff = float(response.headers.get("Retry-After", backoff))
         return min(max(backoff, 0.0), self.max_retry_wait_s)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        if isinstance(body.get("error"), dict):  # the OpenAI-compatible routes
-            return str(body["error"].get("message"))
-        if "detail" in body:
-            return str(body["detail"])
-    return str(body)[:500]
-
-
-def _embeddings(body: Any) -> np.ndarray:
-    return np.asarray(body, dtype=np.float32)
-
-
-def _ranking(body: dict[str, Any]) -> Ranking:
-    return Ranking(
-        np.asarray(body["probabilities"], dtype=np.float32),
-        np.asarray(body["cosine_similarities"], dtype=np.float32),
-        np.asarray(body["scores"], dtype=np.float32),
-        body["objective"],
-    )
-
-
-def _predictions(body: dict[str, Any]) -> list[list[Prediction]]:
-    return [
-        [Prediction(p["label"], p["probability"]) for p in per_image]
-        for per_image in body["predictions"]
-    ]
 
 
 class Client(_Core):
@@ -327,7 +179,7 @@ class Client(_Core):
     ) -> np.ndarray:
         """Embeddings [len(texts) + len(images), dim], texts' rows first, in order."""
         body = self._encode_body(texts, images, normalize, model)
-        return _embeddings(self._post("/encode", body, model))
+        return embeddings_of(self._post("/encode", body, model))
 
     def rank(
         self,
@@ -337,7 +189,7 @@ class Client(_Core):
         model: str | None = None,
     ) -> Ranking:
         """Every candidate scored against every query; strings are texts, image(...) images."""
-        return _ranking(self._post("/rank", self._rank_body(queries, candidates, model), model))
+        return ranking_of(self._post("/rank", self._rank_body(queries, candidates, model), model))
 
     def classify(
         self,
@@ -349,7 +201,7 @@ class Client(_Core):
     ) -> list[list[Prediction]]:
         """Per image, every label with its probability, most likely first."""
         body = self._classify_body(images, labels, templates, model)
-        return _predictions(self._post("/classify", body, model))
+        return predictions_of(self._post("/classify", body, model))
 
     def models(self) -> dict[str, Any]:
         """The server's /models."""
@@ -404,7 +256,7 @@ class AsyncClient(_Core):
     ) -> np.ndarray:
         """Embeddings [len(texts) + len(images), dim], texts' rows first, in order."""
         body = self._encode_body(texts, images, normalize, model)
-        return _embeddings(await self._post("/encode", body, model))
+        return embeddings_of(await self._post("/encode", body, model))
 
     async def rank(
         self,
@@ -415,7 +267,7 @@ class AsyncClient(_Core):
     ) -> Ranking:
         """Every candidate scored against every query; strings are texts, image(...) images."""
         body = self._rank_body(queries, candidates, model)
-        return _ranking(await self._post("/rank", body, model))
+        return ranking_of(await self._post("/rank", body, model))
 
     async def classify(
         self,
@@ -427,7 +279,7 @@ class AsyncClient(_Core):
     ) -> list[list[Prediction]]:
         """Per image, every label with its probability, most likely first."""
         body = self._classify_body(images, labels, templates, model)
-        return _predictions(await self._post("/classify", body, model))
+        return predictions_of(await self._post("/classify", body, model))
 
     async def models(self) -> dict[str, Any]:
         """The server's /models."""

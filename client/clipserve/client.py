@@ -1,1 +1,0 @@
-../../service/clipserve/client.py
