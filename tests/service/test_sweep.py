@@ -128,7 +128,9 @@ def test_family_serves_as_open_clip_runs_it(
             r = client.post("/encode", json=body)
             assert r.status_code == 200, r.text
             info = client.get("/models").json()["models"][0]
-            model = client.app.state.embedder.models[settings.model[0]].model
+            # the app holds its Embedder as a dependency (litestar DI): the served model itself
+            embedder = client.app.dependencies["embedder"].dependency()
+            model = embedder.models[settings.model[0]].model
             got = torch.tensor(r.json())
             pre = _reference_preprocess(arch, model)
             tokenizer = (
