@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -74,7 +75,8 @@ def lock_machine(path: Path, timeout_s: float = 3600) -> int:
         except BlockingIOError as busy:
             if not announced:
                 holder = path.read_text().strip() or "another session"
-                print(f"real node: waiting for {path} ({holder})", flush=True)
+                # Past pytest's capture: whoever waits should see why.
+                print(f"real node: waiting for {path} ({holder})", file=sys.__stderr__, flush=True)
                 announced = True
             if time.monotonic() > deadline:
                 os.close(fd)

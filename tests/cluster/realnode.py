@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,6 +374,20 @@ def join(
         node.stop()
         raise
     return node
+
+
+@contextlib.contextmanager
+def joined(cluster: Cluster) -> Iterator[RealNode]:
+    """The real node joined to cluster for the block; stopped (machine restored) after it.
+
+    Test packages hold it as a package-scoped fixture, not for the whole session: there is one
+    per machine, and other sessions wait for it.
+    """
+    node = join(cluster)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 def _start(node: RealNode, tie_to_parent: bool) -> None:

@@ -14,7 +14,7 @@ from tests.cluster.test_cluster import apply_available_deployment, get_json
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.slow]
 
 
-def web_service(cluster: Cluster, node: RealNode, namespace: str, replicas: int = 2) -> None:
+def web_service(cluster: Cluster, node: RealNode, ns: str, replicas: int = 2) -> None:
     """`replicas` probe servers on the real node behind the ClusterIP Service web:80."""
     container = {
         "name": "web",
@@ -24,11 +24,11 @@ def web_service(cluster: Cluster, node: RealNode, namespace: str, replicas: int 
         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
     }
     spec = node.pin({"containers": [container], "terminationGracePeriodSeconds": 2})
-    apply_available_deployment(cluster, namespace, "web", replicas, spec)
+    apply_available_deployment(cluster, ns, "web", replicas, spec)
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "web", "namespace": namespace},
+        "metadata": {"name": "web", "namespace": ns},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(service))
@@ -48,17 +48,16 @@ def test_the_real_node_is_ready_in_its_own_tainted_pool(
 
 
 def test_a_service_balances_its_pods_by_dns_name(
-    cluster: Cluster, real_node: RealNode, namespace: str
+    cluster: Cluster, real_node: RealNode, ns: str, client: str
 ) -> None:
-    web_service(cluster, real_node, namespace)
+    web_service(cluster, real_node, ns)
     pods = {
         p["metadata"]["name"]: p
-        for p in get_json(cluster, "pods", "-n", namespace, "-l", "app=web")["items"]
+        for p in get_json(cluster, "pods", "-n", ns, "-l", "app=web")["items"]
     }
     assert {p["spec"]["nodeName"] for p in pods.values()} == {NODE_NAME}
-    client = real_node.client_pod(namespace)
     # A new connection per request, so kube-proxy picks an endpoint for each one.
-    out = real_node.exec(namespace, client, "/probe", "get", f"http://web.{namespace}.svc/", "16")
+    out = real_node.exec(ns, client, "/probe", "get", f"http://web.{ns}.svc/", "16")
     statuses = out.splitlines()[0::2]
     answered_by = set(out.splitlines()[1::2])
     assert statuses == ["200 "] * 16
@@ -66,28 +65,24 @@ def test_a_service_balances_its_pods_by_dns_name(
 
 
 def test_pods_reach_the_api_server_through_the_kubernetes_service(
-    real_node: RealNode, namespace: str
+    real_node: RealNode, ns: str, client: str
 ) -> None:
-    client = real_node.client_pod(namespace)
     # The pod's ServiceAccount token and CA, the certificate checked against the Service's name.
-    out = real_node.exec(namespace, client, "/probe", "api", "/api")
+    out = real_node.exec(ns, client, "/probe", "api", "/api")
     assert out.startswith("200 ")
     assert json.loads(out.split("\n", 1)[1])["kind"] == "APIVersions"
 
 
-def test_pods_reach_nothing_beyond_the_machine(real_node: RealNode, namespace: str) -> None:
-    client = real_node.client_pod(namespace)
+def test_pods_reach_nothing_beyond_the_machine(real_node: RealNode, ns: str, client: str) -> None:
     # No default route in the pod: an address outside the pod and Service ranges is unreachable.
     with pytest.raises(KubectlError, match="network is unreachable"):
-        real_node.exec(namespace, client, "/probe", "get", "http://192.0.2.1/")
+        real_node.exec(ns, client, "/probe", "get", "http://192.0.2.1/")
     # Cluster DNS answers cluster names only; it forwards nothing.
     with pytest.raises(KubectlError, match="no such host"):
-        real_node.exec(namespace, client, "/probe", "resolve", "example.com")
-    assert real_node.exec(namespace, client, "/probe", "resolve", "kubernetes.default").strip()
+        real_node.exec(ns, client, "/probe", "resolve", "example.com")
+    assert real_node.exec(ns, client, "/probe", "resolve", "kubernetes.default").strip()
 
 
-def test_kubectl_logs_reach_the_kubelet(
-    cluster: Cluster, real_node: RealNode, namespace: str
-) -> None:
-    real_node.run_pod(namespace, "server", PROBE_IMAGE, ["serve", ":8080"])
-    assert "serving on :8080" in cluster.kubectl("logs", "-n", namespace, "server")
+def test_kubectl_logs_reach_the_kubelet(cluster: Cluster, real_node: RealNode, ns: str) -> None:
+    real_node.run_pod(ns, "server", PROBE_IMAGE, ["serve", ":8080"])
+    assert "serving on :8080" in cluster.kubectl("logs", "-n", ns, "server")
