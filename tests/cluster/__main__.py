@@ -8,8 +8,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.cluster import realnode
+from tests.cluster import node_join, realnode
 from tests.cluster.harness import Cluster, ClusterError, start
+from tests.cluster.host import HostError
+from tests.cluster.node_images import import_chart_images
 
 
 def _default_state_dir() -> Path:
@@ -22,10 +24,14 @@ def _join_real_node(cluster: Cluster) -> None:
     if node and node.running():
         print(f"real node {node.name} already running; logs in {node.dirs.logs}")
         return
-    node = realnode.join(cluster, tie_to_parent=False)
+    node = node_join.join(cluster, tie_to_parent=False)
     if node.lock_fd is not None:
         os.close(node.lock_fd)  # its forwarder keeps the machine lock while the node runs
     print(f"real node {node.name} joined ({node.ip}); logs in {node.dirs.logs}")
+    # So that a ClipService or `helm install` without an image override runs there.
+    print("building (cached) and importing the charts' images into the real node...", flush=True)
+    for image in import_chart_images(node):
+        print(f"  {image}")
 
 
 def up(state_dir: Path, real_node: bool) -> int:
@@ -46,7 +52,7 @@ def up(state_dir: Path, real_node: bool) -> int:
     if real_node:
         try:
             _join_real_node(existing)
-        except (realnode.NodeError, realnode.host.HostError) as err:
+        except (realnode.NodeError, HostError) as err:
             print(err, file=sys.stderr)
             return 1
     print(f"export KUBECONFIG={existing.kubeconfig} PATH={existing.bin_dir}:$PATH")

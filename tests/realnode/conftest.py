@@ -1,17 +1,31 @@
-"""Fixtures for the tests on the real node: the node, its metrics pipeline, a client pod."""
+"""Fixtures for the tests on the real node: the node, its images and metrics, the operator."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
+import yaml
 
+from tests.chart.rendering import Helm
 from tests.cluster import monitoring
-from tests.cluster.harness import Cluster
-from tests.cluster.realnode import RealNode, joined
+from tests.cluster.harness import REPO, Cluster
+from tests.cluster.node_config import POOL_LABEL, TOLERATION
+from tests.cluster.node_images import import_chart_images
+from tests.cluster.node_join import joined
+from tests.cluster.realnode import RealNode
+
+OPERATOR_NS = "clipserve-real"
+# Not the in-process tests' release name: both install cluster-wide RBAC named after it.
+OPERATOR_RELEASE = "clipserve-op-real"
+# Models the pods load: random weights (no download), small enough for a shared 2-core machine.
+A, B = "ViT-B-32:random", "ViT-B-16:random"
 
 
 @pytest.fixture(scope="package")
@@ -50,6 +64,44 @@ def keda(cluster: Cluster, real_node: RealNode, metrics_pipeline: Any) -> Path:
     return bin_dir
 
 
+@pytest.fixture(scope="package")
+def node_images(real_node: RealNode) -> list[str]:
+    """The service and operator images (scripts/build-images.sh) in the node's containerd."""
+    return import_chart_images(real_node)
+
+
+def pinned_values() -> dict[str, Any]:
+    """Chart values that put pods on the real node (its pool label and taint)."""
+    return {"nodeSelector": POOL_LABEL, "tolerations": [TOLERATION]}
+
+
+def helm_on(cluster: Cluster, helm: Helm, *args: str, values: dict[str, Any] | None = None) -> str:
+    """helm against the cluster, values (if any) passed as a file so types survive; stdout."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+        yaml.safe_dump(values or {}, fh)
+        fh.flush()
+        files = ("-f", fh.name) if values is not None else ()
+        return helm.run(f"--kubeconfig={cluster.kubeconfig}", *args, *files)
+
+
+@pytest.fixture(scope="module")
+def operator_pod(
+    cluster: Cluster, real_node: RealNode, node_images: list[str], helm: Helm
+) -> Iterator[str]:
+    """The operator in the cluster from its image, installed with its chart as a user does."""
+    chart = str(REPO / "charts/clipserve-operator")
+    values = {**pinned_values(), "resyncSeconds": 60, "retryDelaySeconds": 2}
+    helm_on(
+        cluster, helm, "install", OPERATOR_RELEASE, chart, "-n", OPERATOR_NS,
+        "--create-namespace", "--wait", "--timeout=300s", values=values,
+    )  # fmt: skip
+    try:
+        yield OPERATOR_NS
+    finally:
+        helm_on(cluster, helm, "uninstall", OPERATOR_RELEASE, "-n", OPERATOR_NS, "--wait")
+        cluster.kubectl("delete", "namespace", OPERATOR_NS, "--wait=false")
+
+
 @pytest.fixture
 def ns(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace; deleted (and its pods gone from the node) afterwards."""
@@ -62,3 +114,30 @@ def ns(cluster: Cluster) -> Iterator[str]:
 def client(real_node: RealNode, ns: str) -> str:
     """A probe client pod on the real node, in the test's namespace."""
     return real_node.client_pod(ns)
+
+
+MEASURED = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def measure(request: pytest.FixtureRequest, real_node: RealNode) -> Callable[[str, float], None]:
+    """Record a duration measured on the real node: shown after the run, kept in its folder."""
+    lines = request.config.stash.setdefault(MEASURED, [])
+    log = real_node.dirs.run.parent / "measurements.jsonl"
+
+    def record(what: str, seconds: float) -> None:
+        lines.append(f"{what}: {seconds:.1f} s")
+        entry = {"at": time.time(), "test": request.node.name, "what": what, "s": round(seconds, 2)}
+        with log.open("a") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The durations measured on the real node (apply to Ready, swap, slot overlap)."""
+    lines = config.stash.get(MEASURED, [])
+    if lines:
+        terminalreporter.section("measured on the real node")
+        for line in lines:
+            terminalreporter.write_line(line)

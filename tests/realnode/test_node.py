@@ -10,8 +10,15 @@ from tests.cluster.harness import Cluster, KubectlError, _versions
 from tests.cluster.node_config import NODE_NAME, POOL_LABEL, TAINT
 from tests.cluster.realnode import PROBE_IMAGE, RealNode
 from tests.cluster.test_cluster import apply_available_deployment, get_json
+from tests.polling import eventually
 
-pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.slow]
+# The first test may wait for another session's real node to stop (one per machine).
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.realnode,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+]
 
 
 def web_service(cluster: Cluster, node: RealNode, ns: str, replicas: int = 2) -> None:
@@ -56,8 +63,16 @@ def test_a_service_balances_its_pods_by_dns_name(
         for p in get_json(cluster, "pods", "-n", ns, "-l", "app=web")["items"]
     }
     assert {p["spec"]["nodeName"] for p in pods.values()} == {NODE_NAME}
+    url = f"http://web.{ns}.svc/"
+    # A new Service routes once kube-proxy has written its rules (refused until then).
+    eventually(
+        lambda: real_node.exec(ns, client, "/probe", "get", url),
+        "the Service to route",
+        60,
+        not_yet=(KubectlError,),
+    )
     # A new connection per request, so kube-proxy picks an endpoint for each one.
-    out = real_node.exec(ns, client, "/probe", "get", f"http://web.{ns}.svc/", "16")
+    out = real_node.exec(ns, client, "/probe", "get", url, "16")
     statuses = out.splitlines()[0::2]
     answered_by = set(out.splitlines()[1::2])
     assert statuses == ["200 "] * 16
