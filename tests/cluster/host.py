@@ -58,7 +58,7 @@ def run(*argv: str, check: bool = True, timeout: float = 120) -> str:
     return done.stdout
 
 
-def lock_machine(path: Path, timeout_s: float = 3600) -> int:
+def lock_machine(path: Path, holder: str = "", timeout_s: float = 3600) -> int:
     """Take the machine-wide real-node lock, waiting while another session's node runs.
 
     Returns the locked file descriptor: the lock lasts until every process holding a copy of
@@ -73,19 +73,20 @@ def lock_machine(path: Path, timeout_s: float = 3600) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError as busy:
+            current = path.read_text().strip() or "another session"
             if not announced:
-                holder = path.read_text().strip() or "another session"
                 # Past pytest's capture: whoever waits should see why.
-                print(f"real node: waiting for {path} ({holder})", file=sys.__stderr__, flush=True)
+                print(f"real node: waiting for {path} ({current})", file=sys.__stderr__, flush=True)
                 announced = True
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise HostError(
-                    f"the real node lock {path} is still held after {timeout_s} s"
+                    f"the real node lock {path} is still held after {timeout_s} s ({current})"
                 ) from busy
             time.sleep(2)
+    # Who holds it, for whoever waits: the lock file's text.
     os.ftruncate(fd, 0)
-    os.write(fd, f"held by pid {os.getpid()}\n".encode())
+    os.write(fd, f"held by pid {os.getpid()} {holder}".strip().encode() + b"\n")
     return fd
 
 

@@ -129,7 +129,11 @@ def join(
     root = root or cache_root()
     node_bin = node_bin or default_node_bin()
     check_prerequisites(cluster.bin_dir, node_bin)
-    lock_fd = host.lock_machine(root / "lock")
+    # A detached node (make cluster) holds the lock until `make cluster-down`: say so.
+    holder = (
+        "" if tie_to_parent else "(the real node of `make cluster`; `make cluster-down` stops it)"
+    )
+    lock_fd = host.lock_machine(root / "lock", holder)
     dirs = node_dirs(root)
     node = RealNode(cluster, dirs, node_bin, lock_fd=lock_fd)
     try:
