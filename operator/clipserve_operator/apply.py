@@ -10,6 +10,7 @@ from .constants import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
 from .errors import ApiError, KindNotServed, ReconcileError, api_failure
 from .kube import KubeClient
 from .render import object_key
+from .weights import dropped_image_volumes, image_mounts, image_volume_unsupported
 
 # Kinds the clipserve chart can render; prune looks at these plus whatever was rendered.
 PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (
@@ -33,6 +34,18 @@ def _raise_for(exc: ApiError, delay: float) -> NoReturn:
     raise api_failure(exc, delay) from exc
 
 
+async def _apply(client: KubeClient, path: str, obj: Mapping[str, Any], *, dry_run: bool) -> Any:
+    """Server-side apply one object; returns it as the API server stores it (or would)."""
+    params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+    return await client.request(
+        "PATCH",
+        path,
+        params={**params, "dryRun": "All"} if dry_run else params,
+        content=json.dumps(obj).encode(),
+        content_type="application/apply-patch+yaml",
+    )
+
+
 def _combined(failures: list[ReconcileError]) -> ReconcileError:
     """One error for several objects: the first one's reason, every message."""
     error = type(failures[0])("; ".join(str(f) for f in failures))
@@ -47,6 +60,8 @@ async def apply_objects(
 
     An object that cannot be applied for good (say, a ServiceMonitor without its CRD) does not
     stop the others: the Deployment and Service still get applied, then the failures are raised.
+    An object with image volumes is dry-run first: an API server whose ImageVolume feature gate
+    is off drops them and their mounts without a word (kubernetes pkg/api/pod dropImageVolumes).
     """
     failures: list[ReconcileError] = []
     for obj in objects:
@@ -64,13 +79,15 @@ async def apply_objects(
         path = await client.path(api_version, kind, namespace, name)
         assert path is not None
         try:
-            await client.request(
-                "PATCH",
-                path,
-                params={"fieldManager": FIELD_MANAGER, "force": "true"},
-                content=json.dumps(obj).encode(),
-                content_type="application/apply-patch+yaml",
-            )
+            if image_mounts(obj):
+                stored = await _apply(client, path, obj, dry_run=True)
+                if dropped := dropped_image_volumes(obj, stored):
+                    # Not applied: its pods would start without /cache and crash on --offline.
+                    # What runs now stays (prune keeps it: it is still rendered), so the old slot
+                    # of a swap, or a slot switched to type image, goes on serving.
+                    failures.append(image_volume_unsupported(obj, dropped))
+                    continue
+            await _apply(client, path, obj, dry_run=False)
         except ApiError as exc:
             if exc.transient or exc.namespace_terminating:
                 _raise_for(exc, retry_delay)

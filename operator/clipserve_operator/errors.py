@@ -89,6 +89,14 @@ class ApplyRefused(ReconcileError):
     reason = "ApplyRefused"
 
 
+class ImageVolumeUnsupported(ReconcileError):
+    """The API server drops image volumes (its ImageVolume feature gate is off): no model image
+    can be mounted on this cluster."""
+
+    reason = "ImageVolumeUnsupported"
+    external = True  # an upgraded cluster fixes it, not a change of the ClipService
+
+
 class KindNotServed(ReconcileError):
     """The chart rendered a kind the cluster lacks (say, a ServiceMonitor without its CRD)."""
 

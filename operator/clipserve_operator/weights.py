@@ -6,7 +6,8 @@ The Job is built from that slot's own rendered Deployment (same image, env, secr
 user), so it fetches exactly what the pods will read. A slot's Deployment is created only once
 its model's Job has succeeded; its pods mount the claim read-only and serve --offline.
 spec.modelCache.type `image`: each slot mounts the model image spec.modelCache.images names for
-its model (an image volume), read-only and --offline.
+its model (an image volume), read-only and --offline; an API server that would drop the
+image volume (ImageVolume feature gate off) is caught before the Deployment is applied.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .constants import GROUP, MODEL_ANNOTATION, OWNER_LABEL, Obj
-from .errors import InvalidSpec
+from .errors import ImageVolumeUnsupported, InvalidSpec
 
 SHARED, IMAGE = "shared", "image"
 COMPONENT = "weights"
@@ -72,6 +73,38 @@ def cache_values(name: str, spec: Mapping[str, Any], model: str) -> dict[str, An
         }
     chart_keys = ("type", "size", "storageClassName", "accessModes", "existingClaim")
     return {k: v for k, v in cache.items() if k in chart_keys}
+
+
+def image_mounts(obj: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(container, volume) for each mount of an image volume in obj's pod template, and
+    ("", volume) for each image volume."""
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    names = {v["name"] for v in pod.get("volumes") or [] if v.get("image")}
+    containers = [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
+    mounts = {
+        (c["name"], m["name"])
+        for c in containers
+        for m in c.get("volumeMounts") or []
+        if m["name"] in names
+    }
+    return mounts | {("", name) for name in names}
+
+
+def dropped_image_volumes(sent: Mapping[str, Any], stored: Mapping[str, Any]) -> list[str]:
+    """Image volumes of `sent` that the API server's `stored` object lacks or mounts less."""
+    return sorted({volume for _, volume in image_mounts(sent) - image_mounts(stored)})
+
+
+def image_volume_unsupported(obj: Mapping[str, Any], volumes: list[str]) -> ImageVolumeUnsupported:
+    """The error for an object whose image volumes the API server drops."""
+    what = f"{obj['kind']} {obj['metadata']['name']}"
+    return ImageVolumeUnsupported(
+        f"the API server drops the image volume {', '.join(volumes)} of {what} "
+        "(spec.modelCache.type image): this cluster does not serve image volumes, which need "
+        "Kubernetes 1.35+ (1.33-1.34: the ImageVolume feature gate on the API server and the "
+        f"kubelets) and containerd 2.1+ or CRI-O 1.31+; {what} is not applied, since its pods "
+        "would start without their weights; use spec.modelCache.type shared on this cluster"
+    )
 
 
 def claim(name: str, spec: Mapping[str, Any]) -> Obj | None:

@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -187,8 +187,15 @@ def check_binaries(bin_dir: Path) -> Path:
     return stages
 
 
-def start(state_dir: Path, bin_dir: Path | None = None, *, tie_to_parent: bool = True) -> Cluster:
-    """Start a fresh control plane in state_dir and return once nodes accept pods."""
+def start(
+    state_dir: Path,
+    bin_dir: Path | None = None,
+    *,
+    tie_to_parent: bool = True,
+    apiserver_flags: Sequence[str] = (),
+) -> Cluster:
+    """Start a fresh control plane in state_dir and return once nodes accept pods;
+    `apiserver_flags` are added to kube-apiserver's (say, an emulated version)."""
     bin_dir = bin_dir or default_bin_dir()
     stages = check_binaries(bin_dir)
     logs = state_dir / "logs"
@@ -214,7 +221,7 @@ def start(state_dir: Path, bin_dir: Path | None = None, *, tie_to_parent: bool =
     try:
         launch("etcd", components.etcd(bin_dir, state_dir, ports))
         wait("etcd", partial(_url_ok, f"http://127.0.0.1:{ports.etcd_client}/health"))
-        launch("kube-apiserver", components.apiserver(bin_dir, keys, ports))
+        launch("kube-apiserver", [*components.apiserver(bin_dir, keys, ports), *apiserver_flags])
         admin_tls = ssl.create_default_context(cafile=str(keys.ca_crt))
         admin_tls.load_cert_chain(keys.crt("admin"), keys.key("admin"))
         wait("kube-apiserver /readyz", partial(_url_ok, f"{server}/readyz", admin_tls))
@@ -246,9 +253,11 @@ def start(state_dir: Path, bin_dir: Path | None = None, *, tie_to_parent: bool =
 
 
 @contextmanager
-def running_cluster(state_dir: Path, bin_dir: Path | None = None) -> Iterator[Cluster]:
+def running_cluster(
+    state_dir: Path, bin_dir: Path | None = None, apiserver_flags: Sequence[str] = ()
+) -> Iterator[Cluster]:
     """A cluster for the duration of the block; stopped even when the block raises."""
-    cluster = start(state_dir, bin_dir, tie_to_parent=True)
+    cluster = start(state_dir, bin_dir, tie_to_parent=True, apiserver_flags=apiserver_flags)
     try:
         yield cluster
     finally:

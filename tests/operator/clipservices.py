@@ -75,3 +75,22 @@ def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
         "json",
     )
     return json.loads(out)["items"]
+
+
+def degraded(cluster: Cluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
+    """The Degraded condition once it is True with this reason."""
+    cond = condition(get(cluster, "clip", name, ns), "Degraded")
+    return cond if cond.get("status") == "True" and cond.get("reason") == reason else None
+
+
+def recovered(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+    """The ClipService once Ready with nothing Degraded."""
+    obj = fully_ready(cluster, ns, name)
+    return obj if obj and condition(obj, "Degraded")["status"] == "False" else None
+
+
+def warnings(cluster: Cluster, ns: str, name: str, reason: str) -> list[dict[str, Any]]:
+    """Warning events about the ClipService with this reason."""
+    return [
+        e for e in events(cluster, ns, name) if e["type"] == "Warning" and e["reason"] == reason
+    ]

@@ -22,7 +22,14 @@ import yaml
 from clipserve.bench.server import free_port
 
 from tests.cluster.harness import Cluster
-from tests.operator.clipservices import clip, condition, events, fully_ready, get
+from tests.operator.clipservices import (
+    clip,
+    condition,
+    degraded,
+    get,
+    recovered,
+    warnings,
+)
 from tests.operator.running import (
     OPERATOR_NS,
     RELEASE,
@@ -39,25 +46,6 @@ CPU_POOL = {"clipserve.io/node-pool": "cpu"}
 A = "ViT-B-32:random"
 ERRORS = "clipserve_operator_reconcile_errors_total"
 COMMAND = str(Path(sys.executable).parent / "clipserve-operator")
-
-
-def degraded(cluster: Cluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
-    """The Degraded condition once it is True with this reason."""
-    cond = condition(get(cluster, "clip", name, ns), "Degraded")
-    return cond if cond.get("status") == "True" and cond.get("reason") == reason else None
-
-
-def recovered(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
-    """The ClipService once Ready with nothing Degraded."""
-    obj = fully_ready(cluster, ns, name)
-    return obj if obj and condition(obj, "Degraded")["status"] == "False" else None
-
-
-def warnings(cluster: Cluster, ns: str, name: str, reason: str) -> list[dict[str, Any]]:
-    """Warning events about the ClipService with this reason."""
-    return [
-        e for e in events(cluster, ns, name) if e["type"] == "Warning" and e["reason"] == reason
-    ]
 
 
 def test_missing_helm_is_degraded_with_the_path_and_clears_when_helm_is_back(

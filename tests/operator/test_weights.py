@@ -3,6 +3,7 @@ Deployment (real helm, real chart), where a model's weights stand, and what the 
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from clipserve_operator.weights import (
     Weights,
     cache_values,
     claim,
+    dropped_image_volumes,
+    image_mounts,
     parse_progress,
     prefetch_job,
     weights_state,
@@ -69,6 +72,26 @@ def test_each_slot_mounts_the_model_image_of_its_own_model() -> None:
         assert image == {"reference": images[model], "pullPolicy": "IfNotPresent"}
     with pytest.raises(InvalidSpec, match="no model image for RN50:openai"):
         cache_values("search", spec, "RN50:openai")
+
+
+def test_an_image_volume_counts_as_dropped_when_its_volume_or_any_mount_is_gone(
+    helm_bin: str,
+) -> None:
+    # The real API server's drop is tested in test_image_volumes_cluster.py; here what counts.
+    spec = {"model": A, "modelCache": {"type": "image", "images": {A: "reg/clip:a"}}}
+    sent = _deployment(helm_bin, spec, A)
+    assert ("", "cache") in image_mounts(sent) and len(image_mounts(sent)) >= 2
+    stored = copy.deepcopy(sent)
+    stored["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # defaults added: kept
+    assert dropped_image_volumes(sent, stored) == []
+    pod = stored["spec"]["template"]["spec"]
+    pod["containers"][0]["volumeMounts"] = [
+        m for m in pod["containers"][0]["volumeMounts"] if m["name"] != "cache"
+    ]
+    assert dropped_image_volumes(sent, stored) == ["cache"]  # the mount alone is enough
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "cache"]
+    assert dropped_image_volumes(sent, stored) == ["cache"]
+    assert image_mounts(_deployment(helm_bin, {"model": A, "modelCache": SHARED}, A)) == set()
 
 
 def test_the_prefetch_job_is_the_slots_own_pod_running_clipserve_download(helm_bin: str) -> None:
