@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,10 @@ import kopf
 
 from .constants import Obj
 from .errors import ApiError
+
+# A kind the cluster lacks now may be installed later (KEDA, the Prometheus Operator's CRDs after
+# the operator started): a miss is looked up again after this long; a kind found stays cached.
+_MISS_RECHECK_S = 10.0
 
 
 def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
@@ -79,7 +84,8 @@ class KubeClient:
         # login() is called again after a 401: projected ServiceAccount tokens rotate.
         self._login, self._timeout_s = login, timeout_s
         self._http = _http_client(login(), timeout_s)
-        self._resources: dict[str, dict[str, tuple[str, bool]] | None] = {}
+        # api version -> (when discovered, kind -> (plural, namespaced))
+        self._resources: dict[str, tuple[float, dict[str, tuple[str, bool]]]] = {}
 
     async def close(self) -> None:
         """Close connections."""
@@ -149,30 +155,28 @@ class KubeClient:
             )
         return resp
 
-    async def _discover(self, api_version: str) -> dict[str, tuple[str, bool]] | None:
-        """kind -> (plural, namespaced) for one group version; None if the API is not served."""
-        if api_version not in self._resources:
+    async def _resource(self, api_version: str, kind: str) -> tuple[str, bool] | None:
+        """(plural, namespaced) of a kind; None when the cluster does not serve it."""
+        seen_at, kinds = self._resources.get(api_version, (float("-inf"), {}))
+        if kind not in kinds and time.monotonic() - seen_at >= _MISS_RECHECK_S:
             base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
             found = await self.request("GET", base)
-            self._resources[api_version] = (
-                None
-                if found is None
-                else {
-                    r["kind"]: (r["name"], r["namespaced"])
-                    for r in found.get("resources", [])
-                    if "/" not in r["name"]
-                }
-            )
-        return self._resources[api_version]
+            kinds = {
+                r["kind"]: (r["name"], r["namespaced"])
+                for r in (found or {}).get("resources", [])
+                if "/" not in r["name"]
+            }
+            self._resources[api_version] = (time.monotonic(), kinds)
+        return kinds.get(kind)
 
     async def path(
         self, api_version: str, kind: str, namespace: str | None, name: str | None = None
     ) -> str | None:
         """URL path of a collection or object; None when the cluster lacks that kind."""
-        kinds = await self._discover(api_version)
-        if not kinds or kind not in kinds:
+        resource = await self._resource(api_version, kind)
+        if resource is None:
             return None
-        plural, namespaced = kinds[kind]
+        plural, namespaced = resource
         base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         if namespaced and namespace:
             base += f"/namespaces/{namespace}"
@@ -181,8 +185,8 @@ class KubeClient:
 
     async def namespaced(self, api_version: str, kind: str) -> bool | None:
         """Whether a kind is namespaced; None when the cluster lacks it."""
-        kinds = await self._discover(api_version)
-        return kinds[kind][1] if kinds and kind in kinds else None
+        resource = await self._resource(api_version, kind)
+        return None if resource is None else resource[1]
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         """One object, or None."""

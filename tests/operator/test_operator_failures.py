@@ -158,6 +158,65 @@ def test_an_rbac_denial_names_verb_and_resource_and_clears_when_granted(
     assert get(cluster, "poddisruptionbudget", "rbac-blue", ns) is not None
 
 
+# The Prometheus Operator's ServiceMonitor kind, its schema left open: what the operator needs
+# from the cluster is that the kind is served, not the Prometheus Operator itself.
+SERVICEMONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "ServiceMonitor",
+            "plural": "servicemonitors",
+            "singular": "servicemonitor",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_a_kind_installed_after_the_operator_started_clears_the_degraded_it_caused(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    """A user installs the Prometheus Operator (or KEDA) after clipserve's operator: the
+    ClipService that asked for its kind recovers by itself, with no restart and no spec change."""
+    spec = {
+        "model": A,
+        "replicas": 1,
+        "nodePool": {"nodeSelector": CPU_POOL},
+        "monitoring": {"serviceMonitor": True},
+    }
+    clip(cluster, ns, "late", spec)
+    cond = wait_for(
+        "Degraded: no ServiceMonitor kind", lambda: degraded(cluster, ns, "late", "ReconcileFailed")
+    )
+    assert "monitoring.coreos.com/v1 ServiceMonitor" in cond["message"]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(SERVICEMONITOR_CRD))
+    try:
+        crd = f"crd/{SERVICEMONITOR_CRD['metadata']['name']}"
+        cluster.kubectl("wait", crd, "--for=condition=Established")
+        wait_for("recovery once the kind is served", lambda: recovered(cluster, ns, "late"))
+        monitors = json.loads(cluster.kubectl("get", "servicemonitors", "-n", ns, "-o", "json"))
+        assert [m["metadata"]["name"] for m in monitors["items"]] == ["late"]
+    finally:
+        cluster.kubectl("delete", "clip", "late", "-n", ns, "--wait=true")
+        cluster.kubectl("delete", "-f", "-", "--wait=true", input=json.dumps(SERVICEMONITOR_CRD))
+
+
 def _command(env: dict[str, str], *argv: str, log: Path) -> subprocess.Popen[bytes]:
     """`clipserve-operator` as a real process, its output in `log`."""
     with log.open("ab") as out:
