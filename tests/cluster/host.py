@@ -177,6 +177,24 @@ def _iptables_cleanup(binary: str) -> None:
             run(binary, "-w", "-t", table, "-X", chain, check=False)
 
 
+def _our_chains(binary: str) -> list[str]:
+    chains = []
+    for table in ("filter", "nat", "mangle"):
+        for line in run(binary, "-w", "-t", table, "-S", check=False).splitlines():
+            if line.startswith("-N ") and line.split()[1].startswith(CHAIN_PREFIXES):
+                chains.append(f"{binary} {table} {line.split()[1]}")
+    return chains
+
+
+def check_restored(bridge: str) -> None:
+    """HostError naming whatever a node left behind: its bridge, chains or cgroups."""
+    left = [f"bridge {bridge}"] if Path(f"/sys/class/net/{bridge}").exists() else []
+    left += _our_chains("iptables") + _our_chains("ip6tables")
+    left += [str(p) for h in CGROUP_ROOT.iterdir() for p in h.glob("kubepods*")]
+    if left:
+        raise HostError("the real node left behind: " + ", ".join(left))
+
+
 def remove_iptables_chains() -> None:
     """Delete every KUBE-* and CLIPSERVE-* chain and the rules that jump to them (v4 and v6)."""
     _iptables_cleanup("iptables")
@@ -231,6 +249,8 @@ def restore(state_root: Path) -> None:
     for name, value in data["sysctls"].items():
         if value is not None and _read_sysctl(name) != value:
             (Path("/proc/sys") / name).write_text(value + "\n")
+            if _read_sysctl(name) != value:
+                raise HostError(f"could not restore {name} to {value}")
     for folder, before in data["dirs"].items():
         _remove_new_entries(Path(folder), before, FOREIGN_DIRS.get(folder, ""))
     path.unlink()

@@ -269,3 +269,4 @@ def cleanup(dirs: NodeDirs, node_bin: Path, cluster_bin: Path) -> None:
     host.delete_bridge(BRIDGE)
     shutil.rmtree(dirs.shims, ignore_errors=True)
     host.restore(dirs.run.parent)
+    host.check_restored(BRIDGE)
