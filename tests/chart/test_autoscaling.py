@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from tests.chart.rendering import CHART, NAMESPACE, Helm, HelmError, kinds, only
+from tests.chart.rendering import CHART, NAMESPACE, ROOT, Helm, HelmError, kinds, only
 
 pytestmark = pytest.mark.helm
 
@@ -152,3 +153,38 @@ def test_should_render_no_gate_if_keda_keeps_a_pod(helm: Helm) -> None:
     objs = helm.template({"keda": {"enabled": True, "minReplicas": 1}})
     assert [o["metadata"]["name"] for o in objs if o["kind"] == "Deployment"] == ["clip-clipserve"]
     assert len(only(objs, "ScaledObject")["spec"]["triggers"]) == 1
+
+
+def test_should_scrape_as_the_service_monitor_does_if_prometheus_runs_without_its_operator(
+    helm: Helm,
+) -> None:
+    # manifests/metrics/prometheus-scrape.yaml is the ServiceMonitor's job for a Prometheus
+    # without the Prometheus Operator: same Services, port, path, labels.
+    monitor = only(helm.template({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")["spec"]
+    (endpoint,) = monitor["endpoints"]
+    (job,) = yaml.safe_load((ROOT / "manifests/metrics/prometheus-scrape.yaml").read_text())[
+        "scrape_configs"
+    ]
+    assert job["metrics_path"] == endpoint["path"]
+    assert job["honor_labels"] is endpoint["honorLabels"] is True
+    assert job["kubernetes_sd_configs"] == [{"role": "endpointslice"}]
+    rules = {tuple(r.get("source_labels", ())): r for r in job["relabel_configs"]}
+    keep = rules[
+        (
+            "__meta_kubernetes_service_label_app_kubernetes_io_name",
+            "__meta_kubernetes_endpointslice_port_name",
+        )
+    ]
+    name = monitor["selector"]["matchLabels"]["app.kubernetes.io/name"]
+    assert (keep["action"], keep["regex"]) == ("keep", f"{name};{endpoint['port']}")
+    targets = {
+        r["target_label"]: r.get("source_labels")
+        for r in job["relabel_configs"]
+        if "target_label" in r
+    }
+    # No jobLabel: the job is the Service's name, which the KEDA queries select on.
+    assert "jobLabel" not in monitor and targets["job"] == ["__meta_kubernetes_service_name"]
+    for label in monitor["podTargetLabels"]:
+        sanitized = label.replace(".", "_").replace("/", "_")
+        assert targets[sanitized] == [f"__meta_kubernetes_pod_label_{sanitized}"]
+    assert {"namespace", "pod", "service", "container", "endpoint"} <= set(targets)
