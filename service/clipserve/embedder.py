@@ -1,24 +1,22 @@
 """The served models and the work behind every endpoint: items in, embeddings and scores out.
 
 Handlers call one method here, which checks item counts, looks the model up and normalizes.
-Models load in a worker thread at start-up (so /healthz answers while weights download); each
-model gets a batcher whose compute workers run its forward passes.
+Models load in a worker thread at start-up (loading.py); each model gets a batcher whose compute
+workers run its forward passes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from clipserve import classify
+from clipserve import classify, loading
 from clipserve.batching import ModelBatcher
 from clipserve.cache import EmbeddingCache
 from clipserve.errors import InvalidInput, Overloaded, PayloadTooLarge, UnknownModel
@@ -26,14 +24,7 @@ from clipserve.fetch import FetchPolicy, ImageFetcher
 from clipserve.images import ImageLimits
 from clipserve.inputs import IMAGE, TEXT, InputDecoder, Tokens
 from clipserve.metrics import Metrics
-from clipserve.models import (
-    ClipModel,
-    ModelLoadError,
-    ModelSpec,
-    available_specs,
-    imagenet_templates,
-    load_model,
-)
+from clipserve.models import ClipModel, ModelSpec, available_specs, imagenet_templates
 from clipserve.models import normalize as l2_normalize
 from clipserve.schemas import (
     BatchingInfo,
@@ -46,8 +37,6 @@ from clipserve.schemas import (
     TokenizerInfo,
 )
 from clipserve.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,62 +113,13 @@ class Embedder:
 
     def load(self) -> None:
         """Load and warm every model, then start its batcher (blocking; run in a thread)."""
-        # In a thread of its own that then exits. torch's OpenMP runtime (libgomp) keeps a team
-        # of worker threads for every thread that ran parallel work; once it manages more
-        # threads than there are CPUs it stops spin-waiting between parallel regions, and the
-        # compute workers' forward passes ran ~30% slower at batch 1 (docs/performance.md). The
-        # caller's thread (asyncio.to_thread's) lives on, and so would its team.
-        with ThreadPoolExecutor(1, thread_name_prefix="load") as loader:
-            loader.submit(self._load_all).result()
-        # What exists now (models, their modules, the app) lives until exit: move it out of the
-        # cyclic GC's sight. Otherwise every full collection walks all of it with the GIL held:
-        # 180 ms in which the event loop and every compute worker stood still (measured at
-        # concurrency 32, once per ~3 s).
-        gc.collect()
-        gc.freeze()
+        loading.load_all(self.settings, self.specs, self.metrics, self._serve)
 
-    def _load_all(self) -> None:
-        """What `load` does, in the loader thread."""
-        s = self.settings
-        threads = s.threads()
-        torch.set_num_threads(threads)
-        for spec in self.specs:
-            model = load_model(
-                spec, device=s.device, dtype=s.dtype, cache_dir=s.cache_dir, offline=s.offline
-            )
-            batch = s.batch_size_for(model.device.type)
-            workers = s.workers_for(model.device.type)
-            if s.compile != "off" and workers > 1:
-                # a compiled module recompiles on unseen shapes, and compiling is not safe
-                # from two threads at once
-                raise ModelLoadError(f"--compile {s.compile} needs --compute-workers 1")
-            model.compile(s.compile)
-            _warm_up(model, batch)
-            self.metrics.model_info.labels(
-                spec.raw, spec.arch, spec.tag or "", str(model.device), model.precision
-            ).set(1)
-            batcher = ModelBatcher(
-                spec.raw,
-                _encoders(model),
-                max_batch_size=batch,
-                max_wait_s=s.wait_ms_for(model.device.type) / 1000,
-                max_queue=s.max_queue,
-                metrics=self.metrics,
-                workers=workers,
-                threads=threads,
-            )
-            batcher.start()
-            self.models[spec.raw] = model
-            self.batchers[spec.raw] = batcher
-            self.loaded_at[spec.raw] = int(time.time())
-            log.info(
-                "%s ready on %s (%s), max batch %d, %d compute workers",
-                spec.raw,
-                model.device,
-                model.precision,
-                batch,
-                workers,
-            )
+    def _serve(self, name: str, model: ClipModel, batcher: ModelBatcher) -> None:
+        """Take a loaded model and its started batcher into service (in the loader thread)."""
+        self.models[name] = model
+        self.batchers[name] = batcher
+        self.loaded_at[name] = int(time.time())
 
     @property
     def loaded(self) -> bool:
@@ -376,34 +316,3 @@ def _model_info(model: ClipModel) -> dict[str, Any]:
         "preprocess": PreprocessInfo(**info["preprocess"]),
         "tokenizer": TokenizerInfo(**info["tokenizer"]),
     }
-
-
-class Row(NamedTuple):
-    """One item's result from a forward pass (in the compute thread)."""
-
-    vector: torch.Tensor
-    tokens: int  # tokens of a text, counting start and end; 0 for an image
-
-
-def _encoders(model: ClipModel) -> dict[str, Callable[[list[Any]], list[Row]]]:
-    def text(texts: list[str]) -> list[Row]:
-        tokens = model.tokenize(texts)  # once, here: its counts are /v1/embeddings' usage
-        counts = model.token_counts(tokens)
-        return [Row(v, n) for v, n in zip(model.encode_text(tokens), counts, strict=True)]
-
-    def image(pixels: list[torch.Tensor]) -> list[Row]:
-        return [Row(v, 0) for v in model.encode_image(torch.stack(pixels))]
-
-    return {TEXT: text, IMAGE: image}
-
-
-def _warm_up(model: ClipModel, batch: int) -> None:
-    """Passes per modality before ready: at full batch on GPU, to settle kernels and memory;
-    compiled, also at batch 1 and 2 (torch compiles batch 1 apart, and 2+ as one graph)."""
-    sizes = {batch if model.device.type == "cuda" else 1}
-    if model.compiled != "off":
-        sizes |= {1, 2}
-    for n in sorted(sizes):
-        model.encode_text(model.tokenize(["warm up"] * (n - 1) + ["a longer warm-up caption"]))
-        g = model.preprocessing.geometry
-        model.encode_image(torch.zeros(n, 3, g.height, g.width, dtype=torch.uint8))
