@@ -89,6 +89,9 @@ def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(
     )
     pod = items(cluster, "pods", ns, f"{OWNER_LABEL}=search")[0]
     assert pod["spec"]["nodeName"] == real_node.name
+    # The DEVICE column: what the pod's own torch reported (its device init container), not the
+    # spec's wish.
+    assert obj["status"]["device"] == "cpu"
     # Ready came from the server's /readyz, and no sooner than the server called its model warm.
     ready_at = _utc(condition({"status": pod["status"]}, "Ready")["lastTransitionTime"])
     log = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"])
