@@ -92,6 +92,7 @@ def test_should_only_set_clipserve_variables_the_service_understands_if_rendered
                 "maxQueue": 100,
                 "computeWorkers": 3,
             },
+            "embeddingCache": {"sizeMB": 256},
         }
     )
     variables = {k: v for k, v in env(objs).items() if k.startswith(ENV_PREFIX)}
@@ -103,9 +104,17 @@ def test_should_only_set_clipserve_variables_the_service_understands_if_rendered
     assert settings.max_wait_ms == 2.5
     assert settings.max_queue == 100
     assert settings.compute_workers == 3
+    assert settings.cache_mb == 256
     assert settings.fetch_allow == ("10.0.0.0/8",)
     assert settings.cache_dir == "/cache"
     assert settings.model == ("ViT-B-32:openai",)
+
+
+def test_should_keep_the_servers_embedding_cache_default_if_rendered(
+    default_objs: list[dict],
+) -> None:
+    # The chart always sets the size; its default must be the server's, not a second opinion.
+    assert from_env(env(default_objs)).cache_mb == Settings().cache_mb
 
 
 def test_should_point_every_cache_at_the_cache_volume_if_rendered(default_objs: list[dict]) -> None:

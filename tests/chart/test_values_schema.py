@@ -28,6 +28,7 @@ pytestmark = pytest.mark.helm
         ({"gpu": {"count": 0.5}}, "gpu.count"),
         ({"batching": {"maxBatchSize": -4}}, "batching.maxBatchSize"),
         ({"batching": {"maxQueue": 0}}, "batching.maxQueue"),
+        ({"embeddingCache": {"sizeMB": -1}}, "embeddingCache.sizeMB"),
         ({"service": {"port": 70000}}, "service.port"),
         ({"service": {"type": "ExternalName"}}, "service.type"),
         ({"slot": "Blue!"}, "slot"),

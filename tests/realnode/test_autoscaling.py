@@ -49,7 +49,7 @@ def spec(values: dict[str, Any], **autoscaling: Any) -> dict[str, Any]:
     """A small CPU ClipService on the real node: one compute worker, so one pod saturates."""
     # The load repeats its texts: with the embedding cache on, every request after the first is
     # a cache hit that never queues, and the queue depth the HPA reads stays 0.
-    no_cache = {"extraEnv": [{"name": "CLIPSERVE_CACHE_MB", "value": "0"}]}
+    no_cache = {"embeddingCache": {"sizeMB": 0}}
     return {
         "model": A,
         "device": "cpu",
