@@ -98,8 +98,14 @@ class RealNode:
 
     def import_archive(self, archive: Path, image: str, source_id: str) -> None:
         """Import an OCI archive holding image, unless the same source is already there."""
-        if self.image_source(image) == source_id:
+        present = self.image_source(image)
+        if present == source_id:
             return
+        if present is not None:
+            # Another build under the same name: remove it first. Re-pointing a name on import
+            # leaves containerd 2.3.7 without the image's id reference (sha256:<config>), which
+            # the kubelet mounts image volumes by: "failed to get image volume ref ... not found".
+            self.ctr("images", "rm", image)
         self.ctr("images", "import", "--local", "--discard-unpacked-layers", str(archive))
         if self.image_source(image) is None:
             raise NodeError(f"{archive} did not provide {image}")
