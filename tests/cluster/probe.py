@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from uuid import uuid4
 
+from tests.cluster.harness import KubectlError
 from tests.cluster.realnode import RealNode
+from tests.polling import eventually
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,16 @@ class LoadRun:
             f"-stop={self.stop_file}",
             f"-keepalive={str(keepalive).lower()}",
         ]
+        # A ClipService turns Ready with its pods, and kube-proxy programs their endpoints a
+        # moment later: a request in between is refused (seen: 7 refusals in the first 0.1 s).
+        # The stream starts once the Service answers, so what it counts is the run's own doing.
+        base = url.rsplit("/", 1)[0]
+        eventually(
+            lambda: node.exec(namespace, pod, "/probe", "get", f"{base}/readyz") or True,
+            f"{base}/readyz to answer through its Service",
+            120,
+            not_yet=(KubectlError,),
+        )
         cluster = node.cluster
         cmd = [
             str(cluster.bin_dir / "kubectl"), f"--kubeconfig={cluster.kubeconfig}",
