@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import calendar
 import json
+import time
 from typing import Any
 
 from tests.cluster.harness import Cluster, KubectlError
+
+
+def epoch_seconds(stamp: str) -> int:
+    """Seconds since the epoch of a Kubernetes timestamp (whole seconds, UTC)."""
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def get(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any] | None:

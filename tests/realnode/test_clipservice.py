@@ -6,7 +6,6 @@ the tests swap models, delete pods and scale down. Each test asserts what a user
 
 from __future__ import annotations
 
-import calendar
 import json
 import re
 import time
@@ -19,7 +18,15 @@ from clipserve_operator.constants import OWNER_LABEL
 from tests.cluster.harness import Cluster
 from tests.cluster.probe import LoadRun, Result
 from tests.cluster.realnode import RealNode
-from tests.operator.clipservices import clip, condition, fully_ready, get, items, patch
+from tests.operator.clipservices import (
+    clip,
+    condition,
+    epoch_seconds,
+    fully_ready,
+    get,
+    items,
+    patch,
+)
 from tests.operator.test_operator_cluster import Watch, slice_slots
 from tests.polling import eventually
 from tests.realnode.conftest import A, B, pinned_values
@@ -93,13 +100,13 @@ def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(
     # spec's wish.
     assert obj["status"]["device"] == "cpu"
     # Ready came from the server's /readyz, and no sooner than the server called its model warm.
-    ready_at = _utc(condition({"status": pod["status"]}, "Ready")["lastTransitionTime"])
+    ready_at = epoch_seconds(condition({"status": pod["status"]}, "Ready")["lastTransitionTime"])
     log = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"])
     warm = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ .* ready on cpu", log)
     assert warm, log[-2000:]
     # (Whole seconds on both sides, and the line is logged just after /readyz turns 200: 1 s
     # of slack, against a model load of many seconds.)
-    assert ready_at >= _utc(warm.group(1).replace(" ", "T") + "Z") - 1
+    assert ready_at >= epoch_seconds(warm.group(1).replace(" ", "T") + "Z") - 1
     url = obj["status"]["endpoint"]
     assert url == f"http://search.{ns}.svc.cluster.local:3000"
     out = real_node.exec(ns, client, "/probe", "post", f"{url}/encode", TEXT)
@@ -109,11 +116,6 @@ def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(
     assert len(embeddings) == 1 and len(embeddings[0]) == 512
     metrics = real_node.exec(ns, client, "/probe", "get", f"{url}/metrics")
     assert re.search(r'clipserve_requests_total\{endpoint="/readyz",status="200"\} [1-9]', metrics)
-
-
-def _utc(stamp: str) -> int:
-    """Seconds since the epoch of a Kubernetes timestamp (whole seconds, UTC)."""
-    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def test_swap_under_load_fails_nothing_and_never_mixes_models(
@@ -161,7 +163,7 @@ def test_swap_under_load_fails_nothing_and_never_mixes_models(
     measure("swap: patch -> old slot's pods gone", done - t0)
     measure("swap: responses of both models interleaved for", max(0.0, last_a - first_b))
     new_pod_created = min(
-        _utc(p["metadata"]["creationTimestamp"])
+        epoch_seconds(p["metadata"]["creationTimestamp"])
         for p in pods.objects
         if p["metadata"]["name"].startswith("swap-green-")
     )

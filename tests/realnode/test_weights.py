@@ -10,7 +10,6 @@ volume is a tmpfs of a fixed size mounted on the host (the tests run as root for
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ import torch
 from tests.chart.rendering import Helm
 from tests.cluster.harness import REPO, Cluster
 from tests.cluster.realnode import RealNode
-from tests.operator.clipservices import clip, condition, get, items, patch
+from tests.operator.clipservices import clip, condition, epoch_seconds, get, items, patch
 from tests.polling import eventually
 from tests.realnode.conftest import helm_on, pinned_values
 from tests.service.origin import Origin
@@ -210,11 +209,6 @@ def encode_model(node: RealNode, ns: str, client: str, endpoint: str) -> str:
     return model
 
 
-def _stamp(value: str) -> int:
-    """Seconds since the epoch of a Kubernetes timestamp (whole seconds, UTC)."""
-    return calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))
-
-
 def test_every_replica_and_a_swap_read_weights_fetched_once_into_the_shared_claim(
     cluster: Cluster,
     real_node: RealNode,
@@ -260,10 +254,10 @@ def test_every_replica_and_a_swap_read_weights_fetched_once_into_the_shared_clai
         for j in items(cluster, "jobs", ns, f"{OWNER_LABEL}=cached")
         if j["metadata"]["annotations"]["clipserve.io/model"] == b
     )
-    in_cache_at = _stamp(job_b["status"]["completionTime"])
+    in_cache_at = epoch_seconds(job_b["status"]["completionTime"])
     [green] = server_pods(cluster, ns, "cached")
     assert green["metadata"]["labels"]["clipserve.io/slot"] == "green"
-    assert _stamp(green["metadata"]["creationTimestamp"]) >= in_cache_at
+    assert epoch_seconds(green["metadata"]["creationTimestamp"]) >= in_cache_at
     assert len(gets(mirror, "/b.pt")) == 1 and len(gets(mirror, "/a.pt")) == 1
     assert encode_model(real_node, ns, client, obj["status"]["endpoint"]) == b
 
