@@ -23,6 +23,10 @@ def scaling(hpas: Iterable[Obj], deployment: str) -> Obj | None:
     return None
 
 
+_KEDA_AT_ZERO = "no pods: KEDA starts one when its trigger activates"
+_KEDA_WOKEN = "KEDA started the first pod; its HPA scales from its next sync on"
+
+
 def _keda(hpa: Obj) -> bool:
     """True for the HPA KEDA makes for a ScaledObject (keda-hpa-<name>, as the chart leaves it)."""
     return str(hpa["metadata"]["name"]).startswith("keda-hpa-")
@@ -64,24 +68,38 @@ def metric_summaries(hpa: Obj) -> list[str]:
     return out
 
 
-def autoscaler_status(hpa: Obj | None) -> dict[str, Any] | None:
-    """status.autoscaler: replicas wanted and had, each metric, and why it cannot scale (if so)."""
+def autoscaler_status(hpa: Obj | None, deployment: Obj | None = None) -> dict[str, Any] | None:
+    """status.autoscaler: replicas wanted and had, each metric, and why it cannot scale (if so).
+
+    The HPA controller rewrites its status only at its next sync, so right after KEDA moves the
+    serving Deployment to or from zero the HPA still says what it said before. Where the two
+    disagree the Deployment, read in the same pass as the rest of the status, decides: the
+    status is one snapshot, never replicas 0 beside a stale "ValidMetricFound".
+    """
     if hpa is None:
         return None
     spec, status = hpa.get("spec") or {}, hpa.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     able, active = conditions.get("AbleToScale"), conditions.get("ScalingActive")
     blocking = next((c for c in (able, active) if c and c.get("status") == "False"), None)
-    if blocking is not None and blocking.get("reason") == "ScalingDisabled" and _keda(hpa):
+    current, desired = int(status.get("currentReplicas", 0)), int(status.get("desiredReplicas", 0))
+    if deployment is not None:
+        current = int((deployment.get("status") or {}).get("replicas", 0))
+    at_zero = (
+        blocking is not None and blocking.get("reason") == "ScalingDisabled"
+        if deployment is None
+        else int((deployment.get("spec") or {}).get("replicas", 1)) == 0
+    )
+    if _keda(hpa) and at_zero:
         # KEDA holds the Deployment at zero and starts the first pod itself when its trigger
         # activates; its HPA idles meanwhile, which is no fault.
-        blocking, active = (
-            None,
-            {
-                "reason": "ScaledToZero",
-                "message": "no pods: KEDA starts one when its trigger activates",
-            },
-        )
+        blocking, desired = None, 0
+        active = {"reason": "ScaledToZero", "message": _KEDA_AT_ZERO}
+    elif _keda(hpa) and blocking is not None and blocking.get("reason") == "ScalingDisabled":
+        # KEDA has just started the first pod; its HPA still says "disabled at zero" until its
+        # next sync, when it takes over.
+        blocking = None
+        active = {"reason": "Activated", "message": _KEDA_WOKEN}
     if blocking is not None:
         reason, message = blocking.get("reason", ""), blocking.get("message", "")
     elif active is None:
@@ -94,8 +112,8 @@ def autoscaler_status(hpa: Obj | None) -> dict[str, Any] | None:
         "name": hpa["metadata"]["name"],
         "minReplicas": int(spec.get("minReplicas", 1)),
         "maxReplicas": int(spec.get("maxReplicas", 0)),
-        "currentReplicas": int(status.get("currentReplicas", 0)),
-        "desiredReplicas": int(status.get("desiredReplicas", 0)),
+        "currentReplicas": current,
+        "desiredReplicas": desired,
         "metrics": metric_summaries(hpa),
         "canScale": blocking is None and active is not None,
         "reason": reason,

@@ -266,7 +266,7 @@ def compute_status(
         "endpoint": endpoint,
         "device": serving_device(observed.pods, slot_label, state.active_slot),
         # None removes it (a merge patch) once autoscaling is off.
-        "autoscaler": autoscaler_status(observed.autoscaler),
+        "autoscaler": autoscaler_status(observed.autoscaler, observed.active),
         "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
     }
 

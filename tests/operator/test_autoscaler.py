@@ -180,3 +180,60 @@ def test_kedas_hpa_idling_at_zero_is_scaled_to_zero_not_stuck() -> None:
     manual = autoscaler_status(hpa(conditions=idle, currentReplicas=0))
     assert manual is not None and manual["canScale"] is False
     assert manual["reason"] == "ScalingDisabled"
+
+
+def deployment(want: int, have: int) -> dict[str, Any]:
+    """The serving Deployment as the reconcile reads it: spec.replicas and its pods."""
+    return {
+        "metadata": {"name": "search-blue"},
+        "spec": {"replicas": want},
+        "status": {"replicas": have},
+    }
+
+
+def keda_hpa(conditions: list[dict[str, str]], **status: Any) -> dict[str, Any]:
+    obj = hpa(conditions=conditions, **status)
+    obj["metadata"]["name"] = "keda-hpa-search-blue"
+    return obj
+
+
+def test_kedas_hpa_not_yet_synced_after_the_scale_to_zero_still_reads_scaled_to_zero() -> None:
+    # KEDA moved the Deployment to 0; the HPA says what it said before until its next sync.
+    stale = keda_hpa(
+        [
+            cond("AbleToScale", True, "ReadyForNewScale"),
+            cond("ScalingActive", True, "ValidMetricFound"),
+        ],
+        currentReplicas=1,
+        desiredReplicas=1,
+    )
+    status = autoscaler_status(stale, deployment(0, 0))
+    assert status is not None
+    assert (status["reason"], status["canScale"]) == ("ScaledToZero", True)
+    assert (status["currentReplicas"], status["desiredReplicas"]) == (0, 0)
+
+
+def test_kedas_hpa_not_yet_synced_after_the_wake_up_is_not_shown_at_zero() -> None:
+    # KEDA started the first pod; the HPA still says "disabled at zero" until its next sync.
+    stale = keda_hpa(
+        [
+            cond("AbleToScale", True, "SucceededGetScale"),
+            cond("ScalingActive", False, "ScalingDisabled", "the replica count is zero"),
+        ],
+        currentReplicas=0,
+    )
+    status = autoscaler_status(stale, deployment(1, 1))
+    assert status is not None
+    assert (status["reason"], status["canScale"], status["currentReplicas"]) == (
+        "Activated",
+        True,
+        1,
+    )
+
+
+def test_the_replicas_shown_are_the_deployments_of_the_same_pass() -> None:
+    status = autoscaler_status(
+        hpa(conditions=[cond("ScalingActive", True, "ValidMetricFound")], currentReplicas=1),
+        deployment(2, 2),
+    )
+    assert status is not None and status["currentReplicas"] == 2

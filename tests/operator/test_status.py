@@ -246,3 +246,23 @@ def test_a_crash_looping_init_container_is_degraded_with_its_last_words() -> Non
     assert degraded["reason"] == "CrashLoopBackOff"
     # The device check's own last words (the chart's FallbackToLogsOnError), not the back-off.
     assert degraded["message"] == "slot green: init container device: CrashLoopBackOff: but no CUDA"
+
+
+def test_scaled_to_zero_is_one_snapshot_while_kedas_hpa_lags() -> None:
+    # KEDA took the Deployment to 0; its HPA still reports its last sync (one pod, metric valid).
+    hpa = {
+        "metadata": {"name": "keda-hpa-x-blue"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x-blue"}},
+        "status": {
+            "currentReplicas": 1,
+            "desiredReplicas": 1,
+            "conditions": [
+                {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"}
+            ],
+        },
+    }
+    observed = Observed(active=_deploy(0, 0), pending=None, autoscaler=hpa)
+    status = _status(SwapState("blue", A), observed)
+    assert (status["replicas"], _cond(status, "Ready")["reason"]) == (0, "ScaledToZero")
+    assert status["autoscaler"]["reason"] == "ScaledToZero"
+    assert status["autoscaler"]["currentReplicas"] == 0
