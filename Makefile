@@ -54,9 +54,20 @@ images: ## build the clipserve and clipserve-operator images with podman (cached
 	bash scripts/build-images.sh
 
 .PHONY: test
-test: dev tools images ## install everything, build the images, lint, and run every test
-	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest
+test: ## install everything, build the images, lint, and run every test (each phase timed)
+	PY=$(PY) MAKE=$(MAKE) bash scripts/test-all.sh
+
+# What needs no image build, no real node and no browser: unit, in-process API, real server
+# processes, chart (helm) and control-plane tests.
+FAST := not images and not realnode and not browser
+
+.PHONY: test-fast
+test-fast: dev ## the quick loop: every test but the image, real-node and browser ones
+	bash scripts/install-helm.sh
+	bash scripts/install-crd-validators.sh
+	bash scripts/install-prometheus.sh
+	bash scripts/build-k8s.sh
+	$(PY) -m pytest -m '$(FAST)'
 
 .PHONY: lint
 lint: dev ## ruff check, ruff format --check and mypy (service and operator)
