@@ -4,7 +4,6 @@ cancelling the work of clients that went away."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Callable, Iterable
 
@@ -20,6 +19,7 @@ from litestar.types import (
     Send,
 )
 
+from clipserve.auth import CHALLENGE, DETAIL, authorized
 from clipserve.metrics import Metrics
 from clipserve.openai_compat import OPENAI_PREFIX, error_body
 
@@ -83,19 +83,12 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
     no auth)."""
     open_set = frozenset(open_paths)
     encoded = [k.encode() for k in keys]
-    detail = "missing or invalid API key"
+    detail = DETAIL
     body = msgspec.json.encode({"status_code": 401, "detail": detail})
     openai_body = msgspec.json.encode(error_body(401, detail))  # what OpenAI clients parse
 
     def allowed(scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                # compare against every key so timing says nothing about which one matched
-                return scheme.lower() == b"bearer" and any(
-                    [hmac.compare_digest(token.strip(), k) for k in encoded]
-                )
-        return False
+        return authorized(scope["headers"], encoded)
 
     def middleware(app: ASGIApp) -> ASGIApp:
         if not keys:
@@ -116,7 +109,7 @@ def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[AS
                 "status": 401,
                 "headers": [
                     (b"content-type", b"application/json"),
-                    (b"www-authenticate", b'Bearer realm="clipserve"'),
+                    CHALLENGE,
                     (b"content-length", str(len(answer)).encode()),
                 ],
             }
