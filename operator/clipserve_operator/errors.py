@@ -76,6 +76,12 @@ class InvalidSpec(ReconcileError):
     reason = "InvalidSpec"
 
 
+class ValuesNotAllowed(ReconcileError):
+    """`spec.values` sets a chart value a ClipService may not (values_policy.py says which may)."""
+
+    reason = "ValuesNotAllowed"
+
+
 class HelmNotFound(ReconcileError):
     """The configured helm cannot be run."""
 

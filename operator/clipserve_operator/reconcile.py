@@ -38,6 +38,7 @@ from .render import (
 from .settings import Settings
 from .status import Observed, compute_status, degraded_status, transitions
 from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
+from .values_policy import check_values
 from .weights import (
     COMPONENT,
     COMPONENT_LABEL,
@@ -304,6 +305,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     weights: list[Weights] = []
     failure: ReconcileError | None = None
     try:
+        check_values(owner["spec"], ctx.settings.values_allow)  # before anything is rendered
         state = await _advance_swap(ctx, owner, selector, state)
         objects = await _desired(ctx, owner, state)
         if cache_type(owner["spec"]) == SHARED:

@@ -18,6 +18,7 @@ ENV_PREFIX = "CLIPSERVE_OPERATOR_"
 # The chart the operator image bundles (operator/Dockerfile); a checkout renders its own.
 BUNDLED_CHART = Path("/opt/clipserve/charts/clipserve")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
 
 def _default_chart() -> str:
@@ -83,6 +84,15 @@ class Settings:
     cluster_domain: str = _setting(
         "DNS suffix of the cluster, used in status.endpoint.", "cluster.local", metavar="DOMAIN"
     )
+    values_allow: tuple[str, ...] = _setting(
+        "Chart value paths (dotted, e.g. `keda.prometheus.serverAddress`) that a ClipService's "
+        "`spec.values` may set besides the safe ones the README's Security section lists; a "
+        "path allows everything below it. Each one hands every ClipService author what that "
+        "value can do with the operator's rights: add only what they could do themselves.",
+        (),
+        metavar="PATH",
+        shown="(none)",
+    )
 
     def check(self) -> None:
         """Refuse values no run can use; ValueError names the flag and variable."""
@@ -98,6 +108,14 @@ class Settings:
             "metrics_port": "" if 0 <= self.metrics_port <= 65535 else "not a port (0-65535)",
             "retry_delay_s": "" if self.retry_delay_s > 0 else "must be above 0",
             "resync_s": "" if self.resync_s >= 0 else "must be 0 (off) or more",
+            "values_allow": next(
+                (
+                    f"{p!r} is not a dotted value path"
+                    for p in self.values_allow
+                    if not _PATH.match(p)
+                ),
+                "",
+            ),
         }
         for f in fields(self):
             if problems.get(f.name):

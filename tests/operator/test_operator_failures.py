@@ -109,8 +109,8 @@ def test_a_chart_that_fails_to_render_shows_helms_error_and_clears_when_the_spec
 def test_an_object_the_api_server_refuses_shows_its_message_and_clears_when_fixed(
     cluster: Cluster, running_operator: OperatorRun, ns: str
 ) -> None:
-    # helm renders a label key the API server refuses.
-    labels = {"podLabels": {"not a label": "x"}}
+    # helm renders a node label key the API server refuses.
+    labels = {"nodeSelector": {"not a label": "x"}}
     cond, _ = bad_values(cluster, ns, "refused", labels, "ApplyRefused")
     assert "422" in cond["message"] and "Invalid value" in cond["message"]
     assert "not a label" in cond["message"]

@@ -43,6 +43,13 @@ def test_namespaces_repeat_or_comma_separate() -> None:
     assert _settings(env={"CLIPSERVE_OPERATOR_NAMESPACE": "x, y"}).namespace == ("x", "y")
 
 
+def test_values_allow_is_a_list_of_dotted_paths() -> None:
+    env = {"CLIPSERVE_OPERATOR_VALUES_ALLOW": "fetchAllow, keda.prometheus.serverAddress"}
+    assert _settings(env=env).values_allow == ("fetchAllow", "keda.prometheus.serverAddress")
+    assert _settings("--values-allow", "extraEnv").values_allow == ("extraEnv",)
+    assert Settings().values_allow == ()
+
+
 @pytest.mark.parametrize(
     ("raw", "value"), [("1", True), ("true", True), ("On", True), ("0", False), ("", False)]
 )
@@ -69,6 +76,7 @@ def test_a_variable_that_does_not_parse_is_named(env: dict[str, str], named: str
         (Settings(metrics_port=70000), "--metrics-port"),
         (Settings(retry_delay_s=0), "--retry-delay-s"),
         (Settings(resync_s=-1), "--resync-s"),
+        (Settings(values_allow=("keda..query",)), "--values-allow"),
     ],
 )
 def test_check_refuses_unusable_values_naming_flag_and_variable(
