@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.types import ExceptionHandlersMap
 
 from clipserve.embedder import Embedder
-from clipserve.errors import InvalidInput, UnknownModel, http_error
+from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel, http_error
 from clipserve.inputs import Tokens
 from clipserve.schemas import (
     EmbeddingData,
@@ -33,6 +33,8 @@ from clipserve.schemas import (
 
 OPENAI_PREFIX = "/v1/"  # the routes that answer in OpenAI's shapes
 IMAGE_URI = "data:image/"
+# Token ids per input, as OpenAI's own embeddings models take at most (CLIP reads 77 of them).
+MAX_TOKEN_IDS = 8192
 # A clipserve message starts with the field it is about: "input[2]: ...", "model: ...".
 _FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 _JSON_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
@@ -73,19 +75,25 @@ def inputs(raw: str | list[str | int | list[int]]) -> list[Item | Tokens]:
     if not raw:
         raise InvalidInput("input: is empty; give a string, a list of them, or token ids")
     if all(isinstance(x, int) for x in raw):
-        return [Tokens(tuple(raw))]  # type: ignore[arg-type]  # one token array
+        return [_tokens(raw, "input")]  # type: ignore[arg-type]  # one token array
     out: list[Item | Tokens] = []
     for i, x in enumerate(raw):
         if isinstance(x, str):
             out.append(Item(img_uri=x) if x.startswith(IMAGE_URI) else Item(text=x))
         elif isinstance(x, list):
-            out.append(Tokens(tuple(x)))
+            out.append(_tokens(x, f"input[{i}]"))
         else:
             raise InvalidInput(
                 f"input[{i}]: a token id among strings or token lists; send strings, one list "
                 "of token ids, or a list of token-id lists"
             )
     return out
+
+
+def _tokens(ids: list[int], where: str) -> Tokens:
+    if len(ids) > MAX_TOKEN_IDS:
+        raise PayloadTooLarge(f"{where}: {len(ids)} token ids; the limit is {MAX_TOKEN_IDS}")
+    return Tokens(tuple(ids))
 
 
 def check_dimensions(dimensions: int | None, model: str, embed_dim: int) -> None:

@@ -15,19 +15,46 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Shared base: unknown fields are an error, so typos do not pass silently."""
 
 
+# Every string a request carries is bounded. Texts and images have their settings
+# (--max-text-chars, --max-image-bytes), checked before any work; the rest are bounded here, so
+# an oversize one is a 400 naming its field before the request does anything.
+ModelName = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=8192,  # a served spec can be a checkpoint URL (fetch.MAX_URL_CHARS)
+        description="a served model's spec or architecture (see /models); default: the first",
+    ),
+]
+# A label or template: CLIP reads 77 tokens (~300 characters), so 2,048 is already past use.
+PromptPart = Annotated[str, msgspec.Meta(max_length=2048)]
+
+
 class Item(Base):
     """One thing to embed: exactly one of `text`, `img_uri` (http(s) or data: URI), `img_blob`."""
 
-    text: str | None = None
-    img_uri: str | None = None
-    img_blob: Annotated[str | None, msgspec.Meta(description="base64-encoded image bytes")] = None
+    text: Annotated[
+        str | None, msgspec.Meta(description="at most --max-text-chars characters (413 above)")
+    ] = None
+    img_uri: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="an http(s) URL of at most 8,192 characters, or a data: URI of an image "
+            "of at most --max-image-bytes (413 above)"
+        ),
+    ] = None
+    img_blob: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="base64-encoded image bytes, at most --max-image-bytes (413 above)"
+        ),
+    ] = None
 
 
 class EncodeOptions(Base):
     """The object form of /encode, for options the bare array cannot carry."""
 
     items: list[Item]
-    model: str | None = None
+    model: ModelName | None = None
     normalize: bool = False
 
 
@@ -41,7 +68,7 @@ class RankRequest(Base):
 
     queries: list[Item]
     candidates: list[Item]
-    model: str | None = None
+    model: ModelName | None = None
 
 
 class RankResponse(Base):
@@ -146,15 +173,21 @@ class ClassifyRequest(Base):
     """Zero-shot classification of images against labels."""
 
     images: list[Item]
-    labels: list[str]
+    labels: Annotated[
+        list[PromptPart],
+        msgspec.Meta(
+            description="each in every template; the prompts must fit --max-text-chars each "
+            "and 16 KiB x --max-items in all (413 above)"
+        ),
+    ]
     templates: Annotated[
-        list[str] | None,
+        list[PromptPart] | None,
         msgspec.Meta(
             description="prompt templates, `{}` where the label goes; default: open_clip's "
             'ImageNet ensemble (80 templates); `["{}"]` for the plain labels'
         ),
     ] = None
-    model: str | None = None
+    model: ModelName | None = None
 
 
 class LabelScore(Base):
@@ -197,10 +230,10 @@ class EmbeddingsRequest(Base):
     ids, or a list of them; a `data:image/...;base64,` string is an image."""
 
     input: str | list[str | int | TokenIds]
-    model: str | None = None
+    model: ModelName | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(gt=0)] | None = None
-    user: str | None = None
+    user: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
 
 class EmbeddingData(Base):

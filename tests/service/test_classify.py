@@ -10,7 +10,10 @@ from clipserve import classify
 from clipserve.client import Client
 from clipserve.errors import PayloadTooLarge
 from clipserve.models import load_model, parse_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.service.memory import MB, measured
 from tests.service.pictures import png_b64, png_bytes
 from tests.service.server import MODEL_CONFIGS, TINY, Server
 
@@ -110,3 +113,64 @@ def test_labels_times_templates_are_capped_per_max_items():
     assert len(classify.prompts(labels[:10], templates, max_items=1, max_chars=100)) == 100
     with pytest.raises(PayloadTooLarge, match="11 x 10 = 110 prompts; the limit is 100"):
         classify.prompts(labels, templates, max_items=1, max_chars=100)
+
+
+def test_a_1_mb_body_of_300_mb_of_prompts_is_a_413_that_costs_the_server_no_memory(
+    server: Server,
+):
+    # The issue's body: 320 labels and 320 templates of ~1.5 KB. Each prompt (~3 KB) is under
+    # --max-text-chars and the count is at the limit, but all of them are 300 MB of text: on
+    # the code that built them first, the server grew by ~500 MB and tokenized for minutes.
+    labels = [f"label {i} " + "x" * 1500 for i in range(320)]
+    templates = [f"template {k} {{}} " + "y" * 1500 for k in range(320)]
+    body = {"images": IMAGES[:1], "labels": labels, "templates": templates}
+    # The client's timeout only keeps a regression from hanging the run.
+    url = f"{server.url}/classify"
+    r, growth = measured(server, lambda: httpx.post(url, json=body, timeout=90))
+    print(f"1 MB /classify body: HTTP {r.status_code}, server {growth}")
+    assert r.status_code == 413, r.text
+    detail = r.json()["detail"]
+    assert "labels x templates: 320 x 320" in detail and "bytes" in detail, detail
+    assert growth.peak_growth < 50 * MB, str(growth)
+
+
+def test_an_over_long_prompt_names_its_label_and_template_before_it_is_built():
+    labels, templates = ["cat", "a" * 30], ["{}", "the {} and the {}"]
+    with pytest.raises(PayloadTooLarge, match=r"labels\[1\]: .* in templates\[1\] has 73 char"):
+        classify.prompts(labels, templates, max_items=1, max_chars=72)
+    assert max(map(len, classify.prompts(labels, templates, max_items=1, max_chars=73))) == 73
+
+
+_TEXT = st.text(alphabet="ab {}\u00e9\u20ac\U0001f600", max_size=6)
+
+
+def _padded(core: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Short texts, some padded to hundreds of characters (to cross the byte budget)."""
+    return st.builds(lambda c, n: c + "x" * n, core, st.sampled_from([0, 0, 1, 40, 600]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    labels=st.lists(_padded(_TEXT).filter(str.strip), min_size=1, max_size=10, unique=True),
+    templates=st.lists(
+        _padded(st.builds(lambda a, b: a + "{}" + b, _TEXT, _TEXT)), min_size=1, max_size=10
+    ),
+    max_chars=st.integers(1, 2000),
+)
+def test_the_limits_judged_before_building_are_those_of_the_built_prompts(
+    labels: list[str], templates: list[str], max_chars: int
+):
+    built = [t.replace("{}", label) for label in labels for t in templates]
+    budget = 1 * classify.PROMPT_BYTES_PER_ITEM  # max_items=1; count limit 100 >= 10 x 10
+    try:
+        got = classify.prompts(labels, templates, max_items=1, max_chars=max_chars)
+    except PayloadTooLarge as exc:
+        longest, total = max(map(len, built)), sum(len(p.encode()) for p in built)
+        if longest > max_chars:
+            assert f"has {longest} characters" in exc.message
+        else:
+            assert total > budget and f"of {total} bytes" in exc.message
+    else:
+        assert got == built
+        assert max(map(len, built)) <= max_chars
+        assert sum(len(p.encode()) for p in built) <= budget
