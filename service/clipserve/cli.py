@@ -146,6 +146,7 @@ def download(settings: Settings, bar: bool | None) -> int:
             folder = fetch_tokenizer(repo, cache_dir=settings.cache_dir, offline=False)
             print(f"clipserve download: tokenizer {repo} in {folder}")
     except (ModelLoadError, DownloadError, HubFileMissing, ValueError, OSError) as exc:
+        log.debug("download failed", exc_info=True)  # the causes, for --log-level debug
         print(f"clipserve download: {exc}", file=sys.stderr)
         return 1
     print(
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # on clipserve's own loggers too: the app's logging config later resets the root to INFO
+    logging.getLogger("clipserve").setLevel(settings.log_level.upper())
     if args.command == "encode":
         if (args.text is None) == (args.image is None):
             print("clipserve encode: give a text or --image PATH (one of them)", file=sys.stderr)

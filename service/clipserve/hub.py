@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from clipserve.http_failures import host_of, is_request_failure, reason
 
 # What AutoTokenizer reads from a repo; weights and model configs are left out.
 TOKENIZER_FILES = (
@@ -35,6 +37,13 @@ def _where(cache_dir: str | None) -> str:
     return cache_dir or "the default Hugging Face cache"
 
 
+def _unreachable(repo: str, exc: BaseException) -> HubFileMissing:
+    return HubFileMissing(
+        f"tokenizer {repo}: could not fetch its files from {host_of(constants.ENDPOINT)}: "
+        f"{reason(exc)}"
+    )
+
+
 def fetch_tokenizer(repo: str, *, cache_dir: str | None, offline: bool) -> Path:
     """The folder holding `repo`'s tokenizer files, downloading them unless `offline`."""
     try:
@@ -47,12 +56,18 @@ def fetch_tokenizer(repo: str, *, cache_dir: str | None, offline: bool) -> Path:
             )
         )
     except LocalEntryNotFoundError as exc:
-        raise HubFileMissing(
-            f"tokenizer {repo}: tokenizer_config.json is not in {_where(cache_dir)}"
-            + (" and --offline forbids downloading it" if offline else f" ({exc})")
-        ) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+        if offline:
+            raise HubFileMissing(
+                f"tokenizer {repo}: tokenizer_config.json is not in {_where(cache_dir)} and "
+                "--offline forbids downloading it"
+            ) from exc
+        raise _unreachable(repo, exc) from exc  # the hub client wraps the network error in it
+    except ValueError as exc:
         raise HubFileMissing(f"tokenizer {repo}: could not download its files ({exc})") from exc
+    except Exception as exc:  # whatever HTTP library the hub client uses this year
+        if not is_request_failure(exc):
+            raise
+        raise _unreachable(repo, exc) from exc
     if not (folder / "tokenizer_config.json").is_file():
         raise HubFileMissing(f"tokenizer {repo}: tokenizer_config.json is missing from {folder}")
     if not any((folder / name).is_file() for name in _VOCABULARIES):

@@ -41,7 +41,12 @@ def load_all(settings: Settings, specs: list[ModelSpec], metrics: Metrics, ready
     # compute workers' forward passes ran ~30% slower at batch 1 (docs/performance.md). The
     # caller's thread (asyncio.to_thread's) lives on, and so would its team.
     with ThreadPoolExecutor(1, thread_name_prefix="load") as loader:
-        loader.submit(_load_each, settings, specs, metrics, ready).result()
+        try:
+            loader.submit(_load_each, settings, specs, metrics, ready).result()
+        except ModelLoadError:
+            # start-up reports the message alone; the causes under it are for --log-level debug
+            log.debug("model loading failed", exc_info=True)
+            raise
     # What exists now (models, their modules, the app) lives until exit: move it out of the
     # cyclic GC's sight. Otherwise every full collection walks all of it with the GIL held:
     # 180 ms in which the event loop and every compute worker stood still (measured at

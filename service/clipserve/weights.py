@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-import httpx
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import build_hf_headers
 
 from clipserve.download import (
@@ -35,6 +34,7 @@ from clipserve.download import (
     client,
     fetch,
 )
+from clipserve.http_failures import host_of, is_request_failure, reason
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +214,13 @@ def _plan(
         url = hf_hub_url(src.repo, name, revision=src.revision)
         try:
             meta = get_hf_file_metadata(url, timeout=limits.connect_timeout_s)
-        except EntryNotFoundError:
-            continue  # try the next alternative
-        except HfHubHTTPError as exc:
-            if exc.response is not None and exc.response.status_code == 404:
-                continue  # a mirror that does not say "EntryNotFound" as the hub does
+        except Exception as exc:  # whatever HTTP library the hub client uses this year
+            if isinstance(exc, EntryNotFoundError) or reason(exc).startswith("answered 404"):
+                continue  # try the next alternative (a mirror may not say "EntryNotFound")
+            if not is_request_failure(exc):
+                raise
             raise DownloadError(
-                f"{label}: the hub could not describe {src.repo}/{name}: {exc}"
-            ) from exc
-        except (httpx.HTTPError, OSError) as exc:
-            raise DownloadError(
-                f"{label}: the hub could not describe {src.repo}/{name}: {exc}"
+                f"{label}: could not fetch {src.repo}/{name} from {host_of(url)}: {reason(exc)}"
             ) from exc
         if not meta.etag or not meta.commit_hash:
             raise DownloadError(f"{label}: the hub gave no etag or commit for {src.repo}/{name}")

@@ -133,7 +133,7 @@ def load_model(
             spec, name, cache_dir=cache_dir, offline=offline
         )
     except hub.HubFileMissing as exc:
-        raise ModelLoadError(f"{spec.raw}: {exc}") from exc
+        raise ModelLoadError(f"{spec.raw}: {exc}" + ("" if offline else _ways_out(spec))) from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{spec.raw}: could not load its tokenizer ({_first_line(exc)})"
@@ -181,11 +181,7 @@ def _weights_location(
     except weights.WeightsMissing as exc:
         raise ModelLoadError(str(exc)) from exc
     except DownloadError as exc:
-        raise ModelLoadError(
-            f"{exc}. Offline? Fill CLIPSERVE_CACHE_DIR with `clipserve download` and serve "
-            f"--offline, give a local checkpoint ({spec.arch}:/path/to/ckpt.pt), or use "
-            f"{spec.arch}:random for a smoke test"
-        ) from exc
+        raise ModelLoadError(f"{exc}{_ways_out(spec)}") from exc
     if spec.kind == "pretrained":
         return spec.arch, str(files[0]), open_clip.get_pretrained_cfg(spec.arch, spec.tag)
     if spec.kind == "url":
@@ -198,6 +194,15 @@ def _weights_location(
             )
         return f"local-dir:{files[0].parent}", None, None
     return spec.arch, None, None
+
+
+def _ways_out(spec: ModelSpec) -> str:
+    """What a user without a working download can do instead."""
+    return (
+        f". Ways out: run `clipserve download --model {spec.raw}` where there is network and "
+        "serve --offline from that cache (--cache-dir, CLIPSERVE_CACHE_DIR); or give a local "
+        f"checkpoint ({spec.arch}:/path/to/ckpt.pt); or use {spec.arch}:random for a smoke test"
+    )
 
 
 def _local_checkpoint(spec: ModelSpec) -> Path:

@@ -1,0 +1,103 @@
+"""A hub that cannot be reached stops `clipserve serve` with one message, not a traceback.
+
+The real `clipserve serve --model ViT-B-32:openai` process runs with an empty cache (HF_HOME in a
+temporary folder) and HF_ENDPOINT pointed at a host that does not resolve (`.invalid` never
+does) or at a local port where nothing listens; no network is needed for either. TLS and HTTP
+status failures come from a real local origin (tests/service/origin.py) standing in for the hub.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.service.origin import Origin
+
+SPEC = "ViT-B-32:openai"
+FILE = "timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port that refuses connections: bound (so nobody else takes it), not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def clipserve(
+    command: str, endpoint: str, home: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CLIPSERVE_"))}
+    env |= {"HF_HOME": str(home), "HF_ENDPOINT": endpoint}
+    return subprocess.run(
+        [sys.executable, "-m", "clipserve.cli", command, "--model", SPEC, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "cause"),
+    [("hub.invalid", "does not resolve"), ("127.0.0.1:{port}", "connection refused")],
+)
+def test_an_unreachable_hub_is_one_message_naming_the_file_the_host_and_the_ways_out(
+    tmp_path, closed_port, where, cause
+):
+    host = where.format(port=closed_port)
+    proc = clipserve("serve", f"http://{host}", tmp_path, "--port", "0")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    [failed] = [line for line in proc.stderr.splitlines() if line.startswith("clipserve: ")]
+    for words in (SPEC, FILE, host, cause, "clipserve download", "--offline", "checkpoint"):
+        assert words in failed, (words, failed)
+
+
+@pytest.mark.slow
+def test_log_level_debug_shows_the_traceback_of_an_unreachable_hub(tmp_path):
+    proc = clipserve("serve", "http://hub.invalid", tmp_path, "--port", "0", "--log-level", "debug")
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ConnectError: [Errno -2]" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that nothing trusts."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("tls", "busy", "cause"),
+    [
+        (True, 0, "TLS certificate verification failed"),
+        (False, 1, "answered 503 Service Unavailable"),
+    ],
+)
+def test_download_names_a_tls_or_status_failure_of_the_hub_without_a_traceback(
+    tmp_path, self_signed, tls, busy, cause
+):
+    with Origin(tls=self_signed if tls else None) as hub:
+        hub.add(f"/{FILE.rsplit('/', 1)[0]}/resolve/main/{FILE.rsplit('/', 1)[1]}", busy=busy)
+        proc = clipserve("download", hub.base_url, tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    for words in (SPEC, FILE, f"127.0.0.1:{hub.port}", cause):
+        assert words in proc.stderr, (words, proc.stderr)
