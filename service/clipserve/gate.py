@@ -4,13 +4,18 @@ It passes every request on to the servers' Service. While no server is ready (sc
 or the first pod still loading its model) the Service has no endpoints and refuses connections;
 the gate then answers at once with 503 and Retry-After, never holding the request, and counts
 it: that count is what wakes the service (the chart's ScaledObject activates on the rate of
-requests the gate sees). The gate answers /healthz, /readyz and /metrics itself. It imports
-nothing of torch: it starts in a second and uses a few tens of MB.
+authorized requests the gate sees). With API keys (the server's own flags and variables), a
+request without a valid key gets 401 here and wakes nothing; the server's pages (playground,
+Swagger UI), which ask for the key themselves, pass without one but never wake the service.
+A client that goes away has its request cancelled upstream too. The gate answers /healthz,
+/readyz and /metrics itself. It imports nothing of torch: it starts in a second and uses a few
+tens of MB.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -21,6 +26,7 @@ import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from clipserve import auth, settings
 from clipserve.metrics import GateMetrics
 
 log = logging.getLogger("clipserve.gate")
@@ -44,15 +50,60 @@ HOP_BY_HOP = {
     b"host",
 }
 OWN_PATHS = ("/healthz", "/readyz", "/metrics")
+# The server answers its pages without a key (pages.py, routes marked PUBLIC): the playground
+# at /, Swagger UI and the OpenAPI document under /schema, their files under /static/.
+PAGE_PATHS = ("/", "/schema")
+PAGE_PREFIXES = ("/schema/", "/static/")
+OPENAI_PREFIX = "/v1/"  # the routes that answer in OpenAI's error shape (openai_compat.py)
+# Idle connections to the servers are dropped after this long: uvicorn closes them after 5 s,
+# and a request sent on one that it is closing just then fails (502) without reaching it.
+KEEPALIVE_EXPIRY_S = 4.0
+# Sent again once on a fresh connection when the first failed before any answer: nothing of
+# them can have changed anything (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was all in."""
+
+
+class Body:
+    """The client's request body as it arrives (streamed to the server, never buffered whole);
+    `started` once its first part was read, after which it cannot be sent again."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.started = False
+        self.done = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            more = bool(message.get("more_body"))
+            if not more:
+                self.done.set()
+            yield message.get("body", b"")
+            if not more:
+                return
 
 
 class Gate:
     """The ASGI app: own paths answered here, the rest proxied to backend (or 503 when none)."""
 
-    def __init__(self, backend: str, retry_after_s: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        backend: str,
+        retry_after_s: int,
+        timeout_s: float,
+        api_keys: frozenset[str] = frozenset(),
+    ) -> None:
         self.backend = backend.rstrip("/")
         self.retry_after_s = retry_after_s
         self.timeout = httpx.Timeout(timeout_s, connect=5.0)
+        self.keys = [k.encode() for k in api_keys]
         self.metrics = GateMetrics()
         self._client: httpx.AsyncClient | None = None
 
@@ -63,14 +114,18 @@ class Gate:
             if scope["path"] in OWN_PATHS:
                 await self._own(scope["path"], send)
             else:
-                await self._proxy(scope, receive, send)
+                await self._gated(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # No pool limit: the servers' own queues decide what they can take.
-                limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+                limits = httpx.Limits(
+                    max_connections=None,
+                    max_keepalive_connections=64,
+                    keepalive_expiry=KEEPALIVE_EXPIRY_S,
+                )
                 self._client = httpx.AsyncClient(timeout=self.timeout, limits=limits)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -85,31 +140,76 @@ class Gate:
         else:
             await _respond(send, 200, b"ok", "text/plain")
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the key, then pass the request on; only an authorized one counts as waking."""
+        path = scope["path"]
+        if not self.keys or auth.authorized(scope["headers"], self.keys):
+            outcome = await self._proxy(scope, receive, send)
+        elif path in PAGE_PATHS or path.startswith(PAGE_PREFIXES):
+            await self._proxy(scope, receive, send)
+            outcome = "page"
+        else:
+            await self._unauthorized(path, send)
+            outcome = "unauthorized"
+        self.metrics.requests.labels(outcome).inc()
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> str:
+        """Pass the request on, cancelling it upstream if its client goes away (servers do not
+        notice a gone client themselves: middleware.cancel_on_disconnect). Returns the outcome."""
+        body = Body(receive) if _has_body(scope) else None
+        exchange = asyncio.ensure_future(self._exchange(scope, body, send))
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            if body is not None:
+                await body.done.wait()  # until then the disconnect comes through the body
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            exchange.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await exchange
+        except asyncio.CancelledError:
+            if not gone:  # cancelled from outside (shutdown): pass it on
+                raise
+            return "cancelled"
+        except ClientGone:
+            return "cancelled"
+        finally:
+            watcher.cancel()
+
+    async def _exchange(self, scope: Scope, body: Body | None, send: Send) -> str:
         assert self._client is not None, "lifespan startup has not run"
-        url = self.backend + scope["path"]
+        # The raw path: decoded, a %3F would become a query (and %2F a path separator) upstream.
+        url = self.backend + scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-        request = self._client.build_request(
-            scope["method"], url, headers=headers, content=_body(receive)
-        )
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.ConnectError:
-            # Refused: the Service has no ready endpoint (scaled to zero, or still loading).
-            self.metrics.requests.labels("unavailable").inc()
-            await self._unavailable(send)
-            return
-        except httpx.TimeoutException as exc:
-            self.metrics.requests.labels("error").inc()
-            await _error(send, 504, f"the server did not answer in time ({type(exc).__name__})")
-            return
-        except httpx.TransportError as exc:
-            self.metrics.requests.labels("error").inc()
-            await _error(send, 502, f"the server's connection failed: {exc}")
-            return
-        self.metrics.requests.labels("proxied").inc()
+        for attempt in (1, 2):
+            request = self._client.build_request(
+                scope["method"], url, headers=headers, content=body
+            )
+            try:
+                response = await self._client.send(request, stream=True)
+                break
+            except httpx.ConnectError:
+                # Refused: the Service has no ready endpoint (scaled to zero, or still loading).
+                await self._unavailable(send)
+                return "unavailable"
+            except httpx.TimeoutException as exc:
+                await _error(send, 504, f"the server did not answer in time ({type(exc).__name__})")
+                return "error"
+            except httpx.TransportError as exc:
+                if attempt == 1 and _resendable(scope["method"], body, exc):
+                    # Most likely a kept-alive connection the server closed just then.
+                    what = f"{scope['method']} {scope['path']}"
+                    log.info("%s failed before any answer (%r): sent again", what, exc)
+                    continue
+                await _error(send, 502, f"the server's connection failed: {exc}")
+                return "error"
         try:
             kept = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
             await send(
@@ -120,6 +220,7 @@ class Gate:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
+        return "proxied"
 
     async def _unavailable(self, send: Send) -> None:
         detail = (
@@ -135,16 +236,36 @@ class Gate:
             [(b"retry-after", str(self.retry_after_s).encode())],
         )
 
+    async def _unauthorized(self, path: str, send: Send) -> None:
+        """The server's own 401 (middleware.bearer_auth): OpenAI's error shape under /v1/."""
+        if path.startswith(OPENAI_PREFIX):
+            error = {
+                "message": auth.DETAIL,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+            body = json.dumps({"error": error}).encode()
+        else:
+            body = json.dumps({"status_code": 401, "detail": auth.DETAIL}).encode()
+        await _respond(send, 401, body, "application/json", [auth.CHALLENGE])
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives (streamed to the server, never buffered whole)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        yield message.get("body", b"")
-        if not message.get("more_body"):
-            return
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request carries a body (a length above 0, or chunks)."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _resendable(method: str, body: Body | None, exc: httpx.TransportError) -> bool:
+    """Whether a request that failed before any answer may be sent again: none of its body was
+    read from the client (it could not be sent twice), and either it is idempotent or it failed
+    while its head was being written (the server cannot have acted on half a request)."""
+    if body is not None and body.started:
+        return False
+    return method in IDEMPOTENT or isinstance(exc, httpx.WriteError)
 
 
 async def _respond(
@@ -162,6 +283,9 @@ async def _respond(
 async def _error(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"status_code": status, "detail": detail}).encode()
     await _respond(send, status, body, "application/json")
+
+
+KEY_SETTINGS = ("api_key", "api_key_file")
 
 
 def add_parser(sub: Any) -> None:
@@ -184,6 +308,8 @@ def add_parser(sub: Any) -> None:
         "--timeout-s", type=float, default=300.0, help="longest wait for a server's answer"
     )
     gate.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # The server's own key flags and variables: give the gate the keys its servers have.
+    settings.add_arguments(gate, only=KEY_SETTINGS)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -200,8 +326,17 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = Gate(args.backend, args.retry_after_s, args.timeout_s)
-    log.info("gate on %s:%s for %s", args.host, args.port, app.backend)
+    keys = settings.from_args(
+        argparse.Namespace(**{name: getattr(args, name) for name in KEY_SETTINGS})
+    ).api_keys()
+    app = Gate(args.backend, args.retry_after_s, args.timeout_s, keys)
+    log.info(
+        "gate on %s:%s for %s (%s)",
+        args.host,
+        args.port,
+        app.backend,
+        f"{len(keys)} API key(s)" if keys else "no API key: every request passes and wakes",
+    )
     uvicorn.run(
         app,
         host=args.host,

@@ -22,9 +22,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 # (charts/clipserve/metrics.json) and the prometheus-adapter rules (manifests/metrics/) are
 # generated from it by scripts/generate-metrics.py; a test finds it on a real server.
 QUEUE_DEPTH = "clipserve_queue_depth"
-# Requests `clipserve gate` saw, by outcome: KEDA wakes a service scaled to zero on their rate.
+# Requests `clipserve gate` saw, by outcome: KEDA wakes a service scaled to zero on the rate of
+# the authorized ones (GATE_WAKING: proxied, answered 503 while none is ready, failed, or given up
+# by their client), never on requests without a valid key (401 here, or a page passed on keyless).
 GATE_REQUESTS = "clipserve_gate_requests_total"
-GATE_OUTCOMES = ("proxied", "unavailable", "error")
+GATE_WAKING = ("proxied", "unavailable", "error", "cancelled")
+GATE_OUTCOMES = (*GATE_WAKING, "unauthorized", "page")
 
 
 class Metrics:
@@ -143,7 +146,8 @@ class GateMetrics:
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
             GATE_REQUESTS,
-            "Requests in front of the servers: proxied, unavailable (no server ready: 503), error",
+            "Requests in front of the servers: proxied, unavailable (no server ready: 503), "
+            "error, cancelled (client gone), unauthorized (401), page (no key, never wakes)",
             ["outcome"],
             registry=self.registry,
         )

@@ -16,6 +16,7 @@ from types import ModuleType
 import httpx
 import pytest
 import yaml
+from clipserve.metrics import GATE_OUTCOMES
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -120,4 +121,4 @@ def test_should_export_every_series_autoscaling_reads_if_nothing_was_served_yet(
         for s in samples["gate"]
         if s.name in wanted["KEDA wake-up query"]
     }
-    assert woken == {"proxied": 0.0, "unavailable": 0.0, "error": 0.0}
+    assert woken == dict.fromkeys(GATE_OUTCOMES, 0.0)

@@ -1,14 +1,19 @@
-"""A real `clipserve gate` process on a free loopback port, for the tests."""
+"""A real `clipserve gate` process on a free loopback port, and an upstream that drops a kept-alive
+connection the moment its next request arrives, for the tests."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.server import free_port
@@ -17,14 +22,17 @@ from tests.service.server import free_port
 class GateProcess:
     """A `clipserve gate` child process on a free loopback port."""
 
-    def __init__(self, backend: str, *args: str) -> None:
+    def __init__(self, backend: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.backend_port = httpx.URL(backend).port
         self.log = Path(tempfile.mkstemp(prefix="clipserve-gate-", suffix=".log")[1])
         cmd = [sys.executable, "-m", "clipserve.cli", "gate", "--backend", backend]
         cmd += ["--port", str(self.port), *args]
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
         deadline = time.monotonic() + 60
         while not self._up():
             assert self.proc.poll() is None, self.log.read_text()
@@ -47,6 +55,61 @@ class GateProcess:
             if s.name == "clipserve_gate_requests_total"
         }
 
+    def upstream_ports(self) -> set[int]:
+        """Local ports of the gate's open connections to its backend (one per connection)."""
+        return {
+            c.laddr.port
+            for c in psutil.Process(self.proc.pid).net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == self.backend_port and c.status == "ESTABLISHED"
+        }
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+class DroppingUpstream:
+    """An HTTP/1.1 server that answers the first request of each connection (200, kept alive) and
+    closes the connection, unanswered, when a second one arrives on it: what a client sees when
+    it sends on a kept-alive connection just as the server times it out. `seen` lists each
+    request as (connection number, method, path)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.seen: list[tuple[int, str, str]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            number += 1
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        with conn, conn.makefile("rb") as reader:
+            for answered in (False, True):
+                head = reader.readline().split()
+                if not head:
+                    return
+                headers = {}
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    headers[name.strip().lower()] = value.strip()
+                if headers.get(b"transfer-encoding") == b"chunked":
+                    while size := int(reader.readline(), 16):
+                        reader.read(size + 2)  # the chunk and its CRLF
+                    reader.readline()  # the CRLF after the last chunk
+                else:
+                    reader.read(int(headers.get(b"content-length", 0)))
+                self.seen.append((number, head[0].decode(), head[1].decode()))
+                if answered:
+                    return  # the kept-alive connection's second request: closed, unanswered
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    def close(self) -> None:
+        self.sock.close()
