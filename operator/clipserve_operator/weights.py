@@ -26,6 +26,7 @@ from .errors import ImageVolumeUnsupported, InvalidSpec
 SHARED, IMAGE = "shared", "image"
 COMPONENT = "weights"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+NAME_LABEL, INSTANCE_LABEL = "app.kubernetes.io/name", "app.kubernetes.io/instance"
 # Jobs of one model carry the hash of its spec: the status maps a Job back to its model.
 MODEL_LABEL = f"{GROUP}/weights-model"
 CONTAINER = "download"
@@ -162,6 +163,12 @@ def prefetch_job(name: str, deployment: Mapping[str, Any]) -> Obj:
         pod.pop(key, None)
     pod.update(containers=[container], restartPolicy="Never")
     labels = {OWNER_LABEL: name, COMPONENT_LABEL: COMPONENT, MODEL_LABEL: model_hash(model)}
+    # The chart's weights NetworkPolicy selects these (clipserve.weightsSelectorLabels): the
+    # servers' egress rules hold for the download too. The servers' own name would put the
+    # Job's pods behind their Service.
+    server_labels = template["metadata"]["labels"]
+    labels[NAME_LABEL] = f"{server_labels[NAME_LABEL]}-weights"
+    labels[INSTANCE_LABEL] = server_labels[INSTANCE_LABEL]
     job_spec = {
         "backoffLimit": BACKOFF_LIMIT,
         "template": {

@@ -46,7 +46,7 @@ def test_should_render_a_scaled_object_on_queue_depth_if_keda_is_enabled(helm: H
     trigger, wake = so["triggers"]  # minReplicas 0: the gate's wake-up trigger comes second
     assert wake["metadata"]["query"] == (
         f'sum(rate(clipserve_gate_requests_total{{namespace="{NAMESPACE}",'
-        'job="clip-clipserve-gate"}[1m]))'
+        'job="clip-clipserve-gate",outcome=~"proxied|unavailable|error|cancelled"}[1m]))'
     )
     assert trigger["type"] == "prometheus"
     assert trigger["metricType"] == "AverageValue"

@@ -29,6 +29,7 @@ EXPECTED_KINDS = {
     "existing-claim": {"Deployment", "Service"},
     "model-image": {"Deployment", "Service"},
     "network-ingress": {"Deployment", "Service", "NetworkPolicy", "Ingress", "ServiceAccount"},
+    "scale-to-zero-network": {"Deployment", "Service", "ScaledObject", "NetworkPolicy", "Ingress"},
     "slot-blue": {"Deployment", "Service", "PodDisruptionBudget"},
     "slot-green": {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
 }

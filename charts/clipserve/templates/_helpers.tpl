@@ -225,10 +225,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/*
-KEDA's wake-up query: requests per second the gate saw (proxied or answered 503) over the
-last minute, from the ServiceMonitor's scrape of the gate Service (job <fullname>-gate).
+The Service clients call (the Ingress's backend): the gate's while the servers may scale to zero.
+*/}}
+{{- define "clipserve.endpointService" -}}
+{{- if include "clipserve.gated" . -}}
+{{- printf "%s-gate" (include "clipserve.fullname" .) -}}
+{{- else -}}
+{{- include "clipserve.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels of the operator's prefetch Job pods (`clipserve download` into a shared weights cache;
+operator/clipserve_operator/weights.py sets them from the server pods' labels): their own name,
+so that neither Service selects them, and the release's instance.
+*/}}
+{{- define "clipserve.weightsSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "clipserve.name" . }}-weights
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+KEDA's wake-up query: authorized requests per second the gate saw (proxied, answered 503,
+failed or given up by their client; never a 401 nor a page fetched without a key: metrics.py
+GATE_WAKING) over the last minute, from the ServiceMonitor's scrape of the gate Service (job
+<fullname>-gate).
 */}}
 {{- define "clipserve.kedaGateQuery" -}}
-{{- $sel := printf "namespace=%q,job=%q" .Release.Namespace (printf "%s-gate" (include "clipserve.fullname" .)) -}}
+{{- $sel := printf "namespace=%q,job=%q,outcome=~%q" .Release.Namespace (printf "%s-gate" (include "clipserve.fullname" .)) "proxied|unavailable|error|cancelled" -}}
 {{- printf "sum(rate(%s{%s}[1m]))" (include "clipserve.metricName" (dict "root" . "key" "gateRequests")) $sel -}}
 {{- end -}}
