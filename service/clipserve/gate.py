@@ -326,9 +326,13 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    keys = settings.from_args(
-        argparse.Namespace(**{name: getattr(args, name) for name in KEY_SETTINGS})
-    ).api_keys()
+    try:
+        keys = settings.from_args(
+            argparse.Namespace(**{name: getattr(args, name) for name in KEY_SETTINGS})
+        ).api_keys()
+    except ValueError as exc:  # a key file that cannot be read or holds no key: as the server
+        print(f"clipserve gate: {exc}", file=sys.stderr)
+        return 2
     app = Gate(args.backend, args.retry_after_s, args.timeout_s, keys)
     log.info(
         "gate on %s:%s for %s (%s)",

@@ -5,6 +5,8 @@ path passed on; kept-alive connections to the server never reused as the server 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +153,17 @@ def test_without_a_valid_key_a_cold_gate_answers_401_and_wakes_nothing(key_file:
         assert _woken(gate) == 2 == gate.requests()["unavailable"]
     finally:
         gate.stop()
+
+
+def test_a_gate_whose_key_file_holds_no_key_refuses_to_start(tmp_path: Path) -> None:
+    # As the server (issue 25 item 4): an empty Secret must not mean that every request wakes.
+    blank = tmp_path / "api-keys"
+    blank.write_text("\n  \n")
+    cmd = [sys.executable, "-m", "clipserve.cli", "gate", "--backend", "http://127.0.0.1:1"]
+    cmd += ["--port", str(free_port()), "--api-key-file", str(blank)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "holds no API key" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.fixture(scope="module")
