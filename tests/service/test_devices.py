@@ -1,4 +1,5 @@
-"""Device selection: a process that was given a GPU never computes on the CPU.
+"""Device selection: a process that was given a GPU never computes on the CPU; and what the
+CPU offers for bf16 (its units, read from /proc/cpuinfo as real CPUs write it).
 
 CUDA itself is not available on the machines these tests run on, so the "GPU assigned" signal
 is simulated through the variables a container runtime sets (NVIDIA_VISIBLE_DEVICES,
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clipserve import cpu
 from clipserve.devices import (
     DeviceError,
     assigned_gpus,
@@ -154,3 +156,46 @@ def test_a_server_given_a_gpu_without_cuda_stops_start_up_and_never_turns_ready(
     assert proc.returncode == 1
     assert "start-up failed: a GPU was assigned (NVIDIA_VISIBLE_DEVICES=GPU-8d2f)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the CPU's bf16 units ------------------------------------------------------------------
+
+SAPPHIRE_RAPIDS = (
+    "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+    "flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8\n"
+)
+ZEN4 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+SKYLAKE = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512bw avx512vl\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sha3 sve i8mm bf16 svebf16\nCPU part\t: 0xd40\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd aes crc32 atomics asimddp\nCPU part\t: 0xd0c\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "units"),
+    [
+        (SAPPHIRE_RAPIDS, ("AMX-BF16", "AVX512-BF16")),
+        (ZEN4, ("AVX512-BF16",)),
+        (SKYLAKE, ()),  # AVX-512 without its BF16 extension: bf16 only emulated
+        (GRAVITON3, ("Arm BF16",)),
+        (GRAVITON2, ()),
+        ("", ()),
+    ],
+)
+def test_bf16_units_are_read_from_x86_flags_and_arm_features(cpuinfo: str, units) -> None:
+    assert cpu.units_in(cpuinfo) == units
+
+
+def test_the_verdict_names_the_units_or_what_is_missing() -> None:
+    usable = cpu.judge(("AMX-BF16", "AVX512-BF16"), True, "2.14.1")
+    assert usable.usable
+    assert usable.reason == "this CPU has AMX-BF16 and AVX512-BF16 and torch's oneDNN uses it"
+    none = cpu.judge((), True, "2.14.1")
+    assert not none.usable and "no bf16 units" in none.reason and "slower" in none.reason
+    no_kernels = cpu.judge(("Arm BF16",), False, "2.14.1")
+    assert not no_kernels.usable
+    assert "has Arm BF16, but torch 2.14.1's oneDNN has no bf16 kernels" in no_kernels.reason
+
+
+def test_this_machines_detection_agrees_with_its_cpuinfo() -> None:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        assert cpu.bf16_support().units == cpu.units_in(f.read())
