@@ -158,17 +158,21 @@ def download(settings: Settings, bar: bool | None) -> int:
 
 
 def report_device(settings: Settings, report_to: Path | None) -> int:
-    """Print the device `serve` computes on with these settings (cuda or cpu); also write it
-    to report_to (in a pod's init container: its termination message, read by the operator)."""
+    """Print the device `serve` computes on with these settings (cuda or cpu), then the dtype
+    it would choose and why; write the device to report_to (in a pod's init container: its
+    termination message, read by the operator)."""
     from clipserve.devices import DeviceError, select_device
 
+    from clipserve.dtypes import DtypeError, plan
     try:
         device = select_device(settings.device)
-    except DeviceError as exc:
+        dtype = plan(settings.dtype, device)
+    except (DeviceError, DtypeError) as exc:
         print(f"clipserve: {exc}", file=sys.stderr)
         return 1
     print(device.type)
     if report_to is not None:
+    print(f"dtype: {dtype.describe()}")
         report_to.write_text(device.type)
     return 0
 
@@ -207,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(down, only=("model", "cache_dir", "model_config_dir", "log_level"))
     dev = sub.add_parser(
         "device",
-        help="print the device serve would compute on (cuda or cpu)",
+        help="print the device serve would compute on (cuda or cpu) and its dtype",
         description="Resolve --device as serve does (a process given a GPU never falls back to "
-        "the CPU); print cuda or cpu. The chart runs it as an init container, so that each pod "
+        "the CPU); print cuda or cpu, then `dtype: ...`, the dtype --dtype gives there and why "
+        "(on a CPU: its bf16 units). The chart runs it as an init container, so that each pod "
         "reports its own device.",
     )
     dev.add_argument("--report-to", type=Path, metavar="PATH", help="also write it to this file")
