@@ -161,13 +161,14 @@ async def models(
 
 @get(
     "/healthz",
-    summary="Liveness: the process and its compute threads are alive",
-    responses={503: ResponseSpec(Health, description="a compute thread died")},
+    summary="Liveness: the process and its compute threads are alive, its devices work",
+    responses={503: ResponseSpec(Health, description="a compute thread died or a device failed")},
 )
 async def healthz(embedder: NamedDependency[Embedder]) -> Response[Health]:
-    """503 once a compute thread has died, so Kubernetes restarts the pod."""
-    if not embedder.healthy:
-        return Response(Health("dead", "a compute thread died"), status_code=503)
+    """503 once a compute thread has died or a model's device keeps failing (see
+    --device-failures), so Kubernetes restarts the pod."""
+    if why := embedder.failure:
+        return Response(Health("dead", why), status_code=503)
     return Response(Health("ok"))
 
 
@@ -179,7 +180,8 @@ async def healthz(embedder: NamedDependency[Embedder]) -> Response[Health]:
 async def readyz(
     embedder: NamedDependency[Embedder], lifecycle: NamedDependency[Lifecycle]
 ) -> Response[Health]:
-    """503 while loading, after a compute thread died, and from the start of shutdown."""
+    """503 while loading, once a model is out of service (as /healthz), and from the start
+    of shutdown."""
     if reason := lifecycle.not_ready_reason(embedder):
         return Response(
             Health("unavailable", reason), status_code=503, headers={"Retry-After": "1"}

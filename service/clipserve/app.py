@@ -60,8 +60,9 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             request_metrics(metrics),
-            default_model_header(lambda: embedder.default_model),
             bearer_auth(api_keys, settings.open_paths),
+            # inside auth: a 401 names no model to a client without a key
+            default_model_header(lambda: embedder.default_model),
             cancel_on_disconnect,
         ],
         request_max_body_size=settings.max_body_bytes,

@@ -5,6 +5,10 @@ batch_policy.decide when to take a batch and how big, runs the forward pass and 
 item's future on the loop. Items whose future is already done (the client went away) are
 dropped before they cost a forward pass. Several workers run several batches at once; why that,
 and every rule of the policy, is measured in docs/performance.md ("How the batcher decides").
+
+A broken device (faults.py) fails every batch: after `fail_after` batches of a worker in a row
+failed with a device error, and then an item the model served before, the batcher takes its
+model out of service (`failure`), so that /readyz and /healthz fail and the pod is restarted.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from clipserve.batch_policy import (
     intra_op_threads,
 )
 from clipserve.errors import ClipServeError, Overloaded
-from clipserve.metrics import Metrics
+from clipserve.faults import DeviceWatch
+from clipserve.metrics import FAILURE_REASONS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class ModelBatcher:
         workers: int = 1,
         threads: int = 1,
         quiet_s: float = QUIET_S,
+        fail_after: int = 0,
     ) -> None:
         self.name = name
         self.limits = Limits(max_batch_size, max_wait_s, quiet_s)
@@ -83,11 +89,14 @@ class ModelBatcher:
         self._gap: dict[str, float] = dict.fromkeys(encoders, 0.0)  # ... and the one before
         self._cond = threading.Condition()
         self._stopping = False
-        self._crashed = False
+        self._failure: str | None = None  # why the model is out of service
+        self._watch = DeviceWatch(name, workers, fail_after, lambda m, p: encoders[m]([p]))
         self._metrics = metrics
         for modality in encoders:
             # Exported from the start: an autoscaler reading an idle pod sees 0, not "no metric".
             metrics.queue_depth.labels(name, modality).set(0)
+        for reason in FAILURE_REASONS:
+            metrics.batcher_failed.labels(name, reason).set(0)
         self._busy = [False] * workers
         self._freed = [0.0] * workers  # when each worker last finished a batch
         self._threads = [
@@ -109,14 +118,24 @@ class ModelBatcher:
 
     @property
     def alive(self) -> bool:
-        """False once a compute worker has died (it never should) or they have been stopped."""
-        return all(t.is_alive() for t in self._threads) and not self._crashed
+        """False once a compute worker has died (it never should), the model was taken out of
+        service, or the workers have been stopped."""
+        return all(t.is_alive() for t in self._threads) and self._failure is None
+
+    @property
+    def failure(self) -> str | None:
+        """Why this model can no longer serve (None while it can, and once stopped)."""
+        if self._failure is None and not self._stopping and not self.alive:
+            return "a compute thread died"
+        return self._failure
 
     async def submit(self, modality: str, payloads: Sequence[Any]) -> list[Any]:
         """Queue items and wait for their results; Overloaded if the queue is full."""
         loop = asyncio.get_running_loop()
         pending = [_Pending(p, loop.create_future()) for p in payloads]
         with self._cond:
+            if self._failure is not None:
+                raise Overloaded(f"model {self.name} is out of service: {self._failure}")
             if self._stopping or not self.alive:
                 raise Overloaded(f"model {self.name} is shutting down", retry_after_s=1)
             queue = self._queues[modality]
@@ -165,18 +184,22 @@ class ModelBatcher:
                         self._busy[worker] = False
                         self._freed[worker] = time.monotonic()
                         self._cond.notify_all()  # a later worker may now wait for its turn
-                # Free before the clients hear back: their next items must find this worker
-                # free, not wake a later worker that would run them single-threaded.
+                # The verdict before the clients hear back: whoever asks /healthz after this
+                # batch's answer hears it. Free before that: their next items must find this
+                # worker free, not wake a later worker that would run them single-threaded.
+                if why := self._watch.judge(worker, job[0], [(p.payload, r) for p, r in outcomes]):
+                    self._fail("device_error", why)
                 self._settle(outcomes)
         except BaseException:
             log.exception("compute worker %d of %s died", worker, self.name)
-            self._crashed = True
-            self._fail_all(ItemFailed(f"a compute worker of model {self.name} died"))
+            self._fail("worker_died", "a compute thread died")
 
     def _next_batch(self, worker: int) -> tuple[str, list[_Pending]] | None:
         """Wait until the policy gives this worker a batch (None: stopped)."""
         with self._cond:
             while True:
+                if self._failure is not None:
+                    return None
                 decision = decide(self._state(worker), self.limits)
                 if isinstance(decision, Stop):
                     return None
@@ -241,7 +264,9 @@ class ModelBatcher:
                 return [o for p in batch for o in self._compute(modality, [p])]
             log.exception("%s: %s item failed", self.name, modality)
             m.item_errors.labels("compute").inc()
-            return [(batch[0], ItemFailed(f"the model failed on this {modality}: {exc}"))]
+            failed = ItemFailed(f"the model failed on this {modality}: {exc}")
+            failed.__cause__ = exc  # what the DeviceWatch classifies
+            return [(batch[0], failed)]
         m.compute.labels(self.name, modality).observe(time.monotonic() - start)
         m.batch_size.labels(self.name, modality).observe(len(batch))
         m.items.labels(self.name, modality).inc(len(batch))
@@ -266,6 +291,17 @@ class ModelBatcher:
         for loop, pairs in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(settle, pairs)
+
+    def _fail(self, reason: str, why: str) -> None:
+        """Take the model out of service: refuse new items, fail queued ones with 503."""
+        with self._cond:
+            if self._failure is not None:
+                return
+            self._failure = why
+            self._cond.notify_all()  # the other workers stop too
+        self._metrics.batcher_failed.labels(self.name, reason).set(1)
+        log.error("model %s is out of service until the process restarts: %s", self.name, why)
+        self._fail_all(Overloaded(f"model {self.name} is out of service: {why}"))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:

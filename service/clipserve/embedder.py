@@ -26,6 +26,7 @@ from clipserve.inputs import IMAGE, TEXT, InputDecoder, Tokens
 from clipserve.metrics import Metrics
 from clipserve.models import ClipModel, ModelSpec, available_specs, imagenet_templates
 from clipserve.models import normalize as l2_normalize
+from clipserve.redact import redact
 from clipserve.schemas import (
     BatchingInfo,
     CacheInfo,
@@ -127,9 +128,12 @@ class Embedder:
         return len(self.models) == len(self.specs)
 
     @property
-    def healthy(self) -> bool:
-        """No compute thread has died."""
-        return all(b.alive for b in self.batchers.values())
+    def failure(self) -> str | None:
+        """Why a model can no longer serve (a compute thread died, its device failed), or None."""
+        for name, batcher in self.batchers.items():
+            if (why := batcher.failure) is not None:
+                return f"model {name}: {why}"
+        return None
 
     def stop(self) -> None:
         """Let batchers finish their queues, then release threads (blocking)."""
@@ -251,6 +255,7 @@ class Embedder:
             raise Overloaded("models are still loading; retry shortly", retry_after_s=2)
         if name is None:
             name = self.default_model
+        name = redact(name)  # models are named as shown: a URL spec without its credentials
         if name in self.models:
             return self.models[name]
         by_arch = [m for m in self.models.values() if m.spec.arch == name]

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from clipserve.redact import redact
+
 if TYPE_CHECKING:  # importing the embedder pulls in torch: keep `clipserve --help` fast
     from clipserve.embedder import Embedder
 
@@ -30,12 +32,13 @@ class Lifecycle:
             return f"model load failed: {self.load_error}"
         if not embedder.loaded:
             return "loading models"
-        if not embedder.healthy:
-            return "a compute thread died"
+        if why := embedder.failure:
+            return why
         return None
 
     def fail_start(self, message: str) -> None:
         """Record a fatal start-up error and stop the server."""
+        message = redact(message)  # a download error quotes its URL; /readyz is open
         log.error("start-up failed: %s", message)
         self.load_error = message
         self.request_exit()

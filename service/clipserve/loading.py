@@ -63,11 +63,10 @@ def _load_each(settings: Settings, specs: list[ModelSpec], metrics: Metrics, rea
         model, batcher = _start(spec, settings, metrics, threads)
         ready(spec.raw, model, batcher)
         log.info(
-            "%s ready on %s (%s: %s), max batch %d, %d compute workers",
+            "%s ready on %s (%s), max batch %d, %d compute workers",
             spec.raw,
             model.device,
             model.precision,
-            model.dtype_reason,
             batcher.limits.max_batch_size,
             batcher.workers,
         )
@@ -89,7 +88,7 @@ def _start(
     model.compile(s.compile)
     _warm_up(model, batch)
     metrics.model_info.labels(
-        spec.raw, spec.arch, spec.tag or "", str(model.device), model.precision
+        spec.raw, spec.arch, spec.shown_tag or "", str(model.device), model.precision
     ).set(1)
     batcher = ModelBatcher(
         spec.raw,
@@ -100,6 +99,7 @@ def _start(
         metrics=metrics,
         workers=workers,
         threads=threads,
+        fail_after=s.device_failures,
     )
     batcher.start()
     return model, batcher

@@ -28,6 +28,9 @@ QUEUE_DEPTH = "clipserve_queue_depth"
 GATE_REQUESTS = "clipserve_gate_requests_total"
 GATE_WAKING = ("proxied", "unavailable", "error", "cancelled")
 GATE_OUTCOMES = (*GATE_WAKING, "unauthorized", "page")
+# Why a model's batcher is out of service (clipserve_batcher_failed): its device failed
+# (faults.py), or a compute thread died.
+FAILURE_REASONS = ("device_error", "worker_died")
 
 
 class Metrics:
@@ -129,6 +132,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("clipserve_ready", "1 while /readyz answers 200", registry=r)
+        self.batcher_failed = Gauge(
+            "clipserve_batcher_failed",
+            "1 once a model is out of service (liveness fails, the pod restarts), by reason",
+            ["model", "reason"],
+            registry=r,
+        )
 
     def render(self, *, ready: bool, gpu_memory: Mapping[str, int]) -> bytes:
         """The exposition text for /metrics, with the gauges sampled at scrape time."""

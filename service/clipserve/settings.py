@@ -43,12 +43,7 @@ class Settings:
         "start-up with the cause), cpu, cuda or cuda:N.",
         "auto",
     )
-    dtype: str = _doc(
-        "auto (fp16 on CUDA; on a CPU, bf16 where it has bf16 units (AMX-BF16, AVX512-BF16, "
-        "Arm BF16) and a start-up self-check agrees with fp32, else fp32; /models says why), "
-        "fp32 (bit-exact), fp16 (CUDA only) or bf16 (refused on a CPU without bf16 units).",
-        "auto",
-    )
+    dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
     cache_dir: str | None = _doc(
         "Where downloaded weights and tokenizer files are cached (default: the HF hub cache); "
         "`clipserve download` fills it ahead of time.",
@@ -111,6 +106,13 @@ class Settings:
         "batch size and text length. Needs one compute worker.",
         "off",
     )
+    device_failures: int = _doc(
+        "Batches in a row whose every item fails with a device error (a CUDA error such as an "
+        "illegal memory access; not out-of-memory) after which a model is taken out of service "
+        "if an item it embedded before fails too: /readyz and /healthz answer 503, so the "
+        "kubelet restarts the pod. 0: never.",
+        3,
+    )
     cache_mb: float = _doc(
         "Embedding cache size in MB, shared by every route and model (0 turns it off): a text, "
         "or an image's bytes once fetched, embedded before by the same model is not embedded "
@@ -131,7 +133,11 @@ class Settings:
         "means no auth.",
         (),
     )
-    api_key_file: str | None = _doc("File with one API key per line (e.g. a mounted Secret).", None)
+    api_key_file: str | None = _doc(
+        "File with one API key per line (e.g. a mounted Secret); one that holds no key stops "
+        "start-up (an empty Secret must not mean no auth).",
+        None,
+    )
     open_paths: tuple[str, ...] = _doc(
         "Paths reachable without an API key.", ("/healthz", "/readyz", "/metrics")
     )
@@ -143,11 +149,23 @@ class Settings:
     log_level: str = _doc("Logging level: debug, info, warning, error.", "info")
 
     def api_keys(self) -> frozenset[str]:
-        """Keys from `api_key` and `api_key_file` together."""
+        """Keys from `api_key` and `api_key_file` together; ValueError if the file is
+        configured but cannot be read or holds no key."""
         keys = set(self.api_key)
         if self.api_key_file:
-            with open(self.api_key_file, encoding="utf-8") as fh:
-                keys.update(line.strip() for line in fh if line.strip())
+            where = f"--api-key-file {self.api_key_file}"
+            try:
+                with open(self.api_key_file, encoding="utf-8") as fh:
+                    from_file = {line.strip() for line in fh if line.strip()}
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{where}: cannot read the API keys ({exc})") from exc
+            if not from_file:
+                raise ValueError(
+                    f"{where} holds no API key (it is empty or blank), and serving without "
+                    "auth is not what a key file asks for: put one key per line in it (is the "
+                    "Secret's key filled?), or unset it to serve without keys"
+                )
+            keys |= from_file
         return frozenset(keys)
 
     def batch_size_for(self, device_type: str) -> int:

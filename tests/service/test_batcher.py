@@ -10,6 +10,7 @@ import pytest
 import torch
 from clipserve.batching import ItemFailed, ModelBatcher
 from clipserve.errors import Overloaded
+from clipserve.faults import device_failure
 from clipserve.metrics import Metrics
 
 POISON = -1.0
@@ -23,8 +24,8 @@ def _double(values: list[float]) -> torch.Tensor:
 
 
 def _batcher(encode=_double, **kw) -> ModelBatcher:
-    opts = {"max_batch_size": 8, "max_wait_s": 0.05, "max_queue": 64, **kw}
-    b = ModelBatcher("m", {"text": encode}, metrics=Metrics(), **opts)
+    opts = {"max_batch_size": 8, "max_wait_s": 0.05, "max_queue": 64, "metrics": Metrics(), **kw}
+    b = ModelBatcher("m", {"text": encode}, **opts)
     b.start()
     return b
 
@@ -317,3 +318,131 @@ def test_a_cohort_larger_than_its_share_is_split_once_the_other_worker_starves()
 
     asyncio.run(main())
     assert [len(batch) for _, _, batch in seen] == [8, 8, 4, 4, 4, 4]
+
+
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
+
+
+class _Device:
+    """A stand-in forward pass on a device that breaks on demand (a real GPU cannot be broken
+    here): while `broken`, every pass raises what torch raises after an illegal memory
+    access; `bad` values raise the same error alone (an item that trips the kernels)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.broken = False
+        self.error = error or RuntimeError(ILLEGAL_ACCESS)
+        self.passes = 0
+
+    def __call__(self, values: list[float]) -> torch.Tensor:
+        self.passes += 1
+        if self.broken or POISON in values:
+            raise self.error
+        return _double(values)
+
+
+def _outcomes(b: ModelBatcher, values: list[float]) -> list:
+    """Each value submitted alone, one after the other: its result or its error."""
+
+    async def main():
+        out = []
+        for v in values:
+            try:
+                out.append(float((await b.submit("text", [v]))[0][0]))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    return asyncio.run(main())
+
+
+def _failed_gauge(metrics: Metrics, reason: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "clipserve_batcher_failed", {"model": "m", "reason": reason}
+    )
+
+
+def test_a_device_failing_every_batch_takes_the_model_out_of_service():
+    device, metrics = _Device(), Metrics()
+    b = _batcher(device, max_wait_s=0, fail_after=2, metrics=metrics)
+    try:
+        assert _outcomes(b, [1.0]) == [2.0]  # an item it embeds: known good
+        assert b.failure is None and _failed_gauge(metrics, "device_error") == 0
+        device.broken = True
+        first, second = _outcomes(b, [2.0, 3.0])
+        assert isinstance(first, ItemFailed) and isinstance(second, ItemFailed)
+        # decided before the second answer came back: no waiting for the verdict
+        assert b.failure is not None and "2 text batches in a row" in b.failure
+        assert ILLEGAL_ACCESS in b.failure and "embedded before" in b.failure
+        assert not b.alive and _failed_gauge(metrics, "device_error") == 1
+        passes = device.passes
+        (after,) = _outcomes(b, [4.0])
+    finally:
+        b.stop()
+    assert isinstance(after, Overloaded) and "out of service" in str(after)
+    assert device.passes == passes  # refused at once: no pass on a broken device
+
+
+def test_one_failed_batch_between_good_ones_never_takes_the_model_down():
+    device = _Device()
+
+    def flaky(values):
+        device.broken = 5.0 in values  # every 5.0 meets a device error, alone
+        return device(values)
+
+    b = _batcher(flaky, max_wait_s=0, fail_after=2)
+    try:
+        out = _outcomes(b, [1.0, 5.0, 2.0, 5.0, 3.0, 5.0, 4.0])
+    finally:
+        b.stop()
+    assert [o for i, o in enumerate(out) if i % 2 == 0] == [2.0, 4.0, 6.0, 8.0]
+    assert all(isinstance(o, ItemFailed) for o in out[1::2])
+    assert b.failure is None
+
+
+def test_items_that_fail_while_a_known_good_item_still_embeds_never_take_the_model_down():
+    """A client sending only items that trip the kernels cannot restart the pod: the model
+    embeds an item it embedded before, so the items are to blame."""
+    device = _Device()
+    b = _batcher(device, max_wait_s=0, fail_after=2)
+    try:
+        out = _outcomes(b, [1.0, POISON, POISON, POISON, POISON, 2.0])
+    finally:
+        b.stop()
+    assert out[0] == 2.0 and out[-1] == 4.0
+    assert all(isinstance(o, ItemFailed) for o in out[1:-1])
+    assert b.failure is None
+
+
+def test_out_of_memory_never_takes_the_model_down():
+    device = _Device(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    b = _batcher(device, max_wait_s=0, fail_after=2)
+    try:
+        _outcomes(b, [1.0])
+        device.broken = True
+        out = _outcomes(b, [2.0] * 4)
+        device.broken = False
+        (later,) = _outcomes(b, [3.0])
+    finally:
+        b.stop()
+    assert all(isinstance(o, ItemFailed) for o in out) and later == 6.0
+    assert b.failure is None
+
+
+@pytest.mark.parametrize(
+    ("error", "fatal"),
+    [
+        (RuntimeError(ILLEGAL_ACCESS), True),
+        (RuntimeError("CUDA error: unspecified launch failure"), True),
+        (RuntimeError("CUDA error: device-side assert triggered"), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), True),
+        (RuntimeError("CUDA error: out of memory"), False),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"), False),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"), False),
+        (MemoryError(), False),
+        (ValueError("poisoned item"), False),
+        (NotImplementedError("no kernel for this dtype"), False),
+        (None, False),
+    ],
+)
+def test_device_failures_are_told_from_item_and_memory_errors(error, fatal):
+    assert device_failure(error) is fatal

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipserve import weights
+from clipserve.redact import redact
 
 RANDOM_TAG = "random"
 _SCHEMAS = ("hf-hub:", "local-dir:")
@@ -18,11 +19,17 @@ _SCHEMAS = ("hf-hub:", "local-dir:")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model spec; `raw` is what the user wrote and what the API reports."""
+    """A parsed model spec. `raw` is what the user wrote with a URL's credentials redacted:
+    the model's name in the API, metrics and logs; `tag` keeps the URL to download as given."""
 
     raw: str
     arch: str
     tag: str | None  # pretrained tag, URL, checkpoint path, "random", or None for hf-hub/local-dir
+
+    @property
+    def shown_tag(self) -> str | None:
+        """The tag as /models and /metrics show it (a URL's credentials redacted)."""
+        return None if self.tag is None else redact(self.tag)
 
     @property
     def kind(self) -> str:
@@ -54,10 +61,13 @@ def parse_spec(raw: str) -> ModelSpec:
     arch, sep, tag = raw.partition(":")
     if not sep or not arch or not tag:
         raise ValueError(
-            f"model spec {raw!r} must be ARCH:TAG (e.g. ViT-B-32:openai, ViT-B-32:/path/ckpt.pt, "
-            "ViT-B-32:random) or hf-hub:org/repo"
+            f"model spec {redact(raw)!r} must be ARCH:TAG (e.g. ViT-B-32:openai, "
+            "ViT-B-32:/path/ckpt.pt, ViT-B-32:random) or hf-hub:org/repo"
         )
-    spec = ModelSpec(raw=raw, arch=arch, tag=tag)
+    spec = ModelSpec(raw=redact(raw), arch=arch, tag=tag)
     if spec.kind == "url":
-        weights.parse_url(tag)  # a malformed URL or #sha256= is refused before anything loads
+        try:  # a malformed URL or #sha256= is refused before anything loads
+            weights.parse_url(tag)
+        except ValueError as exc:
+            raise ValueError(redact(str(exc))) from None  # its words quote the URL
     return spec
