@@ -16,7 +16,6 @@ import uvicorn
 from clipserve import __version__, gate
 from clipserve.bench import cli as bench
 from clipserve.lifecycle import Lifecycle
-from clipserve.redact import redact, redact_logs
 from clipserve.settings import Settings, add_arguments, from_args
 
 log = logging.getLogger("clipserve")
@@ -148,7 +147,7 @@ def download(settings: Settings, bar: bool | None) -> int:
             print(f"clipserve download: tokenizer {repo} in {folder}")
     except (ModelLoadError, DownloadError, HubFileMissing, ValueError, OSError) as exc:
         log.debug("download failed", exc_info=True)  # the causes, for --log-level debug
-        print(f"clipserve download: {redact(str(exc))}", file=sys.stderr)  # quotes the URL
+        print(f"clipserve download: {exc}", file=sys.stderr)
         return 1
     print(
         f"clipserve download: {len(report.fetched)} file(s) fetched, {len(report.cached)} "
@@ -159,16 +158,20 @@ def download(settings: Settings, bar: bool | None) -> int:
 
 
 def report_device(settings: Settings, report_to: Path | None) -> int:
-    """Print the device `serve` computes on with these settings (cuda or cpu); also write it
-    to report_to (in a pod's init container: its termination message, read by the operator)."""
+    """Print the device `serve` computes on with these settings (cuda or cpu), then the dtype
+    it would choose and why; write the device to report_to (in a pod's init container: its
+    termination message, read by the operator)."""
     from clipserve.devices import DeviceError, select_device
+    from clipserve.dtypes import DtypeError, plan
 
     try:
         device = select_device(settings.device)
-    except DeviceError as exc:
+        dtype = plan(settings.dtype, device)
+    except (DeviceError, DtypeError) as exc:
         print(f"clipserve: {exc}", file=sys.stderr)
         return 1
     print(device.type)
+    print(f"dtype: {dtype.describe()}")
     if report_to is not None:
         report_to.write_text(device.type)
     return 0
@@ -208,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(down, only=("model", "cache_dir", "model_config_dir", "log_level"))
     dev = sub.add_parser(
         "device",
-        help="print the device serve would compute on (cuda or cpu)",
+        help="print the device serve would compute on (cuda or cpu) and its dtype",
         description="Resolve --device as serve does (a process given a GPU never falls back to "
-        "the CPU); print cuda or cpu. The chart runs it as an init container, so that each pod "
+        "the CPU); print cuda or cpu, then `dtype: ...`, the dtype --dtype gives there and why "
+        "(on a CPU: its bf16 units). The chart runs it as an init container, so that each pod "
         "reports its own device.",
     )
     dev.add_argument("--report-to", type=Path, metavar="PATH", help="also write it to this file")
@@ -235,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     # on clipserve's own loggers too: the app's logging config later resets the root to INFO
     logging.getLogger("clipserve").setLevel(settings.log_level.upper())
-    redact_logs()  # no log line shows a checkpoint URL's credentials
     if args.command == "encode":
         if (args.text is None) == (args.image is None):
             print("clipserve encode: give a text or --image PATH (one of them)", file=sys.stderr)
