@@ -16,6 +16,7 @@ import uvicorn
 from clipserve import __version__, gate
 from clipserve.bench import cli as bench
 from clipserve.lifecycle import Lifecycle
+from clipserve.redact import redact, redact_logs
 from clipserve.settings import Settings, add_arguments, from_args
 
 log = logging.getLogger("clipserve")
@@ -147,7 +148,7 @@ def download(settings: Settings, bar: bool | None) -> int:
             print(f"clipserve download: tokenizer {repo} in {folder}")
     except (ModelLoadError, DownloadError, HubFileMissing, ValueError, OSError) as exc:
         log.debug("download failed", exc_info=True)  # the causes, for --log-level debug
-        print(f"clipserve download: {exc}", file=sys.stderr)
+        print(f"clipserve download: {redact(str(exc))}", file=sys.stderr)  # quotes the URL
         return 1
     print(
         f"clipserve download: {len(report.fetched)} file(s) fetched, {len(report.cached)} "
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # on clipserve's own loggers too: the app's logging config later resets the root to INFO
     logging.getLogger("clipserve").setLevel(settings.log_level.upper())
+    redact_logs()  # no log line shows a checkpoint URL's credentials
     if args.command == "encode":
         if (args.text is None) == (args.image is None):
             print("clipserve encode: give a text or --image PATH (one of them)", file=sys.stderr)

@@ -63,10 +63,11 @@ def _load_each(settings: Settings, specs: list[ModelSpec], metrics: Metrics, rea
         model, batcher = _start(spec, settings, metrics, threads)
         ready(spec.raw, model, batcher)
         log.info(
-            "%s ready on %s (%s), max batch %d, %d compute workers",
+            "%s ready on %s (%s: %s), max batch %d, %d compute workers",
             spec.raw,
             model.device,
             model.precision,
+            model.dtype_reason,
             batcher.limits.max_batch_size,
             batcher.workers,
         )

@@ -157,7 +157,16 @@ class ModelInfo(Base):
         ),
     ]
     device: str
-    dtype: str
+    dtype: Annotated[
+        Literal["fp32", "fp16", "bf16"], msgspec.Meta(description="what the model computes in")
+    ]
+    dtype_reason: Annotated[
+        str,
+        msgspec.Meta(
+            description="why: --dtype as given, or what auto saw (the CPU's bf16 units, the "
+            "bf16 self-check's cosine and ranking against fp32)"
+        ),
+    ]
     compiled: str
     batching: BatchingInfo
     default: bool = False

@@ -43,7 +43,12 @@ class Settings:
         "start-up with the cause), cpu, cuda or cuda:N.",
         "auto",
     )
-    dtype: str = _doc("auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", "auto")
+    dtype: str = _doc(
+        "auto (fp16 on CUDA; on a CPU, bf16 where it has bf16 units (AMX-BF16, AVX512-BF16, "
+        "Arm BF16) and a start-up self-check agrees with fp32, else fp32; /models says why), "
+        "fp32 (bit-exact), fp16 (CUDA only) or bf16 (refused on a CPU without bf16 units).",
+        "auto",
+    )
     cache_dir: str | None = _doc(
         "Where downloaded weights and tokenizer files are cached (default: the HF hub cache); "
         "`clipserve download` fills it ahead of time.",

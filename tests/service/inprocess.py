@@ -18,7 +18,9 @@ from tests.service.server import MODEL_CONFIGS, TINY
 @contextmanager
 def in_process(*models: str, **settings: Any) -> Iterator[TestClient]:
     """A client of a fresh app serving `models` (default the tiny one) with these Settings
-    fields, once /readyz says 200; the app (and its compute threads) stop afterwards."""
+    fields (dtype fp32 unless given, as `start_server`), once /readyz says 200; the app (and
+    its compute threads) stop afterwards."""
+    settings = {"dtype": "fp32", **settings}
     app = create_app(
         Settings(model=models or (TINY,), model_config_dir=str(MODEL_CONFIGS), **settings)
     )

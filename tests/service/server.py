@@ -26,13 +26,14 @@ def start_server(
     port: int | None = None,
 ) -> Server:
     """Start `clipserve serve` with the test model configs, offline, on `port` (or a free one),
-    and (by default) wait until /readyz says 200."""
+    and (by default) wait until /readyz says 200. In fp32 unless `args` or `env` say otherwise:
+    tests compare served vectors with open_clip's and with each other at fp32 tolerances."""
     return launcher.start_server(
         model,
         "--model-config-dir",
         str(MODEL_CONFIGS),
         *args,
-        env={"HF_HUB_OFFLINE": "1", **(env or {})},
+        env={"HF_HUB_OFFLINE": "1", "CLIPSERVE_DTYPE": "fp32", **(env or {})},
         wait_ready=wait_ready,
         timeout=timeout,
         port=port,

@@ -100,7 +100,9 @@ def test_device_prints_and_reports_what_serve_would_compute_on(tmp_path: Path):
     report = tmp_path / "termination-log"
     r = _clipserve("device", "--report-to", str(report))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "cpu" and report.read_text() == "cpu"  # no GPU on this machine
+    device, dtype = r.stdout.splitlines()
+    assert device == "cpu" and report.read_text() == "cpu"  # no GPU on this machine
+    assert dtype.startswith("dtype: ") and "auto on cpu: this CPU" in dtype
 
 
 def test_device_refuses_cuda_where_it_cannot_work_in_one_line():

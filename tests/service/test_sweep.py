@@ -117,6 +117,7 @@ def test_family_serves_as_open_clip_runs_it(
         model=(f"{arch}:random",),
         cache_dir=str(tmp_path / "hub"),
         offline=True,
+        dtype="fp32",  # matched at fp32 tolerance (bf16's agreement: test_bf16_quality.py)
         compute_workers=1,
         max_wait_ms=1.0,
     )

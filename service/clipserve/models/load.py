@@ -3,8 +3,10 @@ when offline), its own preprocessing and its own tokenizer."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,10 @@ import torch
 from open_clip.constants import HF_CONFIG_NAME, HF_WEIGHTS_NAME
 from open_clip.pretrained import _get_safe_alternatives
 
-from clipserve import hub, weights
+from clipserve import dtypes, hub, weights
 from clipserve.devices import DeviceError, select_device
 from clipserve.download import DownloadError
+from clipserve.models import precision
 from clipserve.models.clip import TORCH_DTYPES, ClipModel, ModelLoadError, trimmable_tower
 from clipserve.models.recipe import TokenizerInfo, build_tokenizer, model_preprocessing
 from clipserve.models.spec import ModelSpec, parse_spec
@@ -42,15 +45,6 @@ def imagenet_classnames() -> tuple[str, ...]:
 def add_model_configs(path: str) -> None:
     """Register extra open_clip architecture configs (a JSON file or a folder of them)."""
     open_clip.add_model_config(path)
-
-
-def resolve_precision(dtype: str, device: torch.device) -> str:
-    """fp16 on CUDA, fp32 on CPU, unless the user chose; half precision is refused on CPU."""
-    if dtype == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if dtype not in ("fp32", "fp16", "bf16"):
-        raise ModelLoadError(f"dtype {dtype!r} is not one of auto, fp32, fp16, bf16")
-    return dtype
 
 
 def _quick_gelu_for(spec: ModelSpec) -> bool:
@@ -110,21 +104,27 @@ def load_model(
     spec: ModelSpec,
     *,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "fp32",
     cache_dir: str | None = None,
     offline: bool = False,
 ) -> ClipModel:
     """Build the model for `spec` with its weights; raise ModelLoadError with a way forward.
 
+    `dtype`: auto, fp32, fp16 or bf16 (models/precision.py); fp32 unless asked, so a library
+    caller gets open_clip's own numbers (`serve` passes --dtype, auto by default).
     `offline`: weights and tokenizer files must already be in the cache; nothing is fetched.
     """
     try:
         dev = select_device(device)
     except DeviceError as exc:
         raise ModelLoadError(str(exc)) from exc
-    precision = resolve_precision(dtype, dev)
-    if precision != "fp32" and dev.type == "cpu":
-        raise ModelLoadError(f"dtype {precision} is not supported on CPU; use fp32")
+    try:
+        chosen = dtypes.plan(dtype, dev)
+    except dtypes.DtypeError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    # On a CPU, bf16 is a cast of the fp32 model (weights and inputs; see precision.py), not
+    # open_clip's mixed precision: build fp32 here and cast once loaded.
+    build = "fp32" if dev.type == "cpu" else chosen.precision
     _check_known(spec)
     quick_gelu = _quick_gelu_for(spec)
     name, pretrained, tag_cfg = _weights_location(spec, cache_dir, offline)
@@ -139,18 +139,19 @@ def load_model(
             f"{spec.raw}: could not load its tokenizer ({_first_line(exc)})"
         ) from exc
     try:
-        model = open_clip.create_model(
-            name,
-            pretrained=pretrained,
-            precision=precision,
-            device=dev,
-            cache_dir=cache_dir,
-            force_quick_gelu=quick_gelu,
-            # a tag's weights arrive as a file path: keep the tag's preprocessing (mean, std, ...)
-            force_preprocess_cfg=tag_cfg,
-            pretrained_text=False,
-            require_pretrained=spec.kind != "random",
-        )
+        with _seeded(spec):
+            model = open_clip.create_model(
+                name,
+                pretrained=pretrained,
+                precision=build,
+                device=dev,
+                cache_dir=cache_dir,
+                force_quick_gelu=quick_gelu,
+                # a tag's weights arrive as a file path: keep the tag's preprocessing (mean, std)
+                force_preprocess_cfg=tag_cfg,
+                pretrained_text=False,
+                require_pretrained=spec.kind != "random",
+            )
     except RuntimeError as exc:
         raise ModelLoadError(
             f"{spec.raw}: could not load weights ({_first_line(exc)}). Offline? Point "
@@ -162,7 +163,26 @@ def load_model(
     model.eval()
     if spec.kind == "random":
         log.warning("%s: serving RANDOM weights; embeddings are meaningless", spec.raw)
-    return _wrap(spec, model, tokenizer, tokenizer_info, dev, precision, quick_gelu)
+    wrapped = _wrap(spec, model, tokenizer, tokenizer_info, dev, build, quick_gelu)
+    wrapped.dtype_reason = chosen.reason
+    if chosen.check_bf16:
+        wrapped.dtype_reason = precision.settle(wrapped, chosen.reason)
+    elif chosen.precision != build:
+        wrapped.cast(TORCH_DTYPES[chosen.precision])
+    return wrapped
+
+
+@contextlib.contextmanager
+def _seeded(spec: ModelSpec) -> Iterator[None]:
+    """Random weights drawn from a fixed seed (the caller's RNG state untouched): every process
+    serving `ARCH:random` serves the same model, so replicas agree, benches compare, and auto's
+    bf16 self-check (precision.py) gives one verdict for it."""
+    if spec.kind != "random":
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
 
 
 def _weights_location(
