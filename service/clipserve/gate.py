@@ -101,6 +101,7 @@ class Gate:
         api_keys: frozenset[str] = frozenset(),
     ) -> None:
         self.backend = backend.rstrip("/")
+        self._base = httpx.URL(self.backend)
         self.retry_after_s = retry_after_s
         self.timeout = httpx.Timeout(timeout_s, connect=5.0)
         self.keys = [k.encode() for k in api_keys]
@@ -183,10 +184,12 @@ class Gate:
 
     async def _exchange(self, scope: Scope, body: Body | None, send: Send) -> str:
         assert self._client is not None, "lifespan startup has not run"
-        # The raw path: decoded, a %3F would become a query (and %2F a path separator) upstream.
-        url = self.backend + scope["raw_path"].decode("latin-1")
+        # The path and query as the client sent them, byte for byte: decoded, a %3F would
+        # become a query upstream, a %2F a path separator, a %10 an invalid URL.
+        target = self._base.raw_path.rstrip(b"/") + scope["raw_path"]
         if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
+            target += b"?" + scope["query_string"]
+        url = self._base.copy_with(raw_path=target)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
         for attempt in (1, 2):
             request = self._client.build_request(
@@ -227,7 +230,7 @@ class Gate:
             "no server is ready: the service is scaled to zero or its first pod is still"
             f" starting; retry after {self.retry_after_s} s"
         )
-        body = json.dumps({"status_code": 503, "detail": detail}).encode()
+        body = _json({"status_code": 503, "detail": detail})
         await _respond(
             send,
             503,
@@ -245,9 +248,9 @@ class Gate:
                 "param": None,
                 "code": "invalid_api_key",
             }
-            body = json.dumps({"error": error}).encode()
+            body = _json({"error": error})
         else:
-            body = json.dumps({"status_code": 401, "detail": auth.DETAIL}).encode()
+            body = _json({"status_code": 401, "detail": auth.DETAIL})
         await _respond(send, 401, body, "application/json", [auth.CHALLENGE])
 
 
@@ -268,6 +271,12 @@ def _resendable(method: str, body: Body | None, exc: httpx.TransportError) -> bo
     return method in IDEMPOTENT or isinstance(exc, httpx.WriteError)
 
 
+def _json(value: object) -> bytes:
+    """Compact, as the server's own bodies (msgspec): the gate's 401 is the server's, byte for
+    byte."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 async def _respond(
     send: Send,
     status: int,
@@ -281,7 +290,7 @@ async def _respond(
 
 
 async def _error(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"status_code": status, "detail": detail}).encode()
+    body = _json({"status_code": status, "detail": detail})
     await _respond(send, status, body, "application/json")
 
 

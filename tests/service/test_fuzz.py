@@ -6,6 +6,7 @@ The server and schemathesis run in a fresh network namespace with only loopback,
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -37,3 +38,34 @@ def test_schemathesis_finds_no_server_error_or_contract_violation():
     assert f"Tested: {declared.group(1)}" in out, out[-3000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", out)
     assert cases and int(cases.group(1)) >= 300 and cases.group(1) == cases.group(2), out[-3000:]
+
+
+@pytest.mark.slow
+def test_schemathesis_through_the_gate_finds_no_error_of_its_own_and_no_open_door():
+    # The same operations through `clipserve gate` (scale to zero) in front of the server, both
+    # with one API key: with it, every answer must still be the server's and conform; without
+    # it (schemathesis's ignored_auth), every operation must be refused.
+    assert shutil.which("unshare"), "util-linux unshare is needed to isolate the fuzzer"
+    cmd = f"ip link set lo up && exec {sys.executable} -m tests.service.fuzz_driver 25 gate"
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", "-c", cmd],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "server exit code 0" in out
+    declared = re.search(r"schema operations: (\d+)", out)
+    assert declared and int(declared.group(1)) >= 7, out[-3000:]
+    assert f"Tested: {declared.group(1)}" in out, out[-3000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert cases and int(cases.group(1)) >= 100 and cases.group(1) == cases.group(2), out[-3000:]
+    outcomes = re.search(r"gate outcomes: (\{.*\})", out)
+    assert outcomes, out[-3000:]
+    counts = ast.literal_eval(outcomes.group(1))
+    # Requests went through, keyless ones were refused by the gate, and the gate itself never
+    # failed one (a 502 or 504 of its own: a lost connection, a mangled request).
+    assert counts["proxied"] > 0 and counts["unauthorized"] > 0, counts
+    assert counts["error"] == 0, counts
