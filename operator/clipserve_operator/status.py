@@ -9,6 +9,7 @@ from typing import Any
 
 from .autoscaler import autoscaler_status
 from .constants import DEVICE_CONTAINER, Obj
+from .redact import redact
 from .swap import SwapState
 from .weights import COMPONENT, COMPONENT_LABEL, Weights, condition_fields
 
@@ -39,12 +40,13 @@ class Observed:
 
 
 def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
-    """One status condition (lastTransitionTime is filled in by merge_conditions)."""
+    """One status condition (lastTransitionTime is filled in by merge_conditions); its message
+    names models and quotes pods' last words, so URLs in it lose their credentials."""
     return {
         "type": type_,
         "status": "True" if ok else "False",
         "reason": reason,
-        "message": message,
+        "message": redact(message),
         "observedGeneration": generation,
     }
 
@@ -297,7 +299,7 @@ def transitions(
             (
                 "Normal",
                 "SwapStarted",
-                f"starting {current['pendingModel']} in slot {current['pendingSlot']}",
+                redact(f"starting {current['pendingModel']} in slot {current['pendingSlot']}"),
             )
         )
     if previous.get("activeModel") and current.get("activeModel") != previous.get("activeModel"):
@@ -305,7 +307,7 @@ def transitions(
             (
                 "Normal",
                 "SwapCompleted",
-                f"now serving {current['activeModel']} from slot {current['activeSlot']}",
+                redact(f"now serving {current['activeModel']} from slot {current['activeSlot']}"),
             )
         )
     for cond in current.get("conditions") or []:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .constants import GROUP, MODEL_ANNOTATION, OWNER_LABEL, Obj
 from .errors import ImageVolumeUnsupported, InvalidSpec
+from .redact import redact
 
 SHARED, IMAGE = "shared", "image"
 COMPONENT = "weights"
@@ -203,21 +204,22 @@ class Weights:
     message: str = ""
 
     def summary(self) -> str:
-        """One line for the WeightsReady condition."""
+        """One line for the WeightsReady condition (a URL's credentials redacted)."""
         if self.phase == "Downloading" and self.total:
             pct = 100 * self.done // self.total
-            return f"{self.model}: {self.done}/{self.total} bytes ({pct}%)"
-        return f"{self.model}: {self.message or self.phase.lower()}"
+            return redact(f"{self.model}: {self.done}/{self.total} bytes ({pct}%)")
+        return redact(f"{self.model}: {self.message or self.phase.lower()}")
 
     def to_status(self) -> dict[str, Any]:
-        """The entry of status.weights."""
+        """The entry of status.weights; the model and a failed download's words, which quote
+        its URL, with credentials redacted."""
         return {
-            "model": self.model,
+            "model": redact(self.model),
             "job": self.job,
             "phase": self.phase,
             "bytesDone": self.done,
             "bytesTotal": self.total,
-            "message": self.message,
+            "message": redact(self.message),
         }
 
 

@@ -15,8 +15,9 @@ import traceback
 from typing import Any
 
 HIDDEN = "***"
-# A URL inside any text: scheme://, then up to whitespace, a quote or an angle bracket.
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*")
+# A URL inside any text: scheme://, then up to whitespace, a quote or an angle bracket, less
+# the punctuation of the sentence around it ("... x.pt?sig=1: 403" keeps its colon).
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^\s'\"<>]*[^\s'\"<>.,:;)\]])?")
 
 
 def redact(text: str) -> str:

@@ -4,6 +4,7 @@ Deployment (real helm, real chart), where a model's weights stand, and what the 
 from __future__ import annotations
 
 import copy
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from clipserve_operator.constants import MODEL_ANNOTATION, OWNER_LABEL, SLOT_LABEL
 from clipserve_operator.errors import InvalidSpec
 from clipserve_operator.render import chart_values, desired_objects, helm_template
-from clipserve_operator.status import Observed, compute_status
+from clipserve_operator.status import Observed, compute_status, transitions
 from clipserve_operator.swap import SwapState
 from clipserve_operator.weights import (
     Weights,
@@ -258,3 +259,43 @@ def test_a_swap_prefetches_first_and_a_failed_download_degrades_but_keeps_servin
     )
     assert conds["WeightsReady"]["reason"] == "DownloadFailed"
     assert conds["Ready"]["status"] == "True"  # the serving slot is untouched
+
+
+# A checkpoint URL with credentials and a presigned query, and the words that must not show.
+SECRET_URL = "https://alice7:s3cr3tpass@models.example/ckpt.pt?X-Amz-Signature=sig0nly4me"
+SHOWN_URL = "https://***@models.example/ckpt.pt?***"
+SECRETS = ("alice7", "s3cr3tpass", "sig0nly4me", "X-Amz-Signature")
+
+
+def test_a_failed_download_of_a_url_with_credentials_is_shown_redacted() -> None:
+    spec, shown = f"ViT-B-32:{SECRET_URL}", f"ViT-B-32:{SHOWN_URL}"
+    # what a server that quotes the URL whole leaves as its prefetch pod's last words
+    said = f"fetching\nclipserve download: {spec}: {SECRET_URL} answered 403 Forbidden\n"
+    failed = weights_state(
+        spec, _job("Failed"), "j2", [_pod(terminated={"exitCode": 1, "message": said})]
+    )
+    serving = {"spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
+    swap = _status(
+        SwapState("blue", A, "green", spec),
+        Observed(active=serving, pending=None),
+        [Weights(A, "j1", "Ready", message="in the cache"), failed],
+    )
+    first = _status(
+        SwapState("blue", spec),
+        Observed(active=None, pending=None),
+        [Weights(spec, "j2", "Downloading", 5, 10)],
+    )
+    for status in (swap, first):
+        # activeModel/pendingModel persist the swap (they are spec.model, read back to render
+        # the slots): whoever reads them reads the spec; everything else is shown text
+        shown_parts = {k: v for k, v in status.items() if k not in ("activeModel", "pendingModel")}
+        text = json.dumps(shown_parts) + json.dumps(transitions(None, status))
+        for word in SECRETS:
+            assert word not in text, (word, text)
+    assert _conditions(swap)["Degraded"]["message"] == (
+        f"weights of {shown}: download failed: clipserve download: {shown}: {SHOWN_URL} "
+        "answered 403 Forbidden"
+    )
+    assert [w["model"] for w in swap["weights"]] == [A, shown]
+    assert ("Normal", "SwapStarted", f"starting {shown} in slot green") in transitions(None, swap)
+    assert _conditions(first)["Ready"]["message"].endswith(f"{shown}: 5/10 bytes (50%)")
