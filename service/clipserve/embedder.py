@@ -18,11 +18,12 @@ import torch
 
 from clipserve import classify, loading
 from clipserve.batching import ModelBatcher
+from clipserve.byte_budget import ByteBudget
 from clipserve.cache import EmbeddingCache
 from clipserve.errors import InvalidInput, Overloaded, PayloadTooLarge, UnknownModel
 from clipserve.fetch import FetchPolicy, ImageFetcher
 from clipserve.images import ImageLimits
-from clipserve.inputs import IMAGE, TEXT, InputDecoder, Tokens
+from clipserve.inputs import IMAGE, TEXT, FetchTurns, InputDecoder, Tokens
 from clipserve.metrics import Metrics
 from clipserve.models import ClipModel, ModelSpec, available_specs, imagenet_templates
 from clipserve.models import normalize as l2_normalize
@@ -91,7 +92,8 @@ class Embedder:
                 max_bytes=settings.max_image_bytes,
                 max_redirects=settings.fetch_max_redirects,
                 allow=settings.fetch_allow,
-            )
+            ),
+            budget=ByteBudget(settings.fetch_buffer_bytes),
         )
         self._decoder = InputDecoder(
             fetcher=self._fetcher,
@@ -102,6 +104,7 @@ class Embedder:
             pool=self._pool,
             cache=self.cache,
             metrics=metrics,
+            fetches_per_request=settings.fetch_concurrency,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -169,8 +172,10 @@ class Embedder:
         self._check_count(len(candidates), "candidates")
         self._check_count(len(queries) + len(candidates), "queries+candidates")
         served = self._model(model)
+        turns = self._decoder.fetch_turns()  # --fetch-concurrency is per request, not per list
         (q, _), (c, _) = await asyncio.gather(
-            self._embed(served, queries, "queries"), self._embed(served, candidates, "candidates")
+            self._embed(served, queries, "queries", turns),
+            self._embed(served, candidates, "candidates", turns),
         )
         cosine = l2_normalize(q) @ l2_normalize(c).T
         return Ranked(
@@ -274,11 +279,15 @@ class Embedder:
             )
 
     async def _embed(
-        self, model: ClipModel, items: Sequence[Item | Tokens], where: str
+        self,
+        model: ClipModel,
+        items: Sequence[Item | Tokens],
+        where: str,
+        turns: FetchTurns | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Embeddings [n, dim] for items, in order, and the tokens their texts used; from the
         cache where it has them, and into it for the rest."""
-        prepared = await self._decoder.prepare(items, model, where)
+        prepared = await self._decoder.prepare(items, model, where, turns)
         batcher = self.batchers[model.spec.raw]
         # Back into request order with one stack: indexed assignment into a tensor cost the
         # event loop ~13% of its time at c=32 (profiled).

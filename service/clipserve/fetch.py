@@ -5,22 +5,25 @@ itself, refuses internal addresses, and connects to the very IP it checked. Ther
 lookup between check and connect, so DNS rebinding cannot slip an internal address in, and TLS
 still uses the URL's host name for SNI and certificate checks (httpcore does the TLS handshake
 over the stream our backend returns). Every redirect hop opens its connection through the same
-backend, so every hop is checked.
+backend, so every hop is checked. A body's bytes count against the process's ByteBudget from
+its headers until the caller has decoded them (`fetching`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import httpcore
 import httpx
 
+from clipserve.byte_budget import ByteBudget, Hold
 from clipserve.errors import InvalidInput, PayloadTooLarge, UpstreamError, UpstreamTimeout
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -194,10 +197,23 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 class ImageFetcher:
-    """Fetches image bytes from http(s) URLs under a FetchPolicy; owns one httpx.AsyncClient."""
+    """Fetches image bytes from http(s) URLs under a FetchPolicy, within a ByteBudget when
+    given one; owns one httpx.AsyncClient."""
 
-    def __init__(self, policy: FetchPolicy, *, resolve: Resolver = system_resolve) -> None:
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        resolve: Resolver = system_resolve,
+        budget: ByteBudget | None = None,
+    ) -> None:
+        if budget is not None and budget.capacity < policy.max_bytes:
+            raise ValueError(
+                f"fetch_buffer_bytes ({budget.capacity}) must hold at least one image of "
+                f"max_image_bytes ({policy.max_bytes})"
+            )
         self.policy = policy
+        self._budget = budget
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=32)
         backend = GuardedBackend(AddressGuard(policy.allow), resolve)
         self._client = httpx.AsyncClient(
@@ -220,19 +236,33 @@ class ImageFetcher:
 
     async def fetch(self, url: str) -> bytes:
         """The body of `url`, following up to `max_redirects` checked redirects."""
+        async with self.fetching(url) as data:
+            return data
+
+    @contextlib.asynccontextmanager
+    async def fetching(self, url: str, since: float | None = None) -> AsyncIterator[bytes]:
+        """As `fetch`; the body's bytes count against the budget until the block ends, taken
+        in the budget's line at the place of a request that started at `since` (loop time;
+        default now)."""
         target = parse_url(url)
         total = self.policy.total_timeout_s
+        since = asyncio.get_running_loop().time() if since is None else since
+        held = _Held(self._budget, since)
         try:
-            async with asyncio.timeout(total):
-                return await self._follow(target)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"fetching the image took longer than {total:g} s") from exc
+            try:
+                async with asyncio.timeout(total) as deadline:
+                    data = await self._follow(target, held, deadline)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"fetching the image took longer than {total:g} s") from exc
+            yield data
+        finally:
+            held.release()
 
     async def aclose(self) -> None:
         """Close pooled connections."""
         await self._client.aclose()
 
-    async def _follow(self, url: httpx.URL) -> bytes:
+    async def _follow(self, url: httpx.URL, held: _Held, deadline: asyncio.Timeout) -> bytes:
         for _ in range(self.policy.max_redirects + 1):
             try:
                 async with self._client.stream("GET", url) as response:
@@ -243,7 +273,7 @@ class ImageFetcher:
                         raise UpstreamError(
                             f"origin {url.host!r} answered HTTP {response.status_code}"
                         )
-                    return await self._read_capped(response)
+                    return await self._read_capped(response, held, deadline)
             except httpx.TimeoutException as exc:
                 raise UpstreamTimeout(f"origin {url.host!r} timed out ({_phase(exc)})") from exc
             except httpx.HTTPError as exc:
@@ -254,7 +284,9 @@ class ImageFetcher:
                 raise UpstreamError(f"could not fetch from {url.host!r}: {reason}") from exc
         raise UpstreamError(f"more than {self.policy.max_redirects} redirects")
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
+    async def _read_capped(
+        self, response: httpx.Response, held: _Held, deadline: asyncio.Timeout
+    ) -> bytes:
         """Stream the body, stopping as soon as it passes `max_bytes`."""
         cap = self.policy.max_bytes
         declared = response.headers.get("Content-Length", "")
@@ -263,6 +295,9 @@ class ImageFetcher:
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _ENCODINGS:
             raise UpstreamError(f"origin used unsupported Content-Encoding {encoding!r}")
+        # A declared (identity) length is what the body will hold; otherwise up to the cap.
+        sized = declared.isdigit() and encoding in ("", "identity")
+        await held.take(int(declared) if sized else cap, deadline)
         # Decompress by hand with an output bound: a small gzip body cannot balloon in memory.
         inflater = zlib.decompressobj(wbits=47) if encoding not in ("", "identity") else None
         body = bytearray()
@@ -274,7 +309,39 @@ class ImageFetcher:
                     raise PayloadTooLarge(f"image is over the {cap}-byte cap")
         except zlib.error as exc:
             raise UpstreamError(f"origin sent a corrupt {encoding} body") from exc
+        held.shrink(len(body))
         return bytes(body)
+
+
+class _Held:
+    """The budget one download holds: taken once its size is known, until it is decoded."""
+
+    def __init__(self, budget: ByteBudget | None, since: float) -> None:
+        self._budget = budget
+        self._since = since
+        self._hold: Hold | None = None
+
+    async def take(self, size: int, deadline: asyncio.Timeout) -> None:
+        """Take `size` bytes; the fetch's deadline stops while it waits (other requests'
+        images awaiting decoding are no fault of the origin's), and the wait has its own."""
+        if self._budget is None:
+            return
+        loop = asyncio.get_running_loop()
+        when, start = deadline.when(), loop.time()
+        deadline.reschedule(None)
+        try:
+            self._hold = await self._budget.take(size, self._since)
+        finally:
+            if when is not None:
+                deadline.reschedule(when + loop.time() - start)
+
+    def shrink(self, size: int) -> None:
+        if self._hold is not None:
+            self._hold.shrink(size)
+
+    def release(self) -> None:
+        if self._hold is not None:
+            self._hold.release()
 
 
 def parse_url(url: str) -> httpx.URL:

@@ -1,9 +1,11 @@
 """Item decoding: each request item becomes a model payload (a text, or a uint8 image tensor).
 
 Images are fetched on the event loop (async I/O) and decoded/preprocessed in a thread pool, so
-the loop never blocks on pixels. An item already in the embedding cache (its text, or its image
-bytes once fetched or base64-decoded) comes back embedded, with no pixels decoded. Errors name
-the item, e.g. `queries[2].img_uri: ...`.
+the loop never blocks on pixels. A request fetches a few URLs at a time (--fetch-concurrency),
+each holding its bytes in the fetcher's process-wide budget until they are decoded. An item
+already in the embedding cache (its text, or its image bytes once fetched or base64-decoded)
+comes back embedded, with no pixels decoded. Errors name the item, e.g.
+`queries[2].img_uri: ...`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class Tokens:
 
 
 @dataclass(frozen=True)
+class FetchTurns:
+    """One request's turns at fetching: `slots` (--fetch-concurrency) at once, and its place in
+    the line for the fetch budget (when it started, on the loop's clock)."""
+
+    slots: asyncio.Semaphore
+    since: float
+
+
+@dataclass(frozen=True)
 class Prepared:
     """An item ready for the batcher (`payload`), or already embedded (`cached`)."""
 
@@ -68,7 +79,11 @@ class InputDecoder:
         pool: ThreadPoolExecutor,
         cache: EmbeddingCache,
         metrics: Metrics,
+        fetches_per_request: int,
     ) -> None:
+        if fetches_per_request < 1:
+            raise ValueError(f"fetch_concurrency must be at least 1, not {fetches_per_request}")
+        self._fetches_per_request = fetches_per_request
         self._fetcher = fetcher
         self._limits = limits
         self._max_text_chars = max_text_chars
@@ -76,10 +91,21 @@ class InputDecoder:
         self._cache = cache
         self._metrics = metrics
 
+    def fetch_turns(self) -> FetchTurns:
+        """A new request's turns at fetching (one per request: share it between its lists)."""
+        loop = asyncio.get_running_loop()
+        return FetchTurns(asyncio.Semaphore(self._fetches_per_request), loop.time())
+
     async def prepare(
-        self, items: Sequence[Item | Tokens], model: ClipModel, where: str
+        self,
+        items: Sequence[Item | Tokens],
+        model: ClipModel,
+        where: str,
+        turns: FetchTurns | None = None,
     ) -> list[Prepared]:
-        """Decode every item (images concurrently); the first bad one fails the request."""
+        """Decode every item (images concurrently, URLs a few at a time); the first bad one
+        fails the request."""
+        turns = turns or self.fetch_turns()
         prepared: list[Prepared | None] = [None] * len(items)
         images: dict[int, asyncio.Future[Prepared]] = {}
         try:
@@ -90,7 +116,7 @@ class InputDecoder:
                     prepared[i] = self._prepare_text(item, model, f"{where}[{i}]")
                 else:
                     images[i] = asyncio.ensure_future(
-                        self._prepare_image(item, model, f"{where}[{i}]")
+                        self._prepare_image(item, model, f"{where}[{i}]", turns)
                     )
             for i, done in zip(images, await asyncio.gather(*images.values()), strict=True):
                 prepared[i] = done
@@ -113,7 +139,9 @@ class InputDecoder:
             raise type(exc)(f"{where}.text: {exc.message}") from exc
         return self._text(model, text, b"text:" + text.encode("utf-8", "surrogatepass"))
 
-    async def _prepare_image(self, item: Item, model: ClipModel, where: str) -> Prepared:
+    async def _prepare_image(
+        self, item: Item, model: ClipModel, where: str, turns: FetchTurns
+    ) -> Prepared:
         """An image item; or an item without exactly one field, refused here."""
         given = [f for f in _FIELDS if getattr(item, f) is not None]
         if len(given) != 1:
@@ -123,9 +151,10 @@ class InputDecoder:
         value = getattr(item, name)
         try:
             if name == "img_uri" and not is_data_uri(value):
-                job = partial(self._image, model, await self._fetch(value))
-            else:  # base64 decoding of a large blob is CPU work too: keep it off the loop
-                job = partial(self._inline_image, model, name, value)
+                async with turns.slots:
+                    return await self._fetched_image(model, value, turns.since)
+            # base64 decoding of a large blob is CPU work too: keep it off the loop
+            job = partial(self._inline_image, model, name, value)
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
         except ClipServeError as exc:
             raise type(exc)(f"{where}.{name}: {exc.message}") from exc
@@ -163,10 +192,14 @@ class InputDecoder:
             )
         return text
 
-    async def _fetch(self, url: str) -> bytes:
+    async def _fetched_image(self, model: ClipModel, url: str, since: float) -> Prepared:
+        """Fetch, then decode in the pool; the bytes stay in the fetch budget until decoded.
+        (A request cancelled meanwhile gives them back while a pool thread may still hold
+        them: at most one image per preprocess thread.)"""
         if not url:
             raise InvalidInput("is empty")
         start = time.perf_counter()
-        data = await self._fetcher.fetch(url)
-        self._metrics.fetch.observe(time.perf_counter() - start)
-        return data
+        async with self._fetcher.fetching(url, since) as data:
+            self._metrics.fetch.observe(time.perf_counter() - start)
+            job = partial(self._image, model, data)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)

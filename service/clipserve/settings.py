@@ -92,6 +92,15 @@ class Settings:
         "image store). By default private, loopback and link-local addresses are refused.",
         (),
     )
+    fetch_concurrency: int = _doc(
+        "img_uri downloads one request runs at once; its other URLs wait their turn.", 16
+    )
+    fetch_buffer_bytes: int = _doc(
+        "Bytes of downloaded images awaiting decoding, across all requests; a download that "
+        "would pass it waits its turn (oldest request first) up to 2 s, then its request gets "
+        "503 with Retry-After. At least --max-image-bytes.",
+        256 * 2**20,
+    )
     preprocess_threads: int = _doc("Threads that decode and preprocess images.", 4)
     compute_workers: int = _doc(
         "Forward passes each model runs at once, each in its own thread; 0: one per usable CPU "

@@ -14,6 +14,7 @@ in-process async clients and separate server processes can fetch from it. Usage:
         url = origin.url("/cat.png")
         ...
         origin.hits("/cat.png"), origin.sent_bytes("/huge"), origin.requests[-1].headers
+        origin.peak_in_flight  # most requests it was answering at once
 
 `Origin(tls=(certfile, keyfile))` serves https instead; `Origin(rate_bps=25e6)` sends every body
 over one shared 25 MB/s link (a cluster's egress to the hub). Sleeps wait on an event that `close()`
@@ -85,6 +86,8 @@ class Origin:
         self._sent: dict[str, int] = {}
         self._cuts: dict[str, int] = {}
         self._busy: dict[str, int] = {}
+        self._in_flight = 0
+        self.peak_in_flight = 0  # most requests being answered at once, since the start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = _Server((host, 0), _handler_for(self))
@@ -158,6 +161,17 @@ class Origin:
         with self._lock:
             self.requests.append(seen)
 
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
     def _count(self, path: str, n: int) -> None:
         with self._lock:
             self._sent[path] = self._sent.get(path, 0) + n
@@ -219,6 +233,10 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
             self._serve("HEAD")
 
         def _serve(self, method: str) -> None:
+            with origin._answering():
+                self._serve_one(method)
+
+        def _serve_one(self, method: str) -> None:
             path = self.path.split("?", 1)[0]
             origin._record(Seen(method, path, dict(self.headers.items()), self.client_address[0]))
             route = origin.routes.get(path)

@@ -9,7 +9,14 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from clipserve.errors import InvalidInput, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from clipserve.byte_budget import ByteBudget
+from clipserve.errors import (
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from clipserve.fetch import FetchPolicy, ImageFetcher
 
 from tests.service.origin import Origin, endless
@@ -349,3 +356,79 @@ def test_a_refused_connection_is_an_upstream_error() -> None:
         port = sock.getsockname()[1]
     with pytest.raises(UpstreamError, match="could not fetch"):
         fetch(f"http://127.0.0.1:{port}/x", allow=LOOPBACK_OK)
+
+
+# -- the byte budget: fetched bytes held until decoded ----------------------------------------
+
+
+def test_a_body_holds_its_size_in_the_budget_until_the_caller_is_done(origin: Origin) -> None:
+    sized = origin.add("/sized", b"x" * 1000)
+    chunked = origin.add("/chunked", b"y" * 300, declare_length=None)
+
+    async def run() -> list[int]:
+        budget = ByteBudget(5000, wait_s=60)
+        fetcher = ImageFetcher(FetchPolicy(allow=LOOPBACK_OK, max_bytes=2000), budget=budget)
+        seen = []
+        try:
+            async with fetcher.fetching(sized) as data:
+                seen += [len(data), budget.used]
+            # no declared length: the cap is held while reading, then the body's own size
+            async with fetcher.fetching(chunked) as data:
+                seen += [len(data), budget.used]
+        finally:
+            await fetcher.aclose()
+        return [*seen, budget.used]
+
+    assert asyncio.run(run()) == [1000, 1000, 300, 300, 0]
+
+
+def test_a_budget_that_cannot_hold_one_image_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match=r"fetch_buffer_bytes \(100\).*max_image_bytes \(200\)"):
+        ImageFetcher(FetchPolicy(max_bytes=200), budget=ByteBudget(100))
+
+
+def test_the_budget_serves_the_oldest_request_first_and_refuses_after_its_wait() -> None:
+    async def run() -> list[str]:
+        budget = ByteBudget(10, wait_s=60)
+        order: list[str] = []
+
+        async def take(name: str, size: int, since: float) -> None:
+            hold = await budget.take(size, since)
+            order.append(name)
+            await asyncio.sleep(0)
+            hold.release()
+
+        first = await budget.take(10, since=0)
+        late = asyncio.create_task(take("late", 6, since=2))
+        await asyncio.sleep(0)  # "late" asked first...
+        early = asyncio.create_task(take("early", 6, since=1))  # ...for a newer request
+        await asyncio.sleep(0)
+        first.release()
+        await asyncio.gather(late, early)
+        # nothing frees within a refusing budget's wait: 503 with Retry-After
+        stuck = ByteBudget(10, wait_s=0.05)
+        held = await stuck.take(10, since=0)
+        with pytest.raises(Overloaded, match="hold 10 of 10 bytes") as refused:
+            await stuck.take(1, since=1)
+        assert refused.value.headers == {"Retry-After": "1"}
+        held.release()
+        return [*order, str(budget.used), str(stuck.used)]
+
+    assert asyncio.run(run()) == ["early", "late", "0", "0"]
+
+
+def test_a_download_that_gives_up_waiting_leaves_the_budget_as_it_was() -> None:
+    async def run() -> tuple[int, int]:
+        budget = ByteBudget(10, wait_s=60)
+        held = await budget.take(8, since=0)
+        waiting = asyncio.create_task(budget.take(5, since=1))
+        await asyncio.sleep(0)
+        waiting.cancel()  # the request went away
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        during = budget.used
+        held.release()
+        after = await budget.take(10, since=2)  # the cancelled waiter is not served
+        return during, after.size
+
+    assert asyncio.run(run()) == (8, 10)
