@@ -1,15 +1,20 @@
-"""Resumable, verified downloads of weight files into the cache, with progress.
+"""Resumable, verified downloads of weight files into the cache.
 
 Weights come from the operator's or the user's configuration, never from API clients, so the
 SSRF guard of img_uri fetches does not apply (a model mirror on a private address is a normal
 source). What does apply: http(s) only, a connect timeout and an idle-read timeout (no total
 timeout: a 4 GB file on a slow link takes long, and a stall is caught by the idle timeout),
 at most 5 redirects (the hub redirects to its CDN; httpx drops the Authorization header on a
-redirect to another host), a size cap, and a free-space check before the first byte.
+redirect to another host) and none from https to http, a size cap, and a free-space check
+before the first byte.
 
-A file is written to `<dest>.part` and moved into place only once its size (and sha256 where
-the source gives one) checks out, so a file at its final path is complete. A cut connection is
-resumed with an HTTP Range request, within one run and across runs (`<dest>.part` stays).
+Each process writes a part file of its own (parts.py) and moves it into place with one atomic
+rename once its size (the source's, else the server's) and sha256 (where known) check out, so a
+file at its final path is one writer's complete bytes even with several writers on one shared
+volume; the first verified copy wins. A file already at its final path is verified the same way
+before it is trusted. A cut connection is resumed with an HTTP Range request, within one run and
+across runs (the part of a writer that is gone is adopted). A body that has no length and ends
+when the connection closes is refused unless a sha256 can verify it (a cut looks like its end).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import hashlib
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +31,10 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+
+from clipserve import parts
+from clipserve.http_failures import first_line, host_of, reason
+from clipserve.progress import Progress
 
 CHUNK = 1 << 20
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -48,6 +56,10 @@ class Limits:
     max_redirects: int = 5
     attempts: int = 6  # tries per file; each one resumes where the last stopped
     backoff_s: float = 1.0  # doubles after each failed try
+    # A part nobody has written for this long has lost its writer and may be adopted: well
+    # over a live writer's longest silence (a read timeout, a backoff, a hash) and NFS's
+    # attribute caching (60 s).
+    stale_part_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +74,6 @@ class RemoteFile:
     git_sha1: str | None = None  # the hub's etag of a file kept in git rather than LFS
     headers: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def part(self) -> Path:
-        """Where the bytes go until the file is complete and verified."""
-        return self.dest.with_name(self.dest.name + ".part")
-
 
 def client(limits: Limits) -> httpx.Client:
     """The HTTP client every download of one run shares."""
@@ -76,113 +83,99 @@ def client(limits: Limits) -> httpx.Client:
         follow_redirects=True,
         max_redirects=limits.max_redirects,
         headers={"Accept-Encoding": "identity"},  # sizes and Range offsets are of the raw bytes
+        event_hooks={"response": [_refuse_downgrade]},  # called on every hop of a redirect
     )
 
 
-class Progress:
-    """Bytes done of the total over every file: a redrawn bar on a terminal, plain lines
-    (`progress DONE/TOTAL bytes (P%) R MB/s`, which the operator reads) otherwise."""
-
-    def __init__(
-        self, total: int, *, out: IO[str] | None = None, bar: bool | None = None, every_s=2.0
-    ) -> None:
-        self.total = total
-        self.done = 0
-        self._out = out or sys.stderr
-        self._bar = self._out.isatty() if bar is None else bar
-        self._every_s = every_s
-        self._start = self._last = time.monotonic()
-        self._drawn = False
-        self._expected: set[str] = set()
-
-    def expect(self, key: str, n: int) -> None:
-        """Add a file's size to the total once it is known (from its first response)."""
-        if key not in self._expected:
-            self._expected.add(key)
-            self.total += n
-
-    def add(self, n: int) -> None:
-        """Count `n` more bytes (negative when a restarted file throws its part away)."""
-        self.done += n
-        now = time.monotonic()
-        if now - self._last >= (0.2 if self._bar else self._every_s):
-            self._last = now
-            self._show()
-
-    def say(self, text: str) -> None:
-        """Print one message line (above the bar on a terminal)."""
-        if self._drawn:
-            self._out.write("\r\033[K")
-            self._drawn = False
-        self._out.write(text + "\n")
-        self._out.flush()
-
-    def finish(self) -> None:
-        """Show the final count."""
-        self._show()
-        if self._drawn:
-            self._out.write("\n")
-            self._drawn = False
-        self._out.flush()
-
-    def _show(self) -> None:
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        rate = self.done / max(time.monotonic() - self._start, 1e-6) / 1e6
-        if self._bar:
-            filled = int(30 * pct / 100)
-            self._out.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {pct:5.1f}% "
-                f"{self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB {rate:.1f} MB/s\033[K"
-            )
-            self._drawn = True
-        else:
-            self._out.write(
-                f"progress {self.done}/{self.total} bytes ({pct:.0f}%) {rate:.1f} MB/s\n"
-            )
-        self._out.flush()
+def problem(
+    path: Path, *, size: int | None = None, sha256: str | None = None, git_sha1: str | None = None
+) -> str | None:
+    """Why the file at `path` is not the one expected (size, then sha256 or git's blob sha1);
+    None when it is, or when nothing is known to check it against."""
+    got_size = _size(path)
+    if size is not None and got_size != size:
+        return f"{got_size} bytes, expected {size}"
+    want = sha256 or git_sha1
+    if want:
+        got = _digest(path, git=sha256 is None)
+        if got != want:
+            return f"{'sha256' if sha256 else 'git sha1'} mismatch: expected {want}, got {got}"
+    return None
 
 
 class _Retry(Exception):
     """The transfer stopped early (connection cut, stall); what arrived is kept for a resume."""
 
 
+class _Downgrade(Exception):
+    """A redirect from https to plain http."""
+
+
 def fetch(http: httpx.Client, file: RemoteFile, progress: Progress, limits: Limits) -> bool:
-    """Bring `file` to its destination unless it is there; True if bytes were fetched."""
+    """Bring `file` to its destination unless a verified copy is there; True if bytes were
+    fetched."""
     if file.dest.is_file():
-        progress.add(file.dest.stat().st_size)
-        return False
+        wrong = _problem(file, file.dest)
+        if wrong is None:
+            progress.add(_size(file.dest))
+            return False
+        progress.say(f"{file.label}: the copy in the cache is not intact ({wrong}); fetching again")
     file.dest.parent.mkdir(parents=True, exist_ok=True)
-    delay = limits.backoff_s
-    for attempt in range(1, limits.attempts + 1):
-        try:
-            _transfer(http, file, progress, limits)
-            break
-        except _Retry as exc:
-            if attempt == limits.attempts:
-                raise DownloadError(f"{file.label}: gave up after {attempt} tries ({exc})") from exc
-            have = _size(file.part)
-            progress.say(f"{file.label}: {exc}; resuming from byte {have} in {delay:g} s")
-            time.sleep(delay)
-            delay *= 2
-    _verify(file)
-    os.replace(file.part, file.dest)
-    _validator_path(file).unlink(missing_ok=True)
+    part = parts.claim(file.dest, limits.stale_part_s)
+    try:
+        total = _fill(http, file, part, progress, limits)
+        wrong = _problem(file, part, total)
+        if wrong:
+            parts.discard(part)
+            raise DownloadError(f"{file.label}: {wrong} (partial file removed)")
+    except DownloadError:
+        if not _size(part):
+            parts.discard(part)  # nothing to resume
+        raise
+    if file.dest.is_file() and _problem(file, file.dest, total) is None:
+        parts.discard(part)  # another writer's verified copy got there first
+    else:
+        os.replace(part, file.dest)
+        parts.validator_of(part).unlink(missing_ok=True)
+    parts.sweep(file.dest, limits.stale_part_s)
     return True
 
 
-def _transfer(http: httpx.Client, file: RemoteFile, progress: Progress, limits: Limits) -> None:
-    have = _size(file.part)
+def _fill(
+    http: httpx.Client, file: RemoteFile, part: Path, progress: Progress, limits: Limits
+) -> int | None:
+    """Bring the part to the whole file, resuming after each cut; the size the server gave."""
+    delay = limits.backoff_s
+    attempt = 1
+    while True:
+        try:
+            return _transfer(http, file, part, progress, limits)
+        except _Retry as exc:
+            if attempt == limits.attempts:
+                raise DownloadError(
+                    f"{file.label}: gave up after {attempt} tries ({host_of(file.url)}: {exc})"
+                ) from exc
+            progress.say(f"{file.label}: {exc}; resuming from byte {_size(part)} in {delay:g} s")
+            time.sleep(delay)
+            delay *= 2
+            attempt += 1
+
+
+def _transfer(
+    http: httpx.Client, file: RemoteFile, part: Path, progress: Progress, limits: Limits
+) -> int | None:
+    have = _size(part)
     headers = dict(file.headers)
     if have:
         headers["Range"] = f"bytes={have}-"
-        validator = _read_validator(file)
+        validator = _read_validator(part)
         if validator:  # the server sends the whole file again if it changed meanwhile
             headers["If-Range"] = validator
     progress.add(have)  # counted again below if the server restarts from zero
     try:
         with http.stream("GET", file.url, headers=headers) as resp:
-            if resp.status_code == 416 and have and have in (file.size, _total(resp)):
-                return  # the part was already complete (a previous run stopped before the move)
+            if resp.status_code == 416 and have:
+                return _past_the_end(file, part, have, resp, progress)
             if resp.status_code not in (200, 206):
                 progress.add(-have)
                 if resp.status_code in RETRY_STATUSES:  # busy or briefly down: try again
@@ -201,17 +194,39 @@ def _transfer(http: httpx.Client, file: RemoteFile, progress: Progress, limits: 
             if file.size is None and total is not None:
                 progress.expect(file.label, total)
             _check_size(file, total, limits)
+            _check_framing(file, resp, total)
             _check_space(file, (total or 0) - have)
-            _write_validator(file, resp)
-            with open(file.part, "ab" if have else "wb") as out:
+            _write_validator(part, resp)
+            with open(part, "ab" if have else "wb") as out:
                 _stream_body(resp, out, file, have, progress, limits)
+            return total
     except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-        progress.add(-_size(file.part))  # counted again from the part at the next try
-        raise _Retry(_first_line(exc)) from exc
+        progress.add(-_size(part))  # counted again from the part at the next try
+        raise _Retry(reason(exc)) from exc
+    except _Downgrade as exc:
+        raise DownloadError(f"{file.label}: {exc}") from exc
     except httpx.TooManyRedirects as exc:
         raise DownloadError(f"{file.label}: more than {limits.max_redirects} redirects") from exc
     except httpx.HTTPError as exc:
-        raise DownloadError(f"{file.label}: {file.url}: {_first_line(exc)}") from exc
+        raise DownloadError(f"{file.label}: {file.url}: {first_line(exc)}") from exc
+
+
+def _past_the_end(
+    file: RemoteFile, part: Path, have: int, resp: httpx.Response, progress: Progress
+) -> int | None:
+    """A 416 to `Range: bytes=<have>-`: the part is complete (a try stopped before the move),
+    or longer than the remote file (which changed): then it is thrown away and fetched again."""
+    total = _total(resp)
+    if have == (file.size if file.size is not None else total):
+        return total
+    progress.add(-have)
+    with open(part, "wb"):  # emptied, still ours
+        pass
+    parts.validator_of(part).unlink(missing_ok=True)
+    raise _Retry(
+        f"the partial file ({have} bytes) is longer than {file.url} "
+        f"({total if total is not None else 'unknown'} bytes); starting again"
+    )
 
 
 def _stream_body(
@@ -238,22 +253,10 @@ def _stream_body(
         progress.add(len(chunk))
 
 
-def _verify(file: RemoteFile) -> None:
-    """Size, then sha256 (or the hub's git blob sha1); a file that fails is removed."""
-    size = _size(file.part)
-    problem = None
-    if file.size is not None and size != file.size:
-        problem = f"{size} bytes arrived, the source said {file.size}"
-    elif file.sha256 or file.git_sha1:
-        got = _digest(file.part, git=file.sha256 is None)
-        want = file.sha256 or file.git_sha1
-        if got != want:
-            kind = "sha256" if file.sha256 else "git sha1"
-            problem = f"{kind} mismatch: expected {want}, got {got}"
-    if problem:
-        file.part.unlink(missing_ok=True)
-        _validator_path(file).unlink(missing_ok=True)
-        raise DownloadError(f"{file.label}: {problem} (partial file removed)")
+def _problem(file: RemoteFile, path: Path, total: int | None = None) -> str | None:
+    """`problem` against what the source says, else the size the server gave (`total`)."""
+    size = file.size if file.size is not None else total
+    return problem(path, size=size, sha256=file.sha256, git_sha1=file.git_sha1)
 
 
 def _digest(path: Path, *, git: bool) -> str:
@@ -265,12 +268,39 @@ def _digest(path: Path, *, git: bool) -> str:
     return h.hexdigest()
 
 
+def _refuse_downgrade(resp: httpx.Response) -> None:
+    """A response hook: an https URL that redirects to http would hand the rest of the way,
+    and the weights, to anyone on the path."""
+    if resp.has_redirect_location and resp.request.url.scheme == "https":
+        target = resp.request.url.join(resp.headers["Location"])
+        if target.scheme != "https":
+            raise _Downgrade(
+                f"{resp.request.url.host} redirected from https to {target.scheme} "
+                f"({target.host}); a download never leaves https"
+            )
+
+
 def _check_size(file: RemoteFile, total: int | None, limits: Limits) -> None:
     if total is not None and file.size is not None and total != file.size:
         raise DownloadError(f"{file.label}: {file.url} has {total} bytes, expected {file.size}")
     if (total or 0) > limits.max_bytes:
         raise DownloadError(
             f"{file.label}: {total} bytes is over the {limits.max_bytes}-byte cap for weights"
+        )
+
+
+def _check_framing(file: RemoteFile, resp: httpx.Response, total: int | None) -> None:
+    """A body with neither a length nor chunked framing ends when the connection closes, so a
+    cut looks like its end: accepted only when the whole file's size (checked at the end) or a
+    sha256 (or the hub's sha1) can tell."""
+    chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
+    delimited = chunked or "Content-Length" in resp.headers
+    checkable = total is not None or file.size is not None or file.sha256 or file.git_sha1
+    if not delimited and not checkable:
+        raise DownloadError(
+            f"{file.label}: {host_of(file.url)} sends {file.url} with neither its length nor "
+            "chunked framing, so a cut connection cannot be told from the end of the file; "
+            "pin its content with #sha256=<64 hex digits> to accept it"
         )
 
 
@@ -296,22 +326,18 @@ def _range_starts_at(resp: httpx.Response, start: int) -> bool:
     return match is not None and int(match.group(1)) == start
 
 
-def _validator_path(file: RemoteFile) -> Path:
-    return file.part.with_name(file.part.name + ".etag")
-
-
-def _read_validator(file: RemoteFile) -> str | None:
+def _read_validator(part: Path) -> str | None:
     try:
-        return _validator_path(file).read_text().strip() or None
+        return parts.validator_of(part).read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
-def _write_validator(file: RemoteFile, resp: httpx.Response) -> None:
+def _write_validator(part: Path, resp: httpx.Response) -> None:
     # A strong ETag (or Last-Modified) lets a resume ask for "the rest, if still the same file".
     etag = resp.headers.get("ETag", "")
     value = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified", "")
-    _validator_path(file).write_text(value)
+    parts.validator_of(part).write_text(value)
 
 
 def _size(path: Path) -> int:
@@ -323,7 +349,3 @@ def _size(path: Path) -> int:
 
 def _status(resp: httpx.Response) -> str:
     return f"{resp.status_code} {resp.reason_phrase}".strip()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

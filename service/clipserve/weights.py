@@ -3,9 +3,15 @@
 Two kinds of remote source: files of a Hugging Face hub repo (an open_clip pretrained tag, or
 `hf-hub:org/repo`), kept in the hub's own cache layout so that open_clip and huggingface_hub
 find them; and an http(s) URL (optionally `#sha256=<hex>`), kept under
-`<cache>/clipserve-urls/<hash of the URL>/<file name>`. The cache root is `--cache-dir`, else
-the hub's default cache. `ensure` gives `serve` a file (from the cache, else downloaded unless
-offline); `download` fills the cache for `clipserve download`.
+`<cache>/clipserve-urls/<hash of the URL and its pin>/<file name>`: the pin is part of the key,
+so a new pin after the file changed upstream fetches the new file, and files of two pins of one
+URL live side by side. The cache root is `--cache-dir`, else the hub's default cache. `ensure`
+gives `serve` a file (from the cache, else downloaded unless offline); `download` fills the
+cache for `clipserve download`.
+
+A file in the cache is verified before it is used, against what is known without the network:
+a URL's pin, a hub blob's name (the hub names a blob by its sha256, or git's sha1 for a small
+file). One that fails is fetched again, or refused with the reason when offline.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from clipserve.download import (
     HEX64,
     DownloadError,
     Limits,
-    Progress,
     RemoteFile,
     client,
     fetch,
+    problem,
 )
 from clipserve.http_failures import host_of, is_request_failure, reason
+from clipserve.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +97,9 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def url_path(src: UrlFile, cache_dir: str | None) -> Path:
-    """Where a URL's file lives once downloaded (the same place for the same URL)."""
-    key = hashlib.sha256(src.url.encode()).hexdigest()[:16]
+    """Where a URL's file lives once downloaded (the same place for the same URL and pin)."""
+    tag = f"{src.url}#sha256={src.sha256}" if src.sha256 else src.url
+    key = hashlib.sha256(tag.encode()).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", unquote(urlsplit(src.url).path).rsplit("/", 1)[-1])
     return cache_root(cache_dir) / URL_FOLDER / key / (name.lstrip(".") or "checkpoint")
 
@@ -109,9 +117,18 @@ def weights_in_folder(folder: Path) -> Path:
 
 
 def cached(src: Source, cache_dir: str | None) -> Path | None:
-    """The source's file if it is complete in the cache; no network."""
+    """The source's file if it is in the cache and verified; no network."""
+    path = _lookup(src, cache_dir)
+    return path if path is not None and _problem(src, path) is None else None
+
+
+def _lookup(src: Source, cache_dir: str | None) -> Path | None:
+    """The source's file in the cache, unverified."""
     if isinstance(src, UrlFile):
         path = url_path(src, cache_dir)
+        if src.sha256 and not path.is_file():
+            # filled before the pin was part of the key; the pin still decides (_problem)
+            path = url_path(UrlFile(src.url), cache_dir)
         return path if path.is_file() else None
     for name in src.names:
         hit = try_to_load_from_cache(
@@ -120,6 +137,18 @@ def cached(src: Source, cache_dir: str | None) -> Path | None:
         if isinstance(hit, str):
             return Path(hit)
     return None
+
+
+def _problem(src: Source, path: Path) -> str | None:
+    """Why a cached file is not the source's: its pin, or the hash its hub blob is named by."""
+    if isinstance(src, UrlFile):
+        return problem(path, sha256=src.sha256)
+    etag = path.resolve().name
+    return problem(
+        path,
+        sha256=etag if HEX64.fullmatch(etag) else None,
+        git_sha1=etag if HEX40.fullmatch(etag) else None,
+    )
 
 
 def describe(src: Source) -> str:
@@ -138,16 +167,22 @@ def ensure(
     limits: Limits = DEFAULT_LIMITS,
 ) -> Path:
     """The source's file for `serve`: from the cache, else downloaded (refused when offline)."""
-    path = cached(src, cache_dir)
-    if path is not None:
+    path = _lookup(src, cache_dir)
+    wrong = _problem(src, path) if path is not None else None
+    if path is not None and wrong is None:
         return path
+    if offline and wrong:
+        raise WeightsMissing(
+            f"{label}: {describe(src)} in the cache {cache_root(cache_dir)} is not the right "
+            f"file ({wrong}) and --offline forbids fetching it again (run `clipserve download`)"
+        )
     if offline:
         raise WeightsMissing(
             f"{label}: {describe(src)} is not in the cache {cache_root(cache_dir)} and --offline "
             "forbids downloading it (fill the cache with `clipserve download`)"
         )
     download([(label, src)], cache_dir, limits=limits)
-    path = cached(src, cache_dir)
+    path = _lookup(src, cache_dir)
     assert path is not None, "a completed download is in the cache"
     return path
 

@@ -11,13 +11,15 @@ in-process async clients and separate server processes can fetch from it. Usage:
         origin.add("/huge", endless(), declare_length=None)  # endless chunked body
         origin.add("/ckpt.pt", data, ranges=True, cut_after=1000)  # Range requests; the first
                                                                    # answer stops after 1000 bytes
+        origin.add("/both.pt", data, meet=2)  # answers pause after a piece until 2 GETs came
         url = origin.url("/cat.png")
         ...
         origin.hits("/cat.png"), origin.sent_bytes("/huge"), origin.requests[-1].headers
         origin.peak_in_flight  # most requests it was answering at once
 
-`Origin(tls=(certfile, keyfile))` serves https instead; `Origin(rate_bps=25e6)` sends every body
-over one shared 25 MB/s link (a cluster's egress to the hub). Sleeps wait on an event that `close()`
+`Origin(tls=(certfile, keyfile))` serves https instead (`self_signed(folder)` makes a pair for
+127.0.0.1); `Origin(rate_bps=25e6)` sends every body over one shared 25 MB/s link (a cluster's
+egress to the hub). Sleeps wait on an event that `close()`
 sets, so closing never waits for a slow route.
 """
 
@@ -26,11 +28,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 
 Body = bytes | Callable[[], Iterable[bytes]]
@@ -46,11 +50,13 @@ class Route:
     delay_s: float = 0.0  # before the status line
     chunk_size: int = 65536
     chunk_delay_s: float = 0.0  # between body chunks
-    declare_length: int | bool | None = True  # True: real length; int: that value; None: chunked
+    # True: real length; int: that value; None: chunked; False: neither (ends at the close)
+    declare_length: int | bool | None = True
     ranges: bool = False  # answer `Range: bytes=N-` with 206 (a bytes body only)
     cut_after: int | None = None  # drop the connection after this many body bytes...
     cuts: int = 1  # ...in this many answers (then whole answers)
     busy: int = 0  # answer this many requests 503 first
+    meet: int = 0  # after its first piece, an answer waits until this many GETs of the path
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,18 @@ class Seen:
     path: str
     headers: dict[str, str]
     client: str = ""  # the peer's address
+
+
+def self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate and key for 127.0.0.1 that nothing trusts unless told (SSL_CERT_FILE)."""
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 def endless(chunk: bytes = b"\xff" * 65536) -> Callable[[], Iterator[bytes]]:
@@ -90,6 +108,7 @@ class Origin:
         self.peak_in_flight = 0  # most requests being answered at once, since the start
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._arrived = threading.Condition(self._lock)  # a request was recorded
         self._server = _Server((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._server.block_on_close = False
@@ -146,6 +165,8 @@ class Origin:
     def close(self) -> None:
         """Stop serving; slow handlers wake up and give up."""
         self._stop.set()
+        with self._arrived:
+            self._arrived.notify_all()
         self._server.shutdown()
         self._server.server_close()
 
@@ -158,8 +179,20 @@ class Origin:
         self.close()
 
     def _record(self, seen: Seen) -> None:
-        with self._lock:
+        with self._arrived:
             self.requests.append(seen)
+            self._arrived.notify_all()
+
+    def _meet(self, path: str, gets: int) -> None:
+        """Wait until `gets` GET requests of `path` have arrived (or the origin closes): two
+        clients' transfers made to overlap, whatever their start-up takes."""
+        with self._arrived:
+            self._arrived.wait_for(
+                lambda: (
+                    self._stop.is_set()
+                    or sum(1 for r in self.requests if r.path == path and r.method == "GET") >= gets
+                )
+            )
 
     @contextlib.contextmanager
     def _answering(self) -> Iterator[None]:
@@ -281,16 +314,21 @@ def _handler_for(origin: Origin) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             cut = origin._take_cut(path, route) if route.status in (200, 206) else None
-            chunked = route.declare_length is None or route.declare_length is False
+            chunked = route.declare_length is None
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
+            elif route.declare_length is False:  # HTTP/1.0 style: the close ends the body
+                self.send_header("Connection", "close")
+                self.close_connection = True
             elif route.declare_length is True:
                 assert isinstance(body, bytes), "a streamed body needs declare_length=int|None"
                 self.send_header("Content-Length", str(len(body)))
             else:
                 self.send_header("Content-Length", str(route.declare_length))
             self.end_headers()
-            for piece in _pieces(body, route.chunk_size):
+            for i, piece in enumerate(_pieces(body, route.chunk_size)):
+                if i == 1 and route.meet:
+                    origin._meet(path, route.meet)
                 if route.chunk_delay_s and origin._stop.wait(route.chunk_delay_s):
                     return
                 if origin._stop.is_set():

@@ -21,11 +21,12 @@ import open_clip
 import pytest
 import torch
 from clipserve import models, weights
-from clipserve.download import DownloadError, Limits, Progress
+from clipserve.download import DownloadError, Limits
 from clipserve.models import ModelLoadError, load_model, parse_spec
+from clipserve.progress import Progress
 from huggingface_hub import try_to_load_from_cache
 
-from tests.service.origin import Origin
+from tests.service.origin import Origin, self_signed
 from tests.service.server import MODEL_CONFIGS
 
 models.add_model_configs(str(MODEL_CONFIGS))
@@ -78,6 +79,11 @@ def hub_file(
     )
 
 
+def parts_of(dest: Path) -> list[Path]:
+    """The part files (and their validators) beside a cache file."""
+    return sorted(dest.parent.glob(f"{dest.name}.part*")) if dest.parent.is_dir() else []
+
+
 def gets(origin: Origin, path: str) -> list[dict[str, str]]:
     return [r.headers for r in origin.requests if r.path == path and r.method == "GET"]
 
@@ -113,7 +119,7 @@ def test_download_fetches_a_url_once_and_serve_offline_loads_it(tmp_path, tiny, 
     again = download_cli("--model", spec, "--cache-dir", str(tmp_path))
     assert again.returncode == 0 and "1 already cached" in again.stdout
     assert len(gets(origin, "/w/tiny.pt")) == 1
-    cached = weights.url_path(weights.parse_url(url), str(tmp_path))
+    cached = weights.url_path(weights.parse_url(f"{url}#sha256={sha256(data)}"), str(tmp_path))
     assert cached.read_bytes() == data and cached.name == "tiny.pt"
     assert sorted(p.name for p in cached.parent.iterdir()) == ["tiny.pt"]  # no .part left
     origin.close()  # offline really means no server needed
@@ -141,12 +147,13 @@ def test_a_later_run_resumes_what_an_earlier_run_left(tmp_path, tiny, origin):
     once = Limits(attempts=1)
     with pytest.raises(DownloadError, match="gave up after 1 tries"):
         weights.download([("tiny", src)], str(tmp_path), limits=once, out=io.StringIO())
-    part = weights.url_path(src, str(tmp_path)).with_name("tiny.pt.part")
+    part, validator = parts_of(weights.url_path(src, str(tmp_path)))
+    assert validator.name == part.name + ".etag"
     assert part.stat().st_size == 50_000
     weights.download([("tiny", src)], str(tmp_path), limits=once, out=io.StringIO())
     assert gets(origin, "/w/tiny.pt")[1]["Range"] == "bytes=50000-"
     assert weights.cached(src, str(tmp_path)).read_bytes() == data
-    assert not part.exists()
+    assert parts_of(weights.url_path(src, str(tmp_path))) == []
 
 
 def test_a_file_changed_since_the_cut_is_fetched_whole_again(tmp_path, tiny, origin):
@@ -194,7 +201,7 @@ def test_a_file_over_the_size_cap_is_refused_before_writing(tmp_path, tiny, orig
     small = Limits(max_bytes=1000)
     with pytest.raises(DownloadError, match="over the 1000-byte cap"):
         weights.download([("x", src)], str(tmp_path), limits=small, out=io.StringIO())
-    assert not weights.url_path(src, str(tmp_path)).with_name("tiny.pt.part").exists()
+    assert parts_of(weights.url_path(src, str(tmp_path))) == []
 
 
 def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise():
@@ -342,3 +349,128 @@ def test_a_paced_origin_shares_one_link_between_downloads(tmp_path):
         sources = [(str(i), weights.parse_url(paced.url(f"/w/{i}.pt"))) for i in range(2)]
         weights.download(sources, str(tmp_path), limits=FAST, out=io.StringIO())
         assert time.monotonic() - start >= 0.45  # 1 MB over 2 MB/s, whichever order
+
+
+# -- what decides a cache hit: the pin, the hub blob's name (#25 items 7, 8) --------------------
+
+
+@pytest.mark.slow
+def test_a_pin_decides_what_is_served_from_the_cache(tmp_path, tiny, origin):
+    src, data = tiny
+    url = serve_checkpoint(origin, data)
+    cache = str(tmp_path)
+    weights.download(
+        [("a", weights.parse_url(f"{url}#sha256={sha256(data)}"))], cache, out=io.StringIO()
+    )
+    wrong = "0" * 64
+    proc = download_cli("--model", f"{ARCH}:{url}#sha256={wrong}", "--cache-dir", cache)
+    assert proc.returncode == 1 and "already cached" not in proc.stdout
+    assert f"sha256 mismatch: expected {wrong}, got {sha256(data)}" in proc.stderr
+    # upstream changes; a new pin fetches the new file, and the old pin still has the old one
+    newer = open_clip.create_model(ARCH, pretrained=None).eval()
+    buf = io.BytesIO()
+    torch.save(newer.state_dict(), buf)
+    serve_checkpoint(origin, buf.getvalue())
+    new_spec = f"{ARCH}:{url}#sha256={sha256(buf.getvalue())}"
+    report = weights.download(
+        [("b", weights.parse_url(new_spec.partition(":")[2]))], cache, out=io.StringIO()
+    )
+    assert report.fetched == ["b"]
+    origin.close()
+    assert_same_text_embedding(
+        load_model(parse_spec(new_spec), cache_dir=cache, offline=True), newer
+    )
+    old_spec = f"{ARCH}:{url}#sha256={sha256(data)}"
+    assert_same_text_embedding(load_model(parse_spec(old_spec), cache_dir=cache, offline=True), src)
+
+
+def test_a_cached_file_that_fails_its_pin_is_fetched_again_or_refused_offline(
+    tmp_path, tiny, origin
+):
+    src, data = tiny
+    spec = f"{ARCH}:{serve_checkpoint(origin, data)}#sha256={sha256(data)}"
+    pinned = weights.parse_url(spec.partition(":")[2])
+    weights.download([("a", pinned)], str(tmp_path), out=io.StringIO())
+    path = weights.url_path(pinned, str(tmp_path))
+    path.write_bytes(data[:-4] + b"rot!")  # what bit rot or an old race left
+    with pytest.raises(ModelLoadError) as err:
+        load_model(parse_spec(spec), cache_dir=str(tmp_path), offline=True)
+    assert f"sha256 mismatch: expected {sha256(data)}" in str(err.value)
+    assert "--offline forbids fetching it again" in str(err.value)
+    assert_same_text_embedding(load_model(parse_spec(spec), cache_dir=str(tmp_path)), src)
+    assert len(gets(origin, "/w/tiny.pt")) == 2 and path.read_bytes() == data
+
+
+@pytest.mark.slow
+def test_a_corrupt_hub_blob_in_the_cache_is_refused_offline_and_fetched_again(tmp_path, origin):
+    data = os.urandom(300_000)
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    hub_file(origin, repo, "open_clip_model.safetensors", data)
+    args = ("--model", "ViT-B-32:openai", "--cache-dir", str(tmp_path))
+    env = {"HF_ENDPOINT": origin.base_url}
+    assert download_cli(*args, env=env).returncode == 0
+    blob = tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "blobs" / sha256(data)
+    blob.write_bytes(os.urandom(len(data)))  # the right size, other bytes: an interleaved publish
+    [hub_src] = models.weight_sources(parse_spec("ViT-B-32:openai"))
+    with pytest.raises(weights.WeightsMissing, match=f"sha256 mismatch: expected {sha256(data)}"):
+        weights.ensure("ViT-B-32:openai", hub_src, str(tmp_path), offline=True)
+    again = download_cli(*args, env=env)
+    assert again.returncode == 0 and "1 file(s) fetched" in again.stdout, again.stderr
+    assert blob.read_bytes() == data
+
+
+# -- smaller holes (#25 item 9) ---------------------------------------------------------------
+
+
+def test_a_body_without_length_or_framing_is_refused_unless_a_pin_can_check_it(tmp_path, origin):
+    data = os.urandom(200_000)
+    cut = origin.add("/w/cut.pt", data, declare_length=False, cut_after=100_000)
+    with pytest.raises(DownloadError, match="neither its length nor chunked framing"):
+        weights.download([("x", weights.parse_url(cut))], str(tmp_path), out=io.StringIO())
+    assert list(tmp_path.rglob("*.pt*")) == []
+    whole = origin.add("/w/whole.pt", data, declare_length=False)
+    pinned = weights.parse_url(f"{whole}#sha256={sha256(data)}")
+    weights.download([("x", pinned)], str(tmp_path), out=io.StringIO())
+    assert weights.cached(pinned, str(tmp_path)).read_bytes() == data
+
+
+def test_a_cut_chunked_body_of_unknown_size_is_resumed_not_taken_as_whole(tmp_path, origin):
+    data = os.urandom(200_000)
+    url = origin.add("/w/x.pt", data, declare_length=None, ranges=True, cut_after=100_000)
+    src = weights.parse_url(url)
+    weights.download([("x", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+    assert weights.cached(src, str(tmp_path)).read_bytes() == data
+    assert gets(origin, "/w/x.pt")[1]["Range"] == "bytes=100000-"
+
+
+def test_a_part_longer_than_the_remote_file_is_fetched_again_from_the_start(tmp_path, origin):
+    url = origin.add("/w/x.pt", os.urandom(100_000), ranges=True, cut_after=60_000)  # no ETag
+    src = weights.parse_url(url)
+    with pytest.raises(DownloadError, match="gave up after 1 tries"):
+        weights.download([("x", src)], str(tmp_path), limits=Limits(attempts=1), out=io.StringIO())
+    smaller = os.urandom(30_000)  # the file changed upstream, and shrank
+    origin.add("/w/x.pt", smaller, ranges=True)
+    weights.download([("x", src)], str(tmp_path), limits=FAST, out=io.StringIO())
+    assert weights.cached(src, str(tmp_path)).read_bytes() == smaller
+    assert [h.get("Range") for h in gets(origin, "/w/x.pt")] == [None, "bytes=60000-", None]
+
+
+def test_a_redirect_from_https_to_http_is_refused(tmp_path, tiny, origin, monkeypatch):
+    _, data = tiny
+    plain = serve_checkpoint(origin, data)
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # how a private mirror's CA is trusted
+    with Origin(tls=(cert, key)) as secure:
+        secure.redirect("/w/down.pt", plain)
+        with pytest.raises(DownloadError, match="redirected from https to http"):
+            weights.download(
+                [("x", weights.parse_url(secure.url("/w/down.pt")))],
+                str(tmp_path / "a"),
+                out=io.StringIO(),
+            )
+        assert gets(origin, "/w/tiny.pt") == []
+        secure.add("/w/tiny.pt", data)
+        secure.redirect("/w/moved.pt", "/w/tiny.pt")  # https to https is followed
+        src = weights.parse_url(secure.url("/w/moved.pt"))
+        weights.download([("x", src)], str(tmp_path / "b"), out=io.StringIO())
+        assert weights.cached(src, str(tmp_path / "b")).read_bytes() == data

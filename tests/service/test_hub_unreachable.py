@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.origin import Origin
+from tests.service.origin import Origin, self_signed
 
 SPEC = "ViT-B-32:openai"
 FILE = "timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
@@ -70,20 +70,6 @@ def test_log_level_debug_shows_the_traceback_of_an_unreachable_hub(tmp_path):
     assert "Traceback" in proc.stderr and "ConnectError: [Errno -2]" in proc.stderr
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 that nothing trusts."""
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.mark.parametrize(
     ("tls", "busy", "cause"),
     [
@@ -92,9 +78,9 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     ],
 )
 def test_download_names_a_tls_or_status_failure_of_the_hub_without_a_traceback(
-    tmp_path, self_signed, tls, busy, cause
+    tmp_path, tls, busy, cause
 ):
-    with Origin(tls=self_signed if tls else None) as hub:
+    with Origin(tls=self_signed(tmp_path) if tls else None) as hub:
         hub.add(f"/{FILE.rsplit('/', 1)[0]}/resolve/main/{FILE.rsplit('/', 1)[1]}", busy=busy)
         proc = clipserve("download", hub.base_url, tmp_path)
     assert proc.returncode == 1
