@@ -47,6 +47,7 @@ tools: ## fetch/build the real test parts: helm, control plane, real node, metri
 	bash scripts/install-browser.sh
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
+	bash scripts/build-netpol.sh
 	bash scripts/build-metrics.sh
 
 .PHONY: images
@@ -79,6 +80,7 @@ lint: dev ## ruff check, ruff format --check and mypy (service and operator)
 cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node running the images (prints KUBECONFIG)
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
+	bash scripts/build-netpol.sh
 	$(PY) -m tests.cluster up
 
 .PHONY: cluster-down

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -39,9 +40,12 @@ FOREIGN_DIRS = {
     "/run/containerd": "",
     "/var/lib/cni": CNI_NETWORK,
 }
-# iptables chains the node's components create: kube-proxy's and kubelet's, and our own guard.
+# iptables chains the node's components create: kube-proxy's, kubelet's and kube-router's
+# (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*), and our own guard.
 CHAIN_PREFIXES = ("KUBE-", "CLIPSERVE-")
 GUARD_CHAIN = "CLIPSERVE-NODE"
+# ipsets kube-router's firewall creates: its policies' peers, and the temporary sets it swaps in.
+IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "TMP-")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RECORD_FILE = "machine.json"
 
@@ -186,10 +190,23 @@ def _our_chains(binary: str) -> list[str]:
     return chains
 
 
+def _our_ipsets() -> list[str]:
+    # A machine without ipset has none of kube-router's sets either.
+    listing = run("ipset", "list", "-n", check=False) if shutil.which("ipset") else ""
+    return [name for name in listing.split() if name.startswith(IPSET_PREFIXES)]
+
+
+def remove_ipsets() -> None:
+    """Destroy kube-router's ipsets; the iptables rules that matched them must be gone first."""
+    for name in _our_ipsets():
+        run("ipset", "destroy", name, check=False)
+
+
 def check_restored(bridge: str) -> None:
-    """HostError naming whatever a node left behind: its bridge, chains or cgroups."""
+    """HostError naming whatever a node left behind: its bridge, chains, ipsets or cgroups."""
     left = [f"bridge {bridge}"] if Path(f"/sys/class/net/{bridge}").exists() else []
     left += _our_chains("iptables") + _our_chains("ip6tables")
+    left += [f"ipset {name}" for name in _our_ipsets()]
     left += [str(p) for h in CGROUP_ROOT.iterdir() for p in h.glob("kubepods*")]
     if left:
         raise HostError("the real node left behind: " + ", ".join(left))
@@ -202,11 +219,17 @@ def remove_iptables_chains() -> None:
 
 
 def guard_bridge(bridge: str) -> None:
-    """Forward nothing between the pods' bridge and any other interface (pods stay on the host)."""
-    run("iptables", "-w", "-N", GUARD_CHAIN)
-    run("iptables", "-w", "-A", GUARD_CHAIN, "-i", bridge, "!", "-o", bridge, "-j", "DROP")
-    run("iptables", "-w", "-A", GUARD_CHAIN, "-o", bridge, "!", "-i", bridge, "-j", "DROP")
-    run("iptables", "-w", "-I", "FORWARD", "1", "-j", GUARD_CHAIN)
+    """Forward nothing between the pods' bridge and any other interface (pods stay on the host).
+
+    In mangle's FORWARD, which runs before filter's: kube-router keeps its own jump first in
+    filter's FORWARD and ACCEPTs there what the pods' policies admit, which would pass a
+    guard placed after it.
+    """
+    mangle = ("iptables", "-w", "-t", "mangle")
+    run(*mangle, "-N", GUARD_CHAIN)
+    run(*mangle, "-A", GUARD_CHAIN, "-i", bridge, "!", "-o", bridge, "-j", "DROP")
+    run(*mangle, "-A", GUARD_CHAIN, "-o", bridge, "!", "-i", bridge, "-j", "DROP")
+    run(*mangle, "-I", "FORWARD", "1", "-j", GUARD_CHAIN)
 
 
 def create_bridge(bridge: str, cidr: str) -> None:

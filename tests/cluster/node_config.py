@@ -255,6 +255,30 @@ def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) ->
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def kube_router_args(kube_router: Path, kubeconfig: Path) -> list[str]:
+    """kube-router as the node's NetworkPolicy enforcer only: iptables + ipset, nothing else.
+
+    The bridge plugin enforces no policy; kube-router's firewall does, for the pods whose host
+    IP is this node's. Its router (BGP, routes, the CNI config) and its service proxy (IPVS)
+    stay off: the bridge and kube-proxy do those. Its health server would listen on every
+    address: off, and start-up is checked in iptables instead.
+    """
+    return [
+        str(kube_router),
+        f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={NODE_NAME}",
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        "--run-loadbalancer=false",
+        "--enable-cni=false",
+        "--enable-ipv6=false",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--health-port=0",
+        "--metrics-port=0",
+    ]
+
+
 def corefile(kubeconfig: Path) -> str:
     """CoreDNS: cluster names from the API server on the node IP; every other name NXDOMAIN."""
     return f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
@@ -315,6 +339,7 @@ def _endpoint_slice(
 
 
 COREDNS_USER = "clipserve:coredns"
+KUBE_ROUTER_USER = "clipserve:kube-router"
 
 
 def bootstrap_objects(apiserver_port: int) -> list[dict[str, Any]]:
@@ -351,6 +376,31 @@ def bootstrap_objects(apiserver_port: int) -> list[dict[str, Any]]:
             ],
         },
         _binding("clipserve:coredns", "clipserve:coredns", "User", COREDNS_USER),
+        # kube-router reads (its informers start for every kind it can use, firewall-only too)
+        # and writes nothing.
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "clipserve:kube-router"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "namespaces", "nodes", "services", "endpoints"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+        _binding("clipserve:kube-router", "clipserve:kube-router", "User", KUBE_ROUTER_USER),
         {
             "apiVersion": "v1",
             "kind": "Service",

@@ -23,6 +23,7 @@ from tests.cluster.harness import REPO, Cluster, KubectlError
 from tests.cluster.node_config import (
     BRIDGE,
     COREDNS_USER,
+    KUBE_ROUTER_USER,
     NODE_IP,
     NODE_NAME,
     PAUSE_IMAGE,
@@ -33,6 +34,7 @@ from tests.cluster.node_config import (
     containerd_config,
     corefile,
     kube_proxy_config,
+    kube_router_args,
     kubelet_args,
     kubelet_config,
 )
@@ -40,6 +42,7 @@ from tests.cluster.processes import Proc, is_running, spawn, stop
 from tests.cluster.realnode import (
     CNI_BIN,
     FORWARDER,
+    KUBE_ROUTER,
     NODE_BINARIES,
     PROBE_IMAGE,
     RUNC,
@@ -48,6 +51,7 @@ from tests.cluster.realnode import (
     RealNode,
     cache_root,
     cleanup,
+    default_netpol_bin,
     default_node_bin,
     node_dirs,
     remove_containers,
@@ -56,19 +60,22 @@ from tests.cluster.realnode import (
 READY_TIMEOUT_S = float(os.environ.get("CLIPSERVE_REAL_NODE_READY_TIMEOUT_S", "180"))
 
 
-def check_prerequisites(cluster_bin: Path, node_bin: Path) -> None:
-    """NodeError naming what is missing: root, binaries, Debian's runc and CNI plugins."""
+def check_prerequisites(cluster_bin: Path, node_bin: Path, netpol_bin: Path) -> None:
+    """NodeError naming what is missing: root, binaries, Debian's runc, CNI plugins and ipset."""
     problems = []
     if os.geteuid() != 0:
         problems.append("must run as root (bridge, iptables, cgroups, mounts)")
     missing = [str(cluster_bin / b) for b in ("kubelet", "kube-proxy")]
     missing += [str(node_bin / b) for b in NODE_BINARIES]
+    missing += [str(netpol_bin / KUBE_ROUTER)]
     missing += [RUNC, f"{CNI_BIN}/bridge", f"{CNI_BIN}/host-local"]
     missing = [m for m in missing if not Path(m).is_file()]
+    if not shutil.which("ipset"):
+        missing.append("ipset (Debian's, which kube-router calls)")
     if missing:
         problems.append(
-            "missing " + ", ".join(missing) + ": run `bash scripts/build-k8s.sh` and"
-            " `bash scripts/build-node.sh` (or `make tools`)"
+            "missing " + ", ".join(missing) + ": run `bash scripts/build-k8s.sh`,"
+            " `bash scripts/build-node.sh` and `bash scripts/build-netpol.sh` (or `make tools`)"
         )
     if problems:
         raise NodeError("the real node cannot start: " + "; ".join(problems))
@@ -122,13 +129,16 @@ def join(
     cluster: Cluster,
     root: Path | None = None,
     node_bin: Path | None = None,
+    netpol_bin: Path | None = None,
     *,
     tie_to_parent: bool = True,
 ) -> RealNode:
-    """Start the real node and join it to cluster; returns once it runs pods and serves DNS."""
+    """Start the real node and join it to cluster; returns once it runs pods, serves DNS and
+    enforces NetworkPolicies."""
     root = root or cache_root()
     node_bin = node_bin or default_node_bin()
-    check_prerequisites(cluster.bin_dir, node_bin)
+    netpol_bin = netpol_bin or default_netpol_bin()
+    check_prerequisites(cluster.bin_dir, node_bin, netpol_bin)
     # A detached node (make cluster) holds the lock until `make cluster-down`: say so.
     holder = (
         "" if tie_to_parent else "(the real node of `make cluster`; `make cluster-down` stops it)"
@@ -141,7 +151,7 @@ def join(
         cleanup(dirs, node_bin, cluster.bin_dir)
         shutil.rmtree(dirs.run, ignore_errors=True)
         host.record(root)
-        _start(node, tie_to_parent)
+        _start(node, netpol_bin / KUBE_ROUTER, tie_to_parent)
     except BaseException:
         node.stop()
         raise
@@ -162,7 +172,7 @@ def joined(cluster: Cluster) -> Iterator[RealNode]:
         node.stop()
 
 
-def _start(node: RealNode, tie_to_parent: bool) -> None:
+def _start(node: RealNode, kube_router: Path, tie_to_parent: bool) -> None:
     cluster, dirs = node.cluster, node.dirs
     for d in (dirs.config, dirs.logs, dirs.cni_conf, dirs.images):
         d.mkdir(parents=True, exist_ok=True)
@@ -230,6 +240,16 @@ def _start(node: RealNode, tie_to_parent: bool) -> None:
     wait("waiting for the node to be Ready", lambda: _node_ready(cluster))
     wait("waiting for kube-proxy", lambda: _url_ok(f"http://127.0.0.1:{healthz}/healthz"))
     wait("waiting for CoreDNS", lambda: dns_answers("kubernetes.default.svc.cluster.local"))
+    # kube-router reads its node's IP from the Node object at start: after the kubelet made it.
+    launch(KUBE_ROUTER, kube_router_args(kube_router, kubeconfigs[KUBE_ROUTER]))
+    wait("waiting for kube-router's first policy sync", _firewall_synced)
+
+
+def _firewall_synced() -> bool:
+    """True once kube-router has written a full sync: its forward chain ends in the ACCEPT of
+    what policies admit, which only a completed sync appends."""
+    rules = host.run("iptables", "-w", "-S", "KUBE-ROUTER-FORWARD", check=False)
+    return "comply to network policies" in rules
 
 
 def _ctr_ok(node: RealNode) -> bool:
@@ -246,6 +266,7 @@ def _identities(cluster: Cluster, keys: pki.Pki, dirs: NodeDirs) -> dict[str, Pa
     pki.issue(keys, "node-serving", NODE_NAME, server_sans=[f"IP:{NODE_IP}", f"DNS:{NODE_NAME}"])
     pki.issue(keys, "kube-proxy", "system:kube-proxy")
     pki.issue(keys, "coredns", COREDNS_USER)
+    pki.issue(keys, KUBE_ROUTER, KUBE_ROUTER_USER)
     return {
         name: pki.write_kubeconfig(
             keys, identity, cluster.server, dirs.config / f"{name}.kubeconfig"
@@ -254,5 +275,6 @@ def _identities(cluster: Cluster, keys: pki.Pki, dirs: NodeDirs) -> dict[str, Pa
             ("kubelet", "node-kubelet"),
             ("kube-proxy", "kube-proxy"),
             ("coredns", "coredns"),
+            (KUBE_ROUTER, KUBE_ROUTER),
         )
     }

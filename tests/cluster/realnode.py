@@ -1,4 +1,5 @@
-"""A real node beside the kwok pools: containerd + runc, kubelet, kube-proxy, CoreDNS, a pod bridge.
+"""A real node beside the kwok pools: containerd + runc, kubelet, kube-proxy, CoreDNS, a pod
+bridge, and kube-router's firewall enforcing NetworkPolicies.
 
 A RealNode (started by node_join.join) is what tests use: import an image, pin a pod spec to the
 node, run a pod and exec in it; `stop()` takes it down and puts the machine back as it was
@@ -37,6 +38,7 @@ PROBE_IMAGE = "clipserve.local/probe:test"
 SOURCE_LABEL = "clipserve.io/source"
 STATE_FILE = "node.json"
 FORWARDER = "apiserver-forward"
+KUBE_ROUTER = "kube-router"
 
 
 class NodeError(RuntimeError):
@@ -55,6 +57,13 @@ def default_node_bin() -> Path:
     cache = Path(os.environ.get("CLIPSERVE_CACHE", Path.home() / ".cache/clipserve"))
     key = f"node_containerd-{v['CONTAINERD_VERSION']}_coredns-{v['COREDNS_VERSION']}"
     return cache / "k8s" / key / "bin"
+
+
+def default_netpol_bin() -> Path:
+    """Where scripts/build-netpol.sh puts kube-router, the node's NetworkPolicy enforcer."""
+    v = _versions()
+    cache = Path(os.environ.get("CLIPSERVE_CACHE", Path.home() / ".cache/clipserve"))
+    return cache / "k8s" / f"netpol_kube-router-{v['KUBE_ROUTER_VERSION']}" / "bin"
 
 
 def node_dirs(root: Path) -> NodeDirs:
@@ -205,7 +214,8 @@ class RealNode:
             self._drain()
         finally:
             by_name = {p.name: p for p in self.procs}
-            stop([by_name[n] for n in ("kubelet", "kube-proxy", "coredns") if n in by_name])
+            names = ("kubelet", KUBE_ROUTER, "kube-proxy", "coredns")
+            stop([by_name[n] for n in names if n in by_name])
             if "containerd" in by_name and is_running(by_name["containerd"]):
                 remove_containers(self)
             # The forwarder holds the machine lock for a detached node: it goes last.
@@ -272,6 +282,7 @@ def cleanup(dirs: NodeDirs, node_bin: Path, cluster_bin: Path) -> None:
     if (cluster_bin / "kube-proxy").exists():
         host.run(str(cluster_bin / "kube-proxy"), "--cleanup", check=False)
     host.remove_iptables_chains()
+    host.remove_ipsets()  # after the chains: a set that a rule still matches cannot go
     host.delete_bridge(BRIDGE)
     shutil.rmtree(dirs.shims, ignore_errors=True)
     host.restore(dirs.run.parent)
