@@ -21,6 +21,7 @@ from tests.service.origin import Origin, self_signed
 
 SPEC = "ViT-B-32:openai"
 FILE = "timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
+WAYS_OUT = ("clipserve download", "--offline")
 
 
 @pytest.fixture
@@ -32,12 +33,12 @@ def closed_port() -> Iterator[int]:
 
 
 def clipserve(
-    command: str, endpoint: str, home: Path, *args: str
+    command: str, endpoint: str, home: Path, *args: str, spec: str = SPEC
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CLIPSERVE_"))}
     env |= {"HF_HOME": str(home), "HF_ENDPOINT": endpoint}
     return subprocess.run(
-        [sys.executable, "-m", "clipserve.cli", command, "--model", SPEC, *args],
+        [sys.executable, "-m", "clipserve.cli", command, "--model", spec, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -47,19 +48,24 @@ def clipserve(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("where", "cause"),
-    [("hub.invalid", "does not resolve"), ("127.0.0.1:{port}", "connection refused")],
+    ("spec", "named", "where", "cause"),
+    [
+        (SPEC, (FILE, "local checkpoint"), "hub.invalid", "does not resolve"),
+        (SPEC, (FILE, "local checkpoint"), "127.0.0.1:{port}", "connection refused"),
+        # random weights, but the tokenizer lives on the hub
+        ("ViT-B-16-SigLIP:random", ("tokenizer timm/ViT-B-16-SigLIP",), "hub.invalid", "resolve"),
+    ],
 )
 def test_an_unreachable_hub_is_one_message_naming_the_file_the_host_and_the_ways_out(
-    tmp_path, closed_port, where, cause
+    tmp_path, closed_port, spec, named, where, cause
 ):
     host = where.format(port=closed_port)
-    proc = clipserve("serve", f"http://{host}", tmp_path, "--port", "0")
+    proc = clipserve("serve", f"http://{host}", tmp_path, "--port", "0", spec=spec)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out
     [failed] = [line for line in proc.stderr.splitlines() if line.startswith("clipserve: ")]
-    for words in (SPEC, FILE, host, cause, "clipserve download", "--offline", "checkpoint"):
+    for words in (spec, *named, host, cause, *WAYS_OUT):
         assert words in failed, (words, failed)
 
 

@@ -133,7 +133,8 @@ def load_model(
             spec, name, cache_dir=cache_dir, offline=offline
         )
     except hub.HubFileMissing as exc:
-        raise ModelLoadError(f"{spec.raw}: {exc}" + ("" if offline else _ways_out(spec))) from exc
+        ways_out = "" if offline else _ways_out(spec, weights=False)
+        raise ModelLoadError(f"{spec.raw}: {exc}{ways_out}") from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{spec.raw}: could not load its tokenizer ({_first_line(exc)})"
@@ -216,12 +217,18 @@ def _weights_location(
     return spec.arch, None, None
 
 
-def _ways_out(spec: ModelSpec) -> str:
-    """What a user without a working download can do instead."""
-    return (
+def _ways_out(spec: ModelSpec, *, weights: bool = True) -> str:
+    """What a user without a working download can do instead (other weights do not replace a
+    missing tokenizer)."""
+    fill = (
         f". Ways out: run `clipserve download --model {spec.raw}` where there is network and "
-        "serve --offline from that cache (--cache-dir, CLIPSERVE_CACHE_DIR); or give a local "
-        f"checkpoint ({spec.arch}:/path/to/ckpt.pt); or use {spec.arch}:random for a smoke test"
+        "serve --offline from that cache (--cache-dir, CLIPSERVE_CACHE_DIR)"
+    )
+    if not weights:
+        return fill
+    return (
+        f"{fill}; or give a local checkpoint ({spec.arch}:/path/to/ckpt.pt); or use "
+        f"{spec.arch}:random for a smoke test"
     )
 
 
