@@ -82,6 +82,14 @@ class ValuesNotAllowed(ReconcileError):
     reason = "ValuesNotAllowed"
 
 
+class NotOwned(ReconcileError):
+    """An object the ClipService would write exists and is not its own: it is left untouched
+    (and nothing else is applied) until it is deleted or renamed."""
+
+    reason = "NotOwned"
+    external = True  # resolved outside the ClipService: retried by itself
+
+
 class HelmNotFound(ReconcileError):
     """The configured helm cannot be run."""
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import kopf
 
-from .apply import apply_objects, patch_status, prune
+from .apply import Owned, apply_objects, patch_status, prune
 from .autoscaler import scaling
 from .constants import (
     API_VERSION,
@@ -70,6 +70,9 @@ class Context:
     pruned: dict[tuple[str, str, str], frozenset[tuple[str, str, str]]] = field(
         default_factory=dict
     )
+    # Children known to be each ClipService's own (apply.Owned): read once, then applied with
+    # their uid.
+    owned: Owned = field(default_factory=dict)
     # Reconcile a ClipService again after a delay (the work queue's `later`), while prefetch
     # Jobs run: their progress is in a log, which sends no event.
     requeue: Callable[[str, str, float], None] | None = None
@@ -203,7 +206,7 @@ async def _prefetch(
 async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None:
     """Apply every object, then prune what is no longer rendered (when the set changed)."""
     meta, delay = owner["metadata"], ctx.settings.retry_delay_s
-    await apply_objects(ctx.client, objects, retry_delay=delay)
+    await apply_objects(ctx.client, objects, retry_delay=delay, owned=ctx.owned)
     keys = frozenset(object_key(o) for o in objects)
     prune_key = (meta["namespace"], meta["name"], meta["uid"])
     if ctx.pruned.get(prune_key) != keys:

@@ -117,6 +117,25 @@ def test_an_object_the_api_server_refuses_shows_its_message_and_clears_when_fixe
     values_removed(cluster, ns, "refused")
 
 
+def test_values_outside_the_allow_list_are_refused_by_name_and_nothing_is_applied(
+    cluster: Cluster, running_operator: OperatorRun, ns: str
+) -> None:
+    # The node's root filesystem mounted into the server: what anyone who may create a
+    # ClipService could have the operator write for them, with its rights, before the allow-list.
+    host = {
+        "extraVolumes": [{"name": "host", "hostPath": {"path": "/"}}],
+        "extraVolumeMounts": [{"name": "host", "mountPath": "/host"}],
+    }
+    cond, warned = bad_values(cluster, ns, "mount", host, "ValuesNotAllowed")
+    named = "spec.values.extraVolumeMounts, spec.values.extraVolumes: not allowed"
+    assert cond["message"].startswith(named) and warned[0]["message"].startswith(named)
+    deployments = json.loads(cluster.kubectl("get", "deployments", "-n", ns, "-o", "json"))
+    assert deployments["items"] == []  # nothing rendered: no pod with the host's root
+    values_removed(cluster, ns, "mount")
+    volumes = get(cluster, "deployment", "mount-blue", ns)["spec"]["template"]["spec"]["volumes"]
+    assert not any("hostPath" in v for v in volumes)
+
+
 @contextmanager
 def rule_removed(cluster: Cluster, resource: str) -> Iterator[None]:
     """The operator's ClusterRole without the rule for `resource`, put back afterwards."""
@@ -143,8 +162,9 @@ def test_an_rbac_denial_names_verb_and_resource_and_clears_when_granted(
             cluster, ns, "rbac", {"model": A, "replicas": 2, "nodePool": {"nodeSelector": CPU_POOL}}
         )
         cond = wait_for("Forbidden", lambda: degraded(cluster, ns, "rbac", "Forbidden"))
+        # The first call for it: whether one of that name is there already, and whose.
         assert cond["message"].startswith(
-            f"forbidden: the operator may not patch poddisruptionbudgets.policy in namespace {ns}"
+            f"forbidden: the operator may not get poddisruptionbudgets.policy in namespace {ns}"
         )
         assert f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}" in cond["message"]
         wait_for("a Warning event", lambda: warnings(cluster, ns, "rbac", "Forbidden"))
