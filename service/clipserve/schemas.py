@@ -27,6 +27,12 @@ ModelName = Annotated[
 ]
 # A label or template: CLIP reads 77 tokens (~300 characters), so 2,048 is already past use.
 PromptPart = Annotated[str, msgspec.Meta(max_length=2048)]
+# An 8x8 red PNG: the OpenAPI examples work as they are (Swagger UI's "Try it out", and the
+# requests schemathesis sends first).
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mO8o6HBgA0wMeAAg1MCAO/EATxl"
+    "NiNaAAAAAElFTkSuQmCC"
+)
 
 
 class Item(Base):
@@ -181,19 +187,21 @@ class ModelsResponse(Base):
 class ClassifyRequest(Base):
     """Zero-shot classification of images against labels."""
 
-    images: list[Item]
+    images: Annotated[list[Item], msgspec.Meta(examples=[[{"img_blob": EXAMPLE_PNG}]])]
     labels: Annotated[
         list[PromptPart],
         msgspec.Meta(
             description="each in every template; the prompts must fit --max-text-chars each "
-            "and 16 KiB x --max-items in all (413 above)"
+            "and 16 KiB x --max-items in all (413 above)",
+            examples=[["a red square", "a blue circle", "a cat"]],
         ),
     ]
     templates: Annotated[
         list[PromptPart] | None,
         msgspec.Meta(
             description="prompt templates, `{}` where the label goes; default: open_clip's "
-            'ImageNet ensemble (80 templates); `["{}"]` for the plain labels'
+            'ImageNet ensemble (80 templates); `["{}"]` for the plain labels',
+            examples=[["a photo of {}.", "a drawing of {}."]],
         ),
     ] = None
     model: ModelName | None = None
@@ -238,7 +246,16 @@ class EmbeddingsRequest(Base):
     """OpenAI's embeddings request. `input`: a string, a list of strings, one list of token
     ids, or a list of them; a `data:image/...;base64,` string is an image."""
 
-    input: str | list[str | int | TokenIds]
+    input: Annotated[
+        str | list[str | int | TokenIds],
+        msgspec.Meta(
+            examples=[
+                "a photo of a cat",
+                ["a cat", f"data:image/png;base64,{EXAMPLE_PNG}"],
+                [[320, 1929], [49406]],
+            ]
+        ),
+    ]
     model: ModelName | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(gt=0)] | None = None
