@@ -93,6 +93,24 @@ def measure(spec: str, dtype: str, repeats: int, min_s: float) -> dict[str, tupl
     return out
 
 
+def image_stages(repeats: int, min_s: float) -> list[tuple[str, int, float, float]]:
+    """(image, bytes, ms to decode and resize it to 224x224 as served, load average), for the
+    bench's JPEGs (photo-like, quality 90), with and without JPEG draft-mode scaling."""
+    from clipserve.bench.workloads import photo_bytes
+    from clipserve.images import Geometry, ImageLimits, prepare_image
+
+    geometry, limits = Geometry.square(224), ImageLimits()
+    rows = []
+    for size in ((640, 480), (1920, 1080)):
+        data = photo_bytes("JPEG", size)
+        for draft in (True, False):
+            run = partial(prepare_image, data, geometry, limits, draft=draft)
+            rate, load = best_rate(run, 1, repeats, min_s)
+            name = f"JPEG {size[0]}x{size[1]}" + ("" if draft else ", no draft")
+            rows.append((name, len(data), 1000 / rate, load))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m clipserve.bench.precision", description=__doc__)
     p.add_argument("--model", default="ViT-B-32:random")
@@ -124,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f" {rate / base:.1f}x" if dt != dtypes[0] else ""
             cells.append(f"{rate:.1f}{ratio} ({load:.1f})")
         print(f"| {dt} | " + " | ".join(cells) + " |")
+    print("\n| image (decode + resize to 224, one thread) | bytes | ms (load average) |")
+    print("| --- | --- | --- |")
+    for name, size, ms, load in image_stages(args.repeats, args.min_s):
+        print(f"| {name} | {size} | {ms:.2f} ({load:.1f}) |")
     return 0
 
 

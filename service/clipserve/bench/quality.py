@@ -115,7 +115,7 @@ def table(rows: list[tuple[str, Quality | str]]) -> str:
         if isinstance(q, str):
             lines.append(f"| {family} | {FAMILIES.get(family, '')} | - | - | - | {q} |")
             continue
-        verdict = "passes" if q.passes else "fails the bar"
+        verdict = "passes" if q.passes else "fails the bar (auto: fp32)"
         lines.append(
             f"| {family} | {q.spec.removesuffix(':random')} | {q.image_min:.5f} / "
             f"{q.image_mean:.5f} | {q.text_min:.5f} / {q.text_mean:.5f} | "
