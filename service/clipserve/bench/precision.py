@@ -1,12 +1,13 @@
 """The bare model's speed in fp32, bf16 and int8 on this CPU: items/s per tower and batch.
 
-`python -m clipserve.bench.precision [--model SPEC] [--threads N] [--repeats R]` prints a
+`python -m clipserve.bench.precision [--model SPEC] [--threads N] [--rounds R]` prints a
 markdown table: image at batch 1 and 8 (uint8 in, as served: its normalization included), text
-at batch 1 and 32 with full 77-token texts (nothing to trim), each the best of R short timed
-runs, with the load average (`uptime`'s 1-minute figure) read as each was measured: on a shared
-machine the best of repeated short runs is the least disturbed. Also the uint8 -> dtype
-normalization alone, at batch 8. int8 is torch's dynamic quantization of the Linear layers
-(weights int8, activations quantized per batch), as `--dtype int8` would have to be.
+at batch 1 and 32 with full 77-token texts (nothing to trim), and the uint8 -> dtype
+normalization alone at batch 8. On a shared machine a pass is slowed by whatever else runs, so
+each figure is the fastest of R passes, the dtypes taking turns pass by pass (each sees the
+same load), with the load average (`uptime`'s 1-minute figure) read at that fastest pass.
+int8 is torch's dynamic quantization of the Linear layers (weights int8, activations quantized
+per batch), as a `--dtype int8` would have to be.
 """
 
 from __future__ import annotations
@@ -27,21 +28,16 @@ CASES = (("image", 1), ("image", 8), ("text", 1), ("text", 32))
 DTYPES = ("fp32", "bf16", "int8")
 
 
-def best_rate(
-    run: Callable[[], object], items: int, repeats: int, min_s: float
-) -> tuple[float, float]:
-    """(items/s of the fastest of `repeats` timed runs of >= min_s each, load average then)."""
-    run()  # warm: kernels chosen, memory allocated
-    best, load = 0.0, 0.0
+def fastest(run: Callable[[], object], items: int, repeats: int) -> tuple[float, float]:
+    """(items/s of the fastest of `repeats` passes, load average then), after a warm pass."""
+    run()  # kernels chosen, memory allocated
+    best, load = float("inf"), 0.0
     for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < min_s or n == 0:
-            run()
-            n += 1
-        rate = n * items / elapsed
-        if rate > best:
-            best, load = rate, os.getloadavg()[0]
-    return best, load
+        start = time.perf_counter()
+        run()
+        if (took := time.perf_counter() - start) < best:
+            best, load = took, os.getloadavg()[0]
+    return items / best, load
 
 
 def to_int8(model: ClipModel) -> None:
@@ -73,27 +69,53 @@ def inputs(model: ClipModel, kind: str, batch: int) -> torch.Tensor:
     return rows
 
 
-def measure(spec: str, dtype: str, repeats: int, min_s: float) -> dict[str, tuple[float, float]]:
-    """case -> (items/s, load average) for one dtype, plus the normalization alone."""
+def load(spec: str, dtype: str) -> ClipModel:
+    """The model in `dtype` (int8: quantized from fp32)."""
     model = load_model(parse_spec(spec), device="cpu", dtype="fp32" if dtype == "int8" else dtype)
     if dtype == "int8":
         to_int8(model)
-    out = {}
+    return model
+
+
+def passes(model: ClipModel) -> dict[str, tuple[Callable[[], object], int]]:
+    """case -> (one pass, items in it)."""
+    out: dict[str, tuple[Callable[[], object], int]] = {}
     for kind, batch in CASES:
         x = inputs(model, kind, batch)
         # full-context texts leave nothing to trim; int8's Linear has no .weight to trim with
         encode = model.encode_image if kind == "image" else partial(model.encode_text, trim=False)
-        out[f"{kind} b{batch}"] = best_rate(partial(encode, x), batch, repeats, min_s)
+        out[f"{kind} b{batch}"] = (partial(encode, x), batch)
     pixels = inputs(model, "image", 8)
     scale, shift = model._scale, model._shift  # the served normalization, in the model's dtype
-    with torch.inference_mode():
-        out["normalize b8"] = best_rate(
-            lambda: pixels.to(scale.dtype) * scale - shift, 8, repeats, min_s
-        )
+
+    @torch.inference_mode()
+    def normalize() -> torch.Tensor:
+        return pixels.to(scale.dtype) * scale - shift
+
+    out["normalize b8"] = (normalize, 8)
     return out
 
 
-def image_stages(repeats: int, min_s: float) -> list[tuple[str, int, float, float]]:
+def measure(spec: str, dtypes: list[str], rounds: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """dtype -> case -> (items/s, load average): per case, the dtypes take turns pass by pass."""
+    runs = {dt: passes(load(spec, dt)) for dt in dtypes}
+    out: dict[str, dict[str, tuple[float, float]]] = {dt: {} for dt in dtypes}
+    for case in runs[dtypes[0]]:
+        for dt in dtypes:
+            runs[dt][case][0]()  # warm
+        best = {dt: (0.0, 0.0) for dt in dtypes}
+        for _ in range(rounds):
+            for dt in dtypes:
+                run, items = runs[dt][case]
+                rate, load_avg = fastest(run, items, 1)
+                if rate > best[dt][0]:
+                    best[dt] = (rate, load_avg)
+        for dt in dtypes:
+            out[dt][case] = best[dt]
+    return out
+
+
+def image_stages(repeats: int) -> list[tuple[str, int, float, float]]:
     """(image, bytes, ms to decode and resize it to 224x224 as served, load average), for the
     bench's JPEGs (photo-like, quality 90), with and without JPEG draft-mode scaling."""
     from clipserve.bench.workloads import photo_bytes
@@ -105,9 +127,9 @@ def image_stages(repeats: int, min_s: float) -> list[tuple[str, int, float, floa
         data = photo_bytes("JPEG", size)
         for draft in (True, False):
             run = partial(prepare_image, data, geometry, limits, draft=draft)
-            rate, load = best_rate(run, 1, repeats, min_s)
+            rate, load_avg = fastest(run, 1, repeats)
             name = f"JPEG {size[0]}x{size[1]}" + ("" if draft else ", no draft")
-            rows.append((name, len(data), 1000 / rate, load))
+            rows.append((name, len(data), 1000 / rate, load_avg))
     return rows
 
 
@@ -116,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="ViT-B-32:random")
     p.add_argument("--model-config-dir", help="extra open_clip configs")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--min-s", type=float, default=1.0, help="least time per timed run")
+    p.add_argument("--rounds", type=int, default=10, help="passes per dtype and case")
     p.add_argument("--dtype", action="append", choices=DTYPES, help="default: all")
     args = p.parse_args(argv)
     if args.model_config_dir:
@@ -126,26 +147,26 @@ def main(argv: list[str] | None = None) -> int:
         add_model_configs(args.model_config_dir)
     torch.set_num_threads(args.threads)
     dtypes = args.dtype or list(DTYPES)
-    rows = {dt: measure(args.model, dt, args.repeats, args.min_s) for dt in dtypes}
+    rows = measure(args.model, dtypes, args.rounds)
     cases = list(rows[dtypes[0]])
     print(
         f"{args.model}, {args.threads} threads, torch {torch.__version__}, "
-        f"{bf16_support().reason}; items/s, best of {args.repeats} (load average then)\n"
+        f"{bf16_support().reason}; items/s, fastest of {args.rounds} passes (load average then)\n"
     )
     print("| dtype | " + " | ".join(cases) + " |")
     print("| --- |" + " --- |" * len(cases))
     for dt, row in rows.items():
         cells = []
         for case in cases:
-            rate, load = row[case]
+            rate, load_avg = row[case]
             base = rows[dtypes[0]][case][0]
             ratio = f" {rate / base:.1f}x" if dt != dtypes[0] else ""
-            cells.append(f"{rate:.1f}{ratio} ({load:.1f})")
+            cells.append(f"{rate:.1f}{ratio} ({load_avg:.1f})")
         print(f"| {dt} | " + " | ".join(cells) + " |")
     print("\n| image (decode + resize to 224, one thread) | bytes | ms (load average) |")
     print("| --- | --- | --- |")
-    for name, size, ms, load in image_stages(args.repeats, args.min_s):
-        print(f"| {name} | {size} | {ms:.2f} ({load:.1f}) |")
+    for name, size, ms, load_avg in image_stages(args.rounds):
+        print(f"| {name} | {size} | {ms:.2f} ({load_avg:.1f}) |")
     return 0
 
 
