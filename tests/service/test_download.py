@@ -282,7 +282,9 @@ def test_a_pretrained_tags_file_is_fetched_where_open_clip_looks(tmp_path, origi
 def test_a_hub_file_that_does_not_match_its_sha256_is_refused(tmp_path, origin):
     data = os.urandom(10_000)
     repo = "timm/vit_base_patch32_clip_224.openai"
-    hub_file(origin, repo, "open_clip_model.safetensors", data, body=data[:-1] + b"x")
+    # The last byte flipped: a fixed replacement byte would equal a random one once in 256 runs.
+    corrupt = data[:-1] + bytes([data[-1] ^ 0xFF])
+    hub_file(origin, repo, "open_clip_model.safetensors", data, body=corrupt)
     proc = download_cli(
         "--model",
         "ViT-B-32:openai",
