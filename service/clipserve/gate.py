@@ -1,15 +1,17 @@
 """`clipserve gate`: what stays up in front of a ClipService that KEDA scales to zero.
 
 It passes every request on to the servers' Service. While no server is ready (scaled to zero,
-or the first pod still loading its model) the Service has no endpoints and refuses connections;
-the gate then answers at once with 503 and Retry-After, never holding the request, and counts
-it: that count is what wakes the service (the chart's ScaledObject activates on the rate of
-authorized requests the gate sees). With API keys (the server's own flags and variables), a
-request without a valid key gets 401 here and wakes nothing; the server's pages (playground,
-Swagger UI), which ask for the key themselves, pass without one but never wake the service.
-A client that goes away has its request cancelled upstream too. The gate answers /healthz,
-/readyz and /metrics itself. It imports nothing of torch: it starts in a second and uses a few
-tens of MB.
+or the first pod still loading its model) the Service has no endpoints, and a connection to it
+is refused or, where the node's firewall drops it (many NetworkPolicy plugins do), never
+answered. So the gate does not learn it from each request: it asks the Service's /readyz twice
+a second on a fresh connection, and while none answers it answers at once with 503 and
+Retry-After, never holding the request, and counts it: that count is what wakes the service
+(the chart's ScaledObject activates on the rate of authorized requests the gate sees). With
+API keys (the server's own flags and variables), a request without a valid key gets 401 here
+and wakes nothing; the server's pages (playground, Swagger UI), which ask for the key
+themselves, pass without one but never wake the service. A client that goes away has its
+request cancelled upstream too. The gate answers /healthz, /readyz and /metrics itself. It
+imports nothing of torch: it starts in a second and uses a few tens of MB.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ KEEPALIVE_EXPIRY_S = 4.0
 # Sent again once on a fresh connection when the first failed before any answer: nothing of
 # them can have changed anything (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# How often the gate asks whether a server takes connections, and how long a probe may take: a
+# cold start lasts tens of seconds, so half a second is noise in it (kube-proxy takes about as
+# long to route to a new endpoint); in-cluster a connection is made in a millisecond, so one not
+# made in a second is not coming.
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
 
 
 class ClientGone(Exception):
@@ -107,6 +115,10 @@ class Gate:
         self.keys = [k.encode() for k in api_keys]
         self.metrics = GateMetrics()
         self._client: httpx.AsyncClient | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        # Until the first probe says otherwise a request is tried: a server may well be up.
+        self._reachable = True
+        self.metrics.servers_reachable.set(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -128,12 +140,44 @@ class Gate:
                     keepalive_expiry=KEEPALIVE_EXPIRY_S,
                 )
                 self._client = httpx.AsyncClient(timeout=self.timeout, limits=limits)
+                self._watcher = asyncio.ensure_future(self._watch_servers())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._watcher is not None:
+                    self._watcher.cancel()
                 if self._client is not None:
                     await self._client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _watch_servers(self) -> None:
+        """Probe the servers' /readyz every PROBE_INTERVAL_S while the gate runs, on a fresh
+        connection each time (a kept-alive one may lead to a pod that is gone): one not made
+        means no server takes connections; a 200 means one does; anything else (a slow or cut
+        answer) tells neither."""
+        url = self._base.copy_with(raw_path=self._base.raw_path.rstrip(b"/") + b"/readyz")
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, limits=limits) as probe:
+            while True:
+                try:
+                    answer = await probe.get(url)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    self._set_reachable(False, repr(exc))
+                except httpx.HTTPError:
+                    pass
+                else:
+                    if answer.status_code == 200:
+                        self._set_reachable(True)
+                await asyncio.sleep(PROBE_INTERVAL_S)
+
+    def _set_reachable(self, reachable: bool, why: str = "") -> None:
+        if reachable != self._reachable:
+            if reachable:
+                log.info("a server takes connections again: requests are passed on")
+            else:
+                log.info("no server takes connections (%s): 503 until one does", why)
+        self._reachable = reachable
+        self.metrics.servers_reachable.set(1 if reachable else 0)
 
     async def _own(self, path: str, send: Send) -> None:
         if path == "/metrics":
@@ -157,6 +201,9 @@ class Gate:
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> str:
         """Pass the request on, cancelling it upstream if its client goes away (servers do not
         notice a gone client themselves: middleware.cancel_on_disconnect). Returns the outcome."""
+        if not self._reachable:
+            await self._unavailable(send)
+            return "unavailable"
         body = Body(receive) if _has_body(scope) else None
         exchange = asyncio.ensure_future(self._exchange(scope, body, send))
         gone = False
@@ -198,8 +245,10 @@ class Gate:
             try:
                 response = await self._client.send(request, stream=True)
                 break
-            except httpx.ConnectError:
-                # Refused: the Service has no ready endpoint (scaled to zero, or still loading).
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # No connection made, refused or dropped: the Service has no ready endpoint
+                # (scaled to zero, or still loading). Nothing reached a server: 503, not 504.
+                self._set_reachable(False, repr(exc))
                 await self._unavailable(send)
                 return "unavailable"
             except httpx.TimeoutException as exc:

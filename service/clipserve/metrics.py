@@ -163,3 +163,9 @@ class GateMetrics:
         for outcome in GATE_OUTCOMES:
             # From 0, so that the first request after a quiet spell is an increase rate() sees.
             self.requests.labels(outcome)
+        self.servers_reachable = Gauge(
+            "clipserve_gate_servers_reachable",
+            "1 while the servers' Service takes connections (requests are passed on), 0 while"
+            " none does (requests get 503 + Retry-After)",
+            registry=self.registry,
+        )

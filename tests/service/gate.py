@@ -1,8 +1,10 @@
-"""A real `clipserve gate` process on a free loopback port, and an upstream that drops a kept-alive
-connection the moment its next request arrives, for the tests."""
+"""A real `clipserve gate` process on a free loopback port; an upstream that drops a kept-alive
+connection the moment its next request arrives; and a port whose connections are never made
+(what a firewall that drops packets to a Service without endpoints looks like), for the tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -55,8 +57,26 @@ class GateProcess:
             if s.name == "clipserve_gate_requests_total"
         }
 
+    def servers_reachable(self) -> float:
+        """clipserve_gate_servers_reachable: 1 while the gate passes requests on, 0 while not."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        (value,) = (
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "clipserve_gate_servers_reachable"
+        )
+        return value
+
     def upstream_ports(self) -> set[int]:
-        """Local ports of the gate's open connections to its backend (one per connection)."""
+        """Local ports of the gate's kept-alive connections to its backend (one per connection):
+        those open in two looks 0.2 s apart, so not the gate's probe of /readyz, whose own
+        connection lasts a few milliseconds twice a second."""
+        first = self._established()
+        time.sleep(0.2)
+        return first & self._established()
+
+    def _established(self) -> set[int]:
         return {
             c.laddr.port
             for c in psutil.Process(self.proc.pid).net_connections(kind="tcp")
@@ -74,8 +94,8 @@ class DroppingUpstream:
     it sends on a kept-alive connection just as the server times it out. `seen` lists each
     request as (connection number, method, path)."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.seen: list[tuple[int, str, str]] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -112,4 +132,33 @@ class DroppingUpstream:
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
     def close(self) -> None:
+        # shutdown wakes the accept() blocked on the socket, which would otherwise keep it
+        # listening (the port taken) after close.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class Blackhole:
+    """A loopback port that takes no connection: its listener's queue is full and never
+    accepted, so the kernel drops every further SYN, and a connect waits until it times out,
+    as it does where a node's firewall drops packets to a Service with no endpoint."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port), backlog=0)
+        self.url = f"http://127.0.0.1:{port}"
+        self.held: list[socket.socket] = []
+        while True:  # queue connections until one is not taken: the queue is full
+            conn = socket.socket()
+            conn.settimeout(0.5)
+            try:
+                conn.connect(("127.0.0.1", port))
+            except TimeoutError:
+                conn.close()
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        for conn in self.held:
+            conn.close()
         self.sock.close()

@@ -1,7 +1,8 @@
 """`clipserve gate` in front of a real server that is down, then up: 503 + Retry-After at once
-while no server is ready, every request and answer passed on unchanged once one is; the API key
-checked before anything counts toward waking; a client's disconnect passed upstream; the raw
-path passed on; kept-alive connections to the server never reused as the server closes them."""
+while no server is ready (its connections refused or dropped), every request and answer passed
+on unchanged once one is; the API key checked before anything counts toward waking; a client's
+disconnect passed upstream; the raw path passed on; kept-alive connections to the server never
+reused as the server closes them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from clipserve.bench.scrape import MetricsPage
 from clipserve.client import Client
 from clipserve.metrics import GATE_OUTCOMES, GATE_WAKING
 
-from tests.service.gate import DroppingUpstream, GateProcess
+from tests.polling import eventually
+from tests.service.gate import Blackhole, DroppingUpstream, GateProcess
 from tests.service.pictures import png_b64
 from tests.service.server import TINY, Server, free_port, start_server
 
@@ -59,6 +61,8 @@ def test_once_a_server_is_up_requests_and_answers_pass_unchanged(
 ) -> None:
     server = start_server(model=TINY, port=backend_port)
     try:
+        # The gate passes requests on once its probe (every half second) has seen the server.
+        eventually(lambda: gate.servers_reachable() == 1, "the gate to see the server", 30)
         direct, through = httpx.Client(base_url=server.url), httpx.Client(base_url=gate.url)
         body = [{"text": "a dog"}, {"img_blob": png_b64()}]
         a, b = direct.post("/encode", json=body), through.post("/encode", json=body)
@@ -83,6 +87,42 @@ def test_once_a_server_is_up_requests_and_answers_pass_unchanged(
         server.stop()
     # The server gone again: 503 once more, nothing held.
     assert httpx.post(f"{gate.url}/encode", json=[{"text": "a"}], timeout=10).status_code == 503
+
+
+def test_where_connections_are_dropped_not_refused_the_gate_still_answers_503(
+    backend_port: int,
+) -> None:
+    # Many NetworkPolicy plugins drop what goes to a Service without endpoints: a connection
+    # is never refused, only never made. The gate must still answer 503 + Retry-After (no
+    # request reached a server), and at once once its probe has seen no server take one.
+    upstream = DroppingUpstream(backend_port)
+    gate = GateProcess(upstream.url, "--retry-after-s", str(RETRY_AFTER_S))
+    hole = None
+    try:
+        eventually(lambda: gate.servers_reachable() == 1, "the probe to find the server", 30)
+        upstream.close()
+        hole = Blackhole(backend_port)
+        # Sent at once: the gate still takes the servers for reachable and tries to connect.
+        r = httpx.post(f"{gate.url}/encode", json=[{"text": "a dog"}], timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == str(RETRY_AFTER_S), r.text
+        assert gate.servers_reachable() == 0
+        t0 = time.monotonic()
+        r = httpx.post(f"{gate.url}/encode", json=[{"text": "a dog"}], timeout=30)
+        took = time.monotonic() - t0
+        assert r.status_code == 503 and "no server is ready" in r.json()["detail"]
+        assert took < 2  # not tried: a connect is given 5 s before it counts as not made
+        assert gate.requests()["unavailable"] == 2 and gate.requests()["error"] == 0
+        # A server takes connections again: the probe finds it and requests pass.
+        hole.close()
+        upstream = DroppingUpstream(backend_port)
+        eventually(lambda: gate.servers_reachable() == 1, "the probe to find the server", 30)
+        r = httpx.get(f"{gate.url}/models", timeout=30)
+        assert (r.status_code, r.text) == (200, "ok")
+    finally:
+        gate.stop()
+        upstream.close()
+        if hole is not None:
+            hole.close()
 
 
 @pytest.mark.slow
@@ -264,8 +304,16 @@ def test_a_request_lost_on_a_kept_alive_connection_is_sent_again_only_when_safe(
             # was taken from the client and the server may have acted on it: 502, never twice.
             r = client.post("/c", content=b"x" * 100)
             assert r.status_code == 502 and "connection failed" in r.json()["detail"]
-        seen = [(1, "GET", "/a"), (1, "GET", "/b"), (2, "GET", "/b"), (2, "POST", "/c")]
-        assert upstream.seen == seen
+        # The gate's own probes of /readyz come on connections of their own, in between.
+        seen = [(n, m, p) for n, m, p in upstream.seen if p != "/readyz"]
+        assert [(m, p) for _, m, p in seen] == [
+            ("GET", "/a"),
+            ("GET", "/b"),
+            ("GET", "/b"),
+            ("POST", "/c"),
+        ]
+        first, second = seen[0][0], seen[2][0]
+        assert [n for n, _, _ in seen] == [first, first, second, second] and first != second
         assert gate.requests()["proxied"] == 2 and gate.requests()["error"] == 1
     finally:
         gate.stop()
