@@ -120,6 +120,18 @@ def test_the_gate_and_servers_admit_only_the_listed_peers_and_the_gate_reaches_t
         cluster, helm, "install", "clip", str(REPO / "charts/clipserve"), "-n", ns,
         "--wait", "--timeout=600s", values=values,
     )  # fmt: skip
+    # KEDA runs in this cluster once an autoscaling test has started it (a package fixture),
+    # and it would take the idle servers to zero: a Service without endpoints neither admits
+    # nor refuses anything (its packets go nowhere). Paused at one server; with no KEDA
+    # running the annotation does nothing and the Deployment keeps its one replica.
+    server_objects = ("-n", ns, "-l", "app.kubernetes.io/component=server")
+    cluster.kubectl(
+        "annotate", "scaledobject", *server_objects, "autoscaling.keda.sh/paused-replicas=1"
+    )
+    cluster.kubectl(
+        "wait", "deployment", *server_objects, "--for=jsonpath={.status.readyReplicas}=1",
+        "--timeout=600s", timeout=660,
+    )  # fmt: skip
     for name in (ADMITTED, OTHER):
         real_node.client_pod(ns, name)
     server = f"http://clip-clipserve.{ns}.svc.cluster.local:3000"
