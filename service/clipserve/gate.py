@@ -155,7 +155,7 @@ class Gate:
         connection each time (a kept-alive one may lead to a pod that is gone): one not made
         means no server takes connections; a 200 means one does; anything else (a slow or cut
         answer) tells neither."""
-        url = self._base.copy_with(raw_path=self._base.raw_path.rstrip(b"/") + b"/readyz")
+        url = self._upstream(b"/readyz")
         limits = httpx.Limits(max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, limits=limits) as probe:
             while True:
@@ -233,10 +233,10 @@ class Gate:
         assert self._client is not None, "lifespan startup has not run"
         # The path and query as the client sent them, byte for byte: decoded, a %3F would
         # become a query upstream, a %2F a path separator, a %10 an invalid URL.
-        target = self._base.raw_path.rstrip(b"/") + scope["raw_path"]
+        target = scope["raw_path"]
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        url = self._base.copy_with(raw_path=target)
+        url = self._upstream(target)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
         for attempt in (1, 2):
             request = self._client.build_request(
@@ -273,6 +273,10 @@ class Gate:
         finally:
             await response.aclose()
         return "proxied"
+
+    def _upstream(self, raw_path: bytes) -> httpx.URL:
+        """The backend's URL for `raw_path` (with its query), below the backend's own path."""
+        return self._base.copy_with(raw_path=self._base.raw_path.rstrip(b"/") + raw_path)
 
     async def _unavailable(self, send: Send) -> None:
         detail = (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
+from clipserve.bench.scrape import MetricsPage
 
 from tests.service.server import free_port
 
@@ -49,24 +49,11 @@ class GateProcess:
 
     def requests(self) -> dict[str, float]:
         """clipserve_gate_requests_total by outcome, from the gate's own /metrics."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        return {
-            s.labels["outcome"]: s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "clipserve_gate_requests_total"
-        }
+        return MetricsPage.get(self.url).by("outcome", "clipserve_gate_requests_total")
 
     def servers_reachable(self) -> float:
         """clipserve_gate_servers_reachable: 1 while the gate passes requests on, 0 while not."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        (value,) = (
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "clipserve_gate_servers_reachable"
-        )
-        return value
+        return MetricsPage.get(self.url).value("clipserve_gate_servers_reachable")
 
     def upstream_ports(self) -> set[int]:
         """Local ports of the gate's kept-alive connections to its backend (one per connection):
