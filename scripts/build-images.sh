@@ -41,15 +41,18 @@ chart_image() {
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/pyproject.toml")
 revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
 
-# Free space where podman keeps its layers; a build needs room for its layers twice over
-# (the build's own copy and the committed image).
+# Free space where podman keeps its layers, in GB.
+free_gb() { mkdir -p "$cache_root/podman"; echo $(($(df -Pk "$cache_root/podman" | awk 'NR==2 {print $4}') / 1024 / 1024)); }
+disk_hint() {
+  log "building $1 needs about $2 GB free in $cache_root/podman; $(free_gb) GB are free."
+  log "free some space, or point CLIPSERVE_CACHE at a larger disk."
+}
+# Checked before a build starts, so that a full disk is named at once rather than as a failed
+# layer commit minutes later (a layer needs room twice over while it is committed).
 require_disk() {
-  local need_gb=$1 what=$2 dir="$cache_root/podman" free_gb
-  mkdir -p "$dir"
-  free_gb=$(($(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1024 / 1024))
-  if ((free_gb < need_gb)); then
-    log "building $what needs about ${need_gb} GB free in $dir; only ${free_gb} GB are free."
-    log "free some space, or point CLIPSERVE_CACHE at a larger disk."
+  local need_gb=$1 what=$2
+  if (($(free_gb) < need_gb)); then
+    disk_hint "$what" "$need_gb"
     exit 1
   fi
 }
@@ -110,25 +113,39 @@ inputs_hash() {
   ) | sha256sum | cut -c1-16
 }
 
-# build NAME DOCKERFILE TAG NEED_GB "BUILD ARGS" INPUT_PATH...
+label() { pm image inspect --format "{{ index .Labels \"$2\" }}" "$1" 2>/dev/null || true; }
+
+# build NAME DOCKERFILE TAG "BUILD ARGS" INPUT_PATH...
+# NEED_GB (the free space the build needs) and BIG_LAYER ("KEY=HASH": a label naming what the
+# image's largest layer was built from) come from the caller's environment. When the image on
+# hand carries the same BIG_LAYER label, podman's layer cache still holds that layer and the
+# build needs only SMALL_NEED_GB.
 build() {
-  local name=$1 dockerfile=$2 tag=$3 need_gb=$4 args=$5; shift 5
-  local hash current t0
+  local name=$1 dockerfile=$2 tag=$3 args=$4; shift 4
+  local hash t0 need=$NEED_GB labels
   hash=$(inputs_hash "$args" "$dockerfile" .dockerignore "$@")
-  current=$(pm image inspect --format '{{ index .Labels "io.clipserve.inputs" }}' "$tag" 2>/dev/null || true)
-  if [[ "$current" == "$hash" ]]; then
+  labels=(--label "io.clipserve.inputs=$hash")
+  if [[ "$(label "$tag" io.clipserve.inputs)" == "$hash" ]]; then
     log "$tag is up to date (inputs $hash)"
     return 0
   fi
-  require_disk "$need_gb" "the $name image"
+  if [[ -n "${BIG_LAYER:-}" ]]; then
+    labels+=(--label "$BIG_LAYER")
+    [[ "$(label "$tag" "${BIG_LAYER%%=*}")" != "${BIG_LAYER#*=}" ]] || need=$SMALL_NEED_GB
+  fi
+  require_disk "$need" "the $name image"
   log "building $tag from $dockerfile (inputs $hash)"
   t0=$SECONDS
   local build_args=()
   for a in $args; do build_args+=(--build-arg "$a"); done
-  pm build --network host --pull=never --layers -q \
+  if ! pm build --network host --pull=never --layers -q \
     -f "$root/$dockerfile" "${build_args[@]}" \
     --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
-    --label "io.clipserve.inputs=$hash" -t "$tag" "$root" >/dev/null
+    "${labels[@]}" -t "$tag" "$root" >/dev/null; then
+    log "building $tag failed"
+    (($(free_gb) >= NEED_GB)) || disk_hint "the $name image" "$NEED_GB"
+    exit 1
+  fi
   log "built $tag in $((SECONDS - t0)) s, $(pm image inspect --format '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}')"
 }
 
@@ -143,13 +160,20 @@ for target in "${targets[@]}"; do
     tag=$(chart_image clipserve)${variant:+-$variant}
     args="PYTHON_IMAGE=$python_base"
     [[ -z "$variant" ]] || args+=" TORCH_INDEX_URL=https://download.pytorch.org/whl/$variant"
-    build service service/Dockerfile "$tag" 18 "$args" \
+    # torch and its CUDA wheels: a 6 GB layer that needs room twice over while it is committed,
+    # plus the wheels pip unpacks. It is rebuilt only when its pin, index or base changes; a
+    # code edit rebuilds only the small top layers.
+    torch_layer=$(
+      { echo "$args"; grep -E '^ *"torch(vision)?[=<>~ ]' "$root/pyproject.toml"; } | sha256sum | cut -c1-16
+    )
+    NEED_GB=18 SMALL_NEED_GB=3 BIG_LAYER="io.clipserve.torch-layer=$torch_layer" \
+      build service service/Dockerfile "$tag" "$args" \
       pyproject.toml README.md service/clipserve operator/clipserve_operator
     ;;
   operator)
     make_node_base
     tag=$(chart_image clipserve-operator)
-    build operator operator/Dockerfile "$tag" 3 "PYTHON_IMAGE=$python_base NODE_IMAGE=$node_base" \
+    NEED_GB=3 build operator operator/Dockerfile "$tag" "PYTHON_IMAGE=$python_base NODE_IMAGE=$node_base" \
       pyproject.toml README.md service/clipserve operator/clipserve_operator charts/clipserve \
       scripts/install-helm.sh
     ;;
