@@ -16,17 +16,37 @@ MODEL ?= ViT-B-32:openai
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.runtime: pyproject.toml
+# Three distributions: service/ (clipserve), operator/ (clipserve-operator), client/
+# (clipserve-client); the root pyproject.toml holds the tools and the `dev` group. Each
+# pyproject.toml states ranges (what a library user needs); the lock files pin every package
+# installed here, in the images and in CI (`make lock` re-resolves them on purpose).
+DISTS := service/pyproject.toml operator/pyproject.toml client/pyproject.toml
+LOCKS := service/requirements.lock operator/requirements.lock client/requirements.lock requirements-dev.lock
+
+$(VENV)/.runtime: service/pyproject.toml service/requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
+	$(PIP) install -q -c service/requirements.lock -e ./service
 	touch $@
 
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: pyproject.toml $(DISTS) $(LOCKS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
-	touch $(VENV)/.runtime $@
+	$(PIP) install -q -c requirements-dev.lock -e './service[bench]' -e ./operator -e ./client --group dev
+	touch $(VENV)/.runtime $(VENV)/.bench $@
+
+# uv resolves for every platform (--universal: markers, not this machine's wheels) and Python 3.11.
+UV_COMPILE = SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} \
+	$(VENV)/bin/uv pip compile -q --universal --python-version 3.11
+
+.PHONY: lock
+lock: ## re-resolve the lock files from the pyproject files (then review and commit them)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q "$$(grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')"
+	$(UV_COMPILE) service/pyproject.toml --all-extras -o service/requirements.lock
+	$(UV_COMPILE) operator/pyproject.toml -o operator/requirements.lock
+	$(UV_COMPILE) client/pyproject.toml -o client/requirements.lock
+	$(UV_COMPILE) $(DISTS) --all-extras --group pyproject.toml:dev -o requirements-dev.lock
 
 .PHONY: install
 install: $(VENV)/.runtime ## create .venv and install the service
@@ -71,9 +91,9 @@ test-fast: dev ## the quick loop: every test but the image, real-node and browse
 	$(PY) -m pytest -m '$(FAST)'
 
 .PHONY: lint
-lint: dev ## ruff check, ruff format --check and mypy (service and operator)
-	$(VENV)/bin/ruff check service operator tests scripts
-	$(VENV)/bin/ruff format --check service operator tests scripts
+lint: dev ## ruff check, ruff format --check and mypy (service, operator, client)
+	$(VENV)/bin/ruff check service operator client tests scripts
+	$(VENV)/bin/ruff format --check service operator client tests scripts
 	$(VENV)/bin/mypy
 
 .PHONY: cluster
@@ -91,9 +111,10 @@ cluster-down: ## stop the local cluster (the real node first, restoring the mach
 manifests: ## regenerate manifests/{crd,rbac,operator} from charts/clipserve-operator
 	bash manifests/generate.sh
 
-$(VENV)/.bench: pyproject.toml
+$(VENV)/.bench: service/pyproject.toml service/requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q -e '.[bench]'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c service/requirements.lock -e './service[bench]'
 	touch $(VENV)/.runtime $@
 
 .PHONY: bench

@@ -38,7 +38,7 @@ chart_image() {
   version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/Chart.yaml")
   echo "$repo:$version"
 }
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/pyproject.toml")
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/service/pyproject.toml")
 revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
 
 # Free space where podman keeps its layers, in GB.
@@ -161,20 +161,20 @@ for target in "${targets[@]}"; do
     args="PYTHON_IMAGE=$python_base"
     [[ -z "$variant" ]] || args+=" TORCH_INDEX_URL=https://download.pytorch.org/whl/$variant"
     # torch and its CUDA wheels: a 6 GB layer that needs room twice over while it is committed,
-    # plus the wheels pip unpacks. It is rebuilt only when its pin, index or base changes; a
-    # code edit rebuilds only the small top layers.
+    # plus the wheels pip unpacks. It is rebuilt only when its pin, index, base or the lock
+    # file changes; a code edit rebuilds only the small top layers.
     torch_layer=$(
-      { echo "$args"; grep -E '^ *"torch(vision)?[=<>~ ]' "$root/pyproject.toml"; } | sha256sum | cut -c1-16
+      { echo "$args"; grep -E '^ *"torch(vision)?[=<>~ ]' "$root/service/pyproject.toml"; cat "$root/service/requirements.lock"; } | sha256sum | cut -c1-16
     )
     NEED_GB=18 SMALL_NEED_GB=3 BIG_LAYER="io.clipserve.torch-layer=$torch_layer" \
       build service service/Dockerfile "$tag" "$args" \
-      pyproject.toml README.md service/clipserve operator/clipserve_operator
+      service/pyproject.toml service/README.md service/requirements.lock service/clipserve
     ;;
   operator)
     make_node_base
     tag=$(chart_image clipserve-operator)
     NEED_GB=3 build operator operator/Dockerfile "$tag" "PYTHON_IMAGE=$python_base NODE_IMAGE=$node_base" \
-      pyproject.toml README.md service/clipserve operator/clipserve_operator charts/clipserve \
+      operator/pyproject.toml operator/README.md operator/requirements.lock operator/clipserve_operator charts/clipserve \
       scripts/install-helm.sh
     ;;
   *) log "unknown image '$target' (service, operator)"; exit 2 ;;

@@ -1,4 +1,5 @@
-"""The packages' own imports point one way: no module imports itself back through others."""
+"""The packages' own imports point one way: no module imports itself back through others,
+and the service's rooms import only the rooms below them."""
 
 from __future__ import annotations
 
@@ -72,3 +73,51 @@ def test_no_module_imports_itself_back(package: str):
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# The service's rooms, each allowed to import only the rooms below it: the HTTP edge calls the
+# engine, the engine runs models, models and the engine take bytes from sources. Shared modules
+# (errors, schemas, metrics, settings, redact) import no room; the programs on top (cli, gate,
+# bench) may import any.
+ROOMS = {"sources": 0, "models": 1, "engine": 2, "http": 3}
+SHARED = {"errors", "schemas", "metrics", "settings", "redact"}
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else None
+
+
+def _against_the_rooms(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for name, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            here, there = _room(name), _room(target)
+            shared = name.split(".")[-1] in SHARED and name.count(".") == 1
+            if shared and (there or target.split(".")[-1] not in SHARED):
+                wrong.append(f"{name} (shared) -> {target}")
+            elif here and there and ROOMS[there] > ROOMS[here]:
+                wrong.append(f"{name} -> {target} (up a room)")
+            elif here and not there and target.split(".")[-1] not in SHARED | {"clipserve"}:
+                wrong.append(f"{name} -> {target} (a program on top)")
+    return wrong
+
+
+def test_the_service_rooms_import_only_downwards():
+    modules = _modules("clipserve")
+    assert {_room(m) for m in modules} >= set(ROOMS), "a room is missing"
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    assert _against_the_rooms(graph) == []
+
+
+def test_the_room_check_finds_an_upward_import():
+    graph = {
+        "clipserve.models.clip": {"clipserve.engine.cache"},
+        "clipserve.errors": {"clipserve.http.app"},
+        "clipserve.engine.cache": {"clipserve.cli", "clipserve.metrics"},
+    }
+    assert _against_the_rooms(graph) == [
+        "clipserve.engine.cache -> clipserve.cli (a program on top)",
+        "clipserve.errors (shared) -> clipserve.http.app",
+        "clipserve.models.clip -> clipserve.engine.cache (up a room)",
+    ]

@@ -12,7 +12,7 @@ py_version="${PY_VERSION:-$("$python" -c 'import sys; print(f"{sys.version_info[
 platform="${PLATFORM:-manylinux_2_28_x86_64}"
 
 mkdir -p "$here/wheels"
-"$python" -m pip wheel -q --no-deps --wheel-dir "$here/wheels" "$repo"
+"$python" -m pip wheel -q --no-deps --wheel-dir "$here/wheels" "$repo/service"
 wheel="$(ls -t "$here"/wheels/clipserve-*.whl | head -1)"
 "$python" -m pip download -q --dest "$here/wheels" --only-binary=:all: \
   --python-version "$py_version" --platform "$platform" --platform manylinux2014_x86_64 \

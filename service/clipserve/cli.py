@@ -15,7 +15,7 @@ import uvicorn
 
 from clipserve import __version__, gate
 from clipserve.bench import cli as bench
-from clipserve.lifecycle import Lifecycle
+from clipserve.http.lifecycle import Lifecycle
 from clipserve.redact import redact, redact_logs
 from clipserve.settings import Settings, add_arguments, from_args
 
@@ -50,7 +50,7 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Run the HTTP server until stopped; 1 if start-up failed."""
-    from clipserve.app import create_app  # imports torch/open_clip: keep `--help` fast
+    from clipserve.http.app import create_app  # imports torch/open_clip: keep `--help` fast
 
     lifecycle = Lifecycle()
     try:
@@ -90,8 +90,8 @@ def list_models() -> int:
 
 def encode_once(settings: Settings, text: str | None, image: Path | None) -> int:
     """Load the first model here (no server) and print one embedding as JSON."""
-    from clipserve.images import ImageLimits, prepare_image
     from clipserve.models import ModelLoadError, add_model_configs, load_model, parse_spec
+    from clipserve.models.images import ImageLimits, prepare_image
 
     if settings.model_config_dir:
         add_model_configs(settings.model_config_dir)
@@ -121,8 +121,6 @@ def encode_once(settings: Settings, text: str | None, image: Path | None) -> int
 def download(settings: Settings, bar: bool | None) -> int:
     """Fetch the weights and tokenizer files of every --model into --cache-dir (what `serve
     --offline` reads)."""
-    from clipserve.download import DownloadError
-    from clipserve.hub import HubFileMissing, fetch_tokenizer
     from clipserve.models import (
         ModelLoadError,
         add_model_configs,
@@ -130,8 +128,10 @@ def download(settings: Settings, bar: bool | None) -> int:
         tokenizer_repo,
         weight_sources,
     )
-    from clipserve.weights import cache_root
-    from clipserve.weights import download as fetch_all
+    from clipserve.sources.download import DownloadError
+    from clipserve.sources.hub import HubFileMissing, fetch_tokenizer
+    from clipserve.sources.weights import cache_root
+    from clipserve.sources.weights import download as fetch_all
 
     if settings.model_config_dir:
         add_model_configs(settings.model_config_dir)
@@ -162,8 +162,8 @@ def report_device(settings: Settings, report_to: Path | None) -> int:
     """Print the device `serve` computes on with these settings (cuda or cpu), then the dtype
     it would choose and why; write the device to report_to (in a pod's init container: its
     termination message, read by the operator)."""
-    from clipserve.devices import DeviceError, select_device
-    from clipserve.dtypes import DtypeError, plan
+    from clipserve.models.devices import DeviceError, select_device
+    from clipserve.models.dtypes import DtypeError, plan
 
     try:
         device = select_device(settings.device)

@@ -28,7 +28,8 @@ import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from clipserve import auth, settings
+from clipserve import settings
+from clipserve.http import auth
 from clipserve.metrics import GateMetrics
 
 log = logging.getLogger("clipserve.gate")

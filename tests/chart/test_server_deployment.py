@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from clipserve.app import create_app
+from clipserve.http.app import create_app
 from clipserve.settings import ENV_PREFIX, Settings, from_env
 from litestar import Litestar
 

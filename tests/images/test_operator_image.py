@@ -65,3 +65,24 @@ def test_without_cluster_credentials_the_operator_stops_with_a_clear_message(
         logs = c.logs()
     assert code not in (0, None), logs
     assert "credentials" in logs.lower(), logs
+
+
+def test_the_image_holds_the_operators_distribution_alone_without_torch(
+    images: dict[str, str], pod: dict
+) -> None:
+    pod = copy.deepcopy(pod)
+    pod["containers"][0]["command"] = [
+        "python",
+        "-c",
+        "import importlib.metadata as m, importlib.util as u; "
+        "print(sorted(d.metadata['Name'].lower() for d in m.distributions())); "
+        "print([n for n in ('torch', 'open_clip', 'clipserve', 'litestar') if u.find_spec(n)])",
+    ]
+    with run_pod_container(images["operator"], pod) as c:
+        code = c.wait_exit(timeout=120)
+        logs = c.logs()
+    assert code == 0, logs
+    installed, importable = logs.strip().splitlines()[-2:]
+    assert "'clipserve-operator'" in installed and "'kopf'" in installed, installed
+    assert "'clipserve'" not in installed, installed
+    assert importable == "[]", logs

@@ -20,12 +20,12 @@ from tests.service.server import Server, start_server
 ROOT = Path(__file__).parents[2]
 LINKS = re.compile(rb"""(?:src|href)="([^"]*)\"""")
 PAGE_FILES = {
-    "clipserve/playground/index.html",
-    "clipserve/playground/playground.js",
-    "clipserve/playground/playground.css",
-    "clipserve/apidocs/swagger.html",
-    "clipserve/apidocs/swagger.js",
-    "clipserve/apidocs/swagger.css",
+    "clipserve/http/playground/index.html",
+    "clipserve/http/playground/playground.js",
+    "clipserve/http/playground/playground.css",
+    "clipserve/http/apidocs/swagger.html",
+    "clipserve/http/apidocs/swagger.js",
+    "clipserve/http/apidocs/swagger.css",
 }
 
 
@@ -137,11 +137,11 @@ def test_no_playground_turns_the_page_and_its_files_off():
 
 @pytest.mark.slow
 def test_a_non_editable_install_ships_and_serves_the_pages(tmp_path: Path):
-    # the project's own build backend (pyproject's), as `pip wheel .` would call it
+    # the distribution's own build backend (service/pyproject.toml), as `pip wheel ./service` would
     build = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
     subprocess.run(
         [sys.executable, "-c", build, str(tmp_path / "dist")],
-        cwd=ROOT,
+        cwd=ROOT / "service",
         check=True,
         capture_output=True,
         timeout=600,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from clipserve.app import create_app
+from clipserve.http.app import create_app
 from clipserve.settings import Settings
 from litestar.testing import TestClient
 

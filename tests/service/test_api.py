@@ -7,7 +7,7 @@ import asyncio
 import math
 
 import pytest
-from clipserve.embedder import Embedder
+from clipserve.engine.engine import Engine
 from clipserve.errors import Overloaded
 from clipserve.metrics import Metrics
 from clipserve.models import parse_spec
@@ -182,7 +182,7 @@ def test_several_models_are_served_and_picked_by_name():
 
 
 def test_work_sent_before_the_models_are_loaded_is_a_503_to_retry():
-    embedder = Embedder(Settings(model=(TINY,)), [parse_spec(TINY)], Metrics())  # not loaded
+    engine = Engine(Settings(model=(TINY,)), [parse_spec(TINY)], Metrics())  # not loaded
     with pytest.raises(Overloaded, match="still loading") as err:
-        asyncio.run(embedder.encode([Item(text="a")], model=None, normalize=False, where="items"))
+        asyncio.run(engine.encode([Item(text="a")], model=None, normalize=False, where="items"))
     assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}

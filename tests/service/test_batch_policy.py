@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from clipserve.batch_policy import Limits, Queue, State, Stop, Take, Wait, decide, intra_op_threads
+from clipserve.engine.batch_policy import (
+    Limits,
+    Queue,
+    State,
+    Stop,
+    Take,
+    Wait,
+    decide,
+    intra_op_threads,
+)
 
 LIMITS = Limits(max_batch_size=8, max_wait_s=0.020, quiet_s=0.002)
 NOW = 100.0

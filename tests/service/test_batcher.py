@@ -8,9 +8,9 @@ import time
 
 import pytest
 import torch
-from clipserve.batching import ItemFailed, ModelBatcher
+from clipserve.engine.batching import ItemFailed, ModelBatcher
+from clipserve.engine.faults import device_failure
 from clipserve.errors import Overloaded
-from clipserve.faults import device_failure
 from clipserve.metrics import Metrics
 
 POISON = -1.0

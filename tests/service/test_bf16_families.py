@@ -17,9 +17,8 @@ from pathlib import Path
 
 import open_clip
 import pytest
-from clipserve import cpu
 from clipserve.bench.quality import FAMILIES, measure
-from clipserve.models import ClipModel, load_model, parse_spec
+from clipserve.models import ClipModel, cpu, load_model, parse_spec
 from clipserve.models.precision import UNFIT
 
 from tests.service.hf_tokenizers import cache_tokenizer

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 from clipserve.bench.scrape import MetricsPage
-from clipserve.cache import ENTRY_OVERHEAD, CacheKey, EmbeddingCache, digest
+from clipserve.engine.cache import ENTRY_OVERHEAD, CacheKey, EmbeddingCache, digest
 from clipserve.metrics import Metrics
 from clipserve.settings import Settings
 

@@ -6,10 +6,10 @@ import httpx
 import numpy as np
 import open_clip
 import pytest
-from clipserve import classify
-from clipserve.client import Client
+from clipserve.engine import classify
 from clipserve.errors import PayloadTooLarge
 from clipserve.models import load_model, parse_spec
+from clipserve_client import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

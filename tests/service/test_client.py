@@ -1,4 +1,4 @@
-"""clipserve.client (Client and AsyncClient) against real server processes."""
+"""clipserve_client (Client and AsyncClient) against real server processes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from clipserve.bench.scrape import MetricsPage
-from clipserve.client import (
+from clipserve_client import (
     APIError,
     AsyncClient,
     Client,

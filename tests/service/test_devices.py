@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from clipserve import cpu
-from clipserve.devices import (
+from clipserve.models import cpu
+from clipserve.models.devices import (
     DeviceError,
     assigned_gpus,
     driver_version,

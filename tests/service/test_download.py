@@ -20,10 +20,11 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from clipserve import models, weights
-from clipserve.download import DownloadError, Limits
+from clipserve import models
 from clipserve.models import ModelLoadError, load_model, parse_spec
-from clipserve.progress import Progress
+from clipserve.sources import weights
+from clipserve.sources.download import DownloadError, Limits
+from clipserve.sources.progress import Progress
 from huggingface_hub import try_to_load_from_cache
 
 from tests.service.origin import Origin, self_signed

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clipserve import weights
-from clipserve.download import Limits
+from clipserve.sources import weights
+from clipserve.sources.download import Limits
 
 from tests.service.origin import Origin
 from tests.service.server import MODEL_CONFIGS
@@ -47,7 +47,7 @@ def origin() -> Iterator[Origin]:
 # stdin, and says `exit <code>` on stdout after each.
 WRITER = """
 import json, sys
-import clipserve.models, clipserve.weights
+import clipserve.models, clipserve.sources.weights
 from clipserve import cli
 for line in sys.stdin:
     code = cli.main(["download", *json.loads(line)])

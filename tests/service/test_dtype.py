@@ -1,7 +1,7 @@
 """The dtype a model runs in on a CPU, and why: bf16 where the CPU has bf16 units and the model
 agrees with fp32, fp32 otherwise, a refusal where bf16 would be emulated.
 
-The one thing faked is what the CPU offers (`clipserve.cpu.bf16_support`, its seam): a CPU
+The one thing faked is what the CPU offers (`clipserve.models.cpu.bf16_support`, its seam): a CPU
 with or without bf16 units is staged whatever this machine has. Everything else is real: the
 tiny model loaded, cast and checked against fp32 (a CPU without bf16 units still computes bf16,
 only slowly). The real server process reports what this machine's real detection found.
@@ -12,8 +12,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from clipserve import cpu, dtypes
-from clipserve.models import ModelLoadError, add_model_configs, load_model, parse_spec
+from clipserve.models import ModelLoadError, add_model_configs, cpu, dtypes, load_model, parse_spec
 from clipserve.models import precision as self_check
 
 from tests.service.server import MODEL_CONFIGS, TINY, start_server

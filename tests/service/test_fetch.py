@@ -9,7 +9,6 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from clipserve.byte_budget import ByteBudget
 from clipserve.errors import (
     InvalidInput,
     Overloaded,
@@ -17,7 +16,8 @@ from clipserve.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from clipserve.fetch import FetchPolicy, ImageFetcher
+from clipserve.sources.byte_budget import ByteBudget
+from clipserve.sources.fetch import FetchPolicy, ImageFetcher
 
 from tests.service.origin import Origin, endless
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from clipserve.bench.scrape import MetricsPage
-from clipserve.client import Client
 from clipserve.metrics import GATE_OUTCOMES, GATE_WAKING
+from clipserve_client import Client
 
 from tests.polling import eventually
 from tests.service.gate import Blackhole, DroppingUpstream, GateProcess

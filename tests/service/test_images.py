@@ -20,7 +20,7 @@ import open_clip
 import pytest
 import torch
 from clipserve.errors import InvalidInput, PayloadTooLarge
-from clipserve.images import (
+from clipserve.models.images import (
     Geometry,
     ImageLimits,
     decode_base64,

@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from clipserve.app import create_app
 from clipserve.bench.scrape import MetricsPage
+from clipserve.http.app import create_app
 from clipserve.settings import Settings
 from litestar.testing import TestClient
 
@@ -26,8 +26,8 @@ def test_a_dead_compute_thread_fails_liveness_and_readiness():
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.get("/healthz").status_code == 200
-        embedder = app.dependencies["embedder"].dependency()  # what the handlers are given
-        batcher = embedder.batchers[TINY]
+        engine = app.dependencies["engine"].dependency()  # what the handlers are given
+        batcher = engine.batchers[TINY]
 
         # Simulate a bug that escapes the compute loop (the loop never raises by design).
         def broken(worker):

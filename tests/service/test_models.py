@@ -160,12 +160,12 @@ def test_loaded_models_are_out_of_the_cyclic_gcs_sight():
     GIL for 180 ms walking them, no longer does (in a subprocess: freezing is process-wide)."""
     code = f"""
 import gc
-from clipserve.embedder import Embedder
+from clipserve.engine.engine import Engine
 from clipserve.metrics import Metrics
 from clipserve.models import add_model_configs, parse_spec
 from clipserve.settings import Settings
 add_model_configs({str(MODEL_CONFIGS)!r})
-emb = Embedder(Settings(model=({TINY!r},)), [parse_spec({TINY!r})], Metrics())
+emb = Engine(Settings(model=({TINY!r},)), [parse_spec({TINY!r})], Metrics())
 emb.load()
 module = next(iter(emb.models.values())).model
 tracked = {{id(o) for o in gc.get_objects()}}

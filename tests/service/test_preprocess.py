@@ -19,7 +19,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from clipserve.images import Geometry, ImageLimits, prepare_image
+from clipserve.models.images import Geometry, ImageLimits, prepare_image
 from clipserve.models.recipe import Preprocessing, preprocessing_from_cfg, tag_preprocess_cfg
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image

@@ -28,7 +28,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from clipserve.app import create_app
+from clipserve.http.app import create_app
 from clipserve.settings import Settings
 from litestar.testing import TestClient
 from open_clip.tokenizer import HFTokenizer
@@ -129,9 +129,9 @@ def test_family_serves_as_open_clip_runs_it(
             r = client.post("/encode", json=body)
             assert r.status_code == 200, r.text
             info = client.get("/models").json()["models"][0]
-            # the app holds its Embedder as a dependency (litestar DI): the served model itself
-            embedder = client.app.dependencies["embedder"].dependency()
-            model = embedder.models[settings.model[0]].model
+            # the app holds its Engine as a dependency (litestar DI): the served model itself
+            engine = client.app.dependencies["engine"].dependency()
+            model = engine.models[settings.model[0]].model
             got = torch.tensor(r.json())
             pre = _reference_preprocess(arch, model)
             tokenizer = (
@@ -163,7 +163,7 @@ def test_family_serves_as_open_clip_runs_it(
         scale = expected.abs().max()
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(scale))
     finally:
-        # Embedder.load froze everything it made out of the cyclic GC's sight (gc.freeze):
+        # Engine.load froze everything it made out of the cyclic GC's sight (gc.freeze):
         # let this model's memory go before the next family loads.
         gc.unfreeze()
         gc.collect()

@@ -14,7 +14,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from clipserve import hub
+from clipserve.sources import hub
 from open_clip.tokenizer import HFTokenizer
 
 from tests.service.hf_tokenizers import cache_tokenizer, put_in_hub_cache

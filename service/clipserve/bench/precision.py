@@ -21,8 +21,8 @@ from functools import partial
 
 import torch
 
-from clipserve.cpu import bf16_support
 from clipserve.models import ClipModel, load_model, parse_spec
+from clipserve.models.cpu import bf16_support
 
 CASES = (("image", 1), ("image", 8), ("text", 1), ("text", 32))
 DTYPES = ("fp32", "bf16", "int8")
@@ -119,7 +119,7 @@ def image_stages(repeats: int) -> list[tuple[str, int, float, float]]:
     """(image, bytes, ms to decode and resize it to 224x224 as served, load average), for the
     bench's JPEGs (photo-like, quality 90), with and without JPEG draft-mode scaling."""
     from clipserve.bench.workloads import photo_bytes
-    from clipserve.images import Geometry, ImageLimits, prepare_image
+    from clipserve.models.images import Geometry, ImageLimits, prepare_image
 
     geometry, limits = Geometry.square(224), ImageLimits()
     rows = []

@@ -15,13 +15,13 @@ import torch
 from open_clip.constants import HF_CONFIG_NAME, HF_WEIGHTS_NAME
 from open_clip.pretrained import _get_safe_alternatives
 
-from clipserve import dtypes, hub, weights
-from clipserve.devices import DeviceError, select_device
-from clipserve.download import DownloadError
-from clipserve.models import precision
+from clipserve.models import dtypes, precision
 from clipserve.models.clip import TORCH_DTYPES, ClipModel, ModelLoadError, trimmable_tower
+from clipserve.models.devices import DeviceError, select_device
 from clipserve.models.recipe import TokenizerInfo, build_tokenizer, model_preprocessing
 from clipserve.models.spec import ModelSpec, parse_spec
+from clipserve.sources import hub, weights
+from clipserve.sources.download import DownloadError
 
 log = logging.getLogger(__name__)
 

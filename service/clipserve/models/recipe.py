@@ -17,9 +17,9 @@ import torch
 from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-from clipserve.hub import fetch_tokenizer
-from clipserve.images import Geometry
+from clipserve.models.images import Geometry
 from clipserve.models.spec import ModelSpec
+from clipserve.sources.hub import fetch_tokenizer
 
 # The fields of a pretrained config that say how images were preprocessed.
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipserve import weights
 from clipserve.redact import redact
+from clipserve.sources import weights
 
 RANDOM_TAG = "random"
 _SCHEMAS = ("hf-hub:", "local-dir:")

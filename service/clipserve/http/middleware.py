@@ -19,9 +19,9 @@ from litestar.types import (
     Send,
 )
 
-from clipserve.auth import CHALLENGE, DETAIL, authorized
+from clipserve.http.auth import CHALLENGE, DETAIL, authorized
+from clipserve.http.openai import OPENAI_PREFIX, error_body
 from clipserve.metrics import Metrics
-from clipserve.openai_compat import OPENAI_PREFIX, error_body
 
 MODEL_HEADER = "X-Clip-Model"
 _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes

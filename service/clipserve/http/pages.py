@@ -22,7 +22,7 @@ from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path
 
 from clipserve import __version__
-from clipserve.middleware import PUBLIC
+from clipserve.http.middleware import PUBLIC
 
 PLAYGROUND_DIR = Path(__file__).parent / "playground"
 APIDOCS_DIR = Path(__file__).parent / "apidocs"

@@ -1,10 +1,11 @@
 """A typed Python client for clipserve: `Client` and `AsyncClient` (httpx), numpy arrays out.
 
 It needs httpx and numpy only, never torch: `pip install ./client` installs it alone (the
-`clipserve-client` distribution). Both clients retry a 503 after the server's `Retry-After`
-and a refused connection with backoff, send an API key, and check every response's
-`X-Clip-Model`: once a client has seen which model answers (per requested model), a different
-one raises `ModelChanged`, because vectors from two models must never be mixed.
+`clipserve-client` distribution, which holds no server code). Both clients retry a 503 after
+the server's `Retry-After` and a refused connection with backoff, send an API key, and check
+every response's `X-Clip-Model`: once a client has seen which model answers (per requested
+model), a different one raises `ModelChanged`, because vectors from two models must never be
+mixed.
 
     with Client("http://localhost:3000") as clip:
         vectors = clip.encode(texts=["a dog", "a cat"])          # float32 [2, dim]
@@ -12,9 +13,9 @@ one raises `ModelChanged`, because vectors from two models must never be mixed.
         top = clip.classify(["dog.jpg"], labels=["dog", "cat"])[0][0]  # Prediction(label, p)
 """
 
-from clipserve.client.clients import MODEL_HEADER, AsyncClient, Client
-from clipserve.client.items import ImageSource, Item, image, text
-from clipserve.client.results import (
+from clipserve_client.clients import MODEL_HEADER, AsyncClient, Client
+from clipserve_client.items import ImageSource, Item, image, text
+from clipserve_client.results import (
     APIError,
     ClientError,
     ModelChanged,

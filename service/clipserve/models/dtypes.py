@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipserve import cpu
+from clipserve.models import cpu
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 

@@ -10,19 +10,19 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.di import Provide
 
-from clipserve.api import ROUTES
-from clipserve.embedder import Embedder
+from clipserve.engine.engine import Engine
 from clipserve.errors import EXCEPTION_HANDLERS
-from clipserve.lifecycle import Lifecycle
-from clipserve.metrics import Metrics
-from clipserve.middleware import (
+from clipserve.http.lifecycle import Lifecycle
+from clipserve.http.middleware import (
     bearer_auth,
     cancel_on_disconnect,
     default_model_header,
     request_metrics,
 )
+from clipserve.http.pages import openapi_config, page_routes
+from clipserve.http.routes import ROUTES
+from clipserve.metrics import Metrics
 from clipserve.models import ModelLoadError, add_model_configs, parse_spec
-from clipserve.pages import openapi_config, page_routes
 from clipserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,25 +35,25 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
     specs = [parse_spec(s) for s in settings.model]
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics()
-    embedder = Embedder(settings, specs, metrics)
+    engine = Engine(settings, specs, metrics)
     api_keys = settings.api_keys()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        embedder.single_threaded_here()  # the event loop's thread
-        loading = asyncio.create_task(_load(embedder, lifecycle))
+        engine.single_threaded_here()  # the event loop's thread
+        loading = asyncio.create_task(_load(engine, lifecycle))
         try:
             yield
         finally:
             loading.cancel()
-            await asyncio.to_thread(embedder.stop)
-            await embedder.aclose()
+            await asyncio.to_thread(engine.stop)
+            await engine.aclose()
 
     return Litestar(
         route_handlers=[*ROUTES, *page_routes(settings.playground)],
         lifespan=[lifespan],
         dependencies={
-            "embedder": _provide(embedder),
+            "engine": _provide(engine),
             "lifecycle": _provide(lifecycle),
             "metrics": _provide(metrics),
         },
@@ -62,7 +62,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
             request_metrics(metrics),
             bearer_auth(api_keys, settings.open_paths),
             # inside auth: a 401 names no model to a client without a key
-            default_model_header(lambda: embedder.default_model),
+            default_model_header(lambda: engine.default_model),
             cancel_on_disconnect,
         ],
         request_max_body_size=settings.max_body_bytes,
@@ -75,9 +75,9 @@ def _provide(value: object) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
-async def _load(embedder: Embedder, lifecycle: Lifecycle) -> None:
+async def _load(engine: Engine, lifecycle: Lifecycle) -> None:
     try:
-        await asyncio.to_thread(embedder.load)
+        await asyncio.to_thread(engine.load)
     except ModelLoadError as exc:
         lifecycle.fail_start(str(exc))
     except Exception as exc:  # anything else is a bug, but must still stop start-up loudly

@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from clipserve.cache import Cached, CacheKey, EmbeddingCache, digest
+from clipserve.engine.cache import Cached, CacheKey, EmbeddingCache, digest
 from clipserve.errors import ClipServeError, InvalidInput, PayloadTooLarge
-from clipserve.fetch import ImageFetcher
-from clipserve.images import (
+from clipserve.metrics import Metrics
+from clipserve.models import ClipModel
+from clipserve.models.images import (
     ImageLimits,
     decode_base64,
     decode_data_uri,
     is_data_uri,
     prepare_image,
 )
-from clipserve.metrics import Metrics
-from clipserve.models import ClipModel
 from clipserve.schemas import Item
+from clipserve.sources.fetch import ImageFetcher
 
 TEXT, IMAGE = "text", "image"
 _FIELDS = ("text", "img_uri", "img_blob")

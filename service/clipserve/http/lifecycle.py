@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from clipserve.redact import redact
 
-if TYPE_CHECKING:  # importing the embedder pulls in torch: keep `clipserve --help` fast
-    from clipserve.embedder import Embedder
+if TYPE_CHECKING:  # importing the engine pulls in torch: keep `clipserve --help` fast
+    from clipserve.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,15 @@ class Lifecycle:
     # Set by the CLI: asks the HTTP server to stop (after a failed load).
     request_exit: Callable[[], None] = field(default=lambda: None)
 
-    def not_ready_reason(self, embedder: Embedder) -> str | None:
+    def not_ready_reason(self, engine: Engine) -> str | None:
         """Why /readyz is 503, or None when ready."""
         if self.draining:
             return "shutting down"
         if self.load_error:
             return f"model load failed: {self.load_error}"
-        if not embedder.loaded:
+        if not engine.loaded:
             return "loading models"
-        if why := embedder.failure:
+        if why := engine.failure:
             return why
         return None
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from clipserve.client.items import ImageSource, Item, as_item, image, images_of, text, texts_of
-from clipserve.client.results import (
+from clipserve_client.items import ImageSource, Item, as_item, image, images_of, text, texts_of
+from clipserve_client.results import (
     APIError,
     ClientError,
     ModelChanged,

@@ -12,7 +12,7 @@ from pathlib import Path
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from clipserve.http_failures import host_of, is_request_failure, reason
+from clipserve.sources.http_failures import host_of, is_request_failure, reason
 
 # What AutoTokenizer reads from a repo; weights and model configs are left out.
 TOKENIZER_FILES = (

@@ -1,7 +1,7 @@
 """The served models and the work behind every endpoint: items in, embeddings and scores out.
 
 Handlers call one method here, which checks item counts, looks the model up and normalizes.
-Models load in a worker thread at start-up (loading.py); each model gets a batcher whose compute
+Models load in a worker thread at start-up (startup.py); each model gets a batcher whose compute
 workers run its forward passes.
 """
 
@@ -16,17 +16,15 @@ from typing import Any
 
 import torch
 
-from clipserve import classify, loading
-from clipserve.batching import ModelBatcher
-from clipserve.byte_budget import ByteBudget
-from clipserve.cache import EmbeddingCache
+from clipserve.engine import classify, startup
+from clipserve.engine.batching import ModelBatcher
+from clipserve.engine.cache import EmbeddingCache
+from clipserve.engine.inputs import IMAGE, TEXT, FetchTurns, InputDecoder, Tokens
 from clipserve.errors import InvalidInput, Overloaded, PayloadTooLarge, UnknownModel
-from clipserve.fetch import FetchPolicy, ImageFetcher
-from clipserve.images import ImageLimits
-from clipserve.inputs import IMAGE, TEXT, FetchTurns, InputDecoder, Tokens
 from clipserve.metrics import Metrics
 from clipserve.models import ClipModel, ModelSpec, available_specs, imagenet_templates
 from clipserve.models import normalize as l2_normalize
+from clipserve.models.images import ImageLimits
 from clipserve.redact import redact
 from clipserve.schemas import (
     BatchingInfo,
@@ -39,6 +37,8 @@ from clipserve.schemas import (
     TokenizerInfo,
 )
 from clipserve.settings import Settings
+from clipserve.sources.byte_budget import ByteBudget
+from clipserve.sources.fetch import FetchPolicy, ImageFetcher
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Classified:
     objective: str
 
 
-class Embedder:
+class Engine:
     """Owns models, batchers, the preprocessing pool and the image fetcher."""
 
     def __init__(self, settings: Settings, specs: list[ModelSpec], metrics: Metrics) -> None:
@@ -117,7 +117,7 @@ class Embedder:
 
     def load(self) -> None:
         """Load and warm every model, then start its batcher (blocking; run in a thread)."""
-        loading.load_all(self.settings, self.specs, self.metrics, self._serve)
+        startup.load_all(self.settings, self.specs, self.metrics, self._serve)
 
     def _serve(self, name: str, model: ClipModel, batcher: ModelBatcher) -> None:
         """Take a loaded model and its started batcher into service (in the loader thread)."""

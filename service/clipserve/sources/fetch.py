@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
-from clipserve.byte_budget import ByteBudget, Hold
 from clipserve.errors import InvalidInput, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from clipserve.sources.byte_budget import ByteBudget, Hold
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

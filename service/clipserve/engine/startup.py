@@ -1,7 +1,7 @@
 """Start-up: each model loaded, compiled and warmed, then given a started batcher.
 
 `load_all` runs once, in a worker thread (so /healthz answers while weights download), and hands
-each model to the embedder as soon as it is ready.
+each model to the engine as soon as it is ready.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from clipserve.batching import ModelBatcher
-from clipserve.inputs import IMAGE, TEXT
+from clipserve.engine.batching import ModelBatcher
+from clipserve.engine.inputs import IMAGE, TEXT
 from clipserve.metrics import Metrics
 from clipserve.models import ClipModel, ModelLoadError, ModelSpec, load_model
 from clipserve.settings import Settings

@@ -32,9 +32,9 @@ from typing import IO
 
 import httpx
 
-from clipserve import parts
-from clipserve.http_failures import first_line, host_of, reason
-from clipserve.progress import Progress
+from clipserve.sources import parts
+from clipserve.sources.http_failures import first_line, host_of, reason
+from clipserve.sources.progress import Progress
 
 CHUNK = 1 << 20
 HEX64 = re.compile(r"[0-9a-f]{64}")

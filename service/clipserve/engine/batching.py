@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clipserve.batch_policy import (
+from clipserve.engine.batch_policy import (
     QUIET_S,
     Limits,
     Queue,
@@ -35,8 +35,8 @@ from clipserve.batch_policy import (
     decide,
     intra_op_threads,
 )
+from clipserve.engine.faults import DeviceWatch
 from clipserve.errors import ClipServeError, Overloaded
-from clipserve.faults import DeviceWatch
 from clipserve.metrics import FAILURE_REASONS, Metrics
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import build_hf_headers
 
-from clipserve.download import (
+from clipserve.sources.download import (
     HEX40,
     HEX64,
     DownloadError,
@@ -40,8 +40,8 @@ from clipserve.download import (
     fetch,
     problem,
 )
-from clipserve.http_failures import host_of, is_request_failure, reason
-from clipserve.progress import Progress
+from clipserve.sources.http_failures import host_of, is_request_failure, reason
+from clipserve.sources.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Route handlers: a validated Struct in, one call, a response Struct out.
 
-Their dependencies (the Embedder, Lifecycle and Metrics of the app) come from litestar's
+Their dependencies (the Engine, Lifecycle and Metrics of the app) come from litestar's
 dependency injection, wired in app.py; errors become HTTP responses in errors.py.
 """
 
@@ -11,11 +11,11 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from clipserve import openai_compat
-from clipserve.embedder import Embedder
-from clipserve.lifecycle import Lifecycle
+from clipserve.engine.engine import Engine
+from clipserve.http import openai as openai_compat
+from clipserve.http.lifecycle import Lifecycle
+from clipserve.http.middleware import MODEL_HEADER
 from clipserve.metrics import Metrics
-from clipserve.middleware import MODEL_HEADER
 from clipserve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -68,23 +68,21 @@ def _from(model: str, content: object) -> Response:
 
 @post("/encode", status_code=200, summary="Embed texts and images", responses=WORK_ERRORS)
 async def encode(
-    data: JSONBody[EncodeRequest], embedder: NamedDependency[Embedder]
+    data: JSONBody[EncodeRequest], engine: NamedDependency[Engine]
 ) -> Response[Embeddings]:
     """A JSON array of items (or `{"items": [...], "model": ..., "normalize": ...}`)."""
     opts = data if isinstance(data, EncodeOptions) else EncodeOptions(items=data)
-    out = await embedder.encode(
-        opts.items, model=opts.model, normalize=opts.normalize, where="items"
-    )
+    out = await engine.encode(opts.items, model=opts.model, normalize=opts.normalize, where="items")
     return _from(out.model, out.vectors.tolist())
 
 
 @post("/rank", status_code=200, summary="Score candidates against queries", responses=WORK_ERRORS)
 async def rank(
-    data: JSONBody[RankRequest], embedder: NamedDependency[Embedder]
+    data: JSONBody[RankRequest], engine: NamedDependency[Engine]
 ) -> Response[RankResponse]:
     """Per query row: cosines, softmax probabilities over the candidates, and the model's own
     scores (sigmoid per pair for SigLIP-style models; see `objective`)."""
-    out = await embedder.rank(data.queries, data.candidates, model=data.model)
+    out = await engine.rank(data.queries, data.candidates, model=data.model)
     return _from(
         out.model,
         RankResponse(
@@ -98,11 +96,11 @@ async def rank(
 
 @post("/classify", status_code=200, summary="Zero-shot classification", responses=WORK_ERRORS)
 async def classify(
-    data: JSONBody[ClassifyRequest], embedder: NamedDependency[Embedder]
+    data: JSONBody[ClassifyRequest], engine: NamedDependency[Engine]
 ) -> Response[ClassifyResponse]:
     """Each image against every label's prompt ensemble, scored by the model's own objective
     (softmax over the labels for CLIP, sigmoid per label for SigLIP), most likely first."""
-    out = await embedder.classify(data.images, data.labels, data.templates, model=data.model)
+    out = await engine.classify(data.images, data.labels, data.templates, model=data.model)
     return _from(
         out.model,
         ClassifyResponse(predictions=out.predictions, objective=out.objective),  # type: ignore[arg-type]
@@ -117,11 +115,11 @@ async def classify(
     exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
 async def openai_embeddings(
-    data: JSONBody[EmbeddingsRequest], embedder: NamedDependency[Embedder]
+    data: JSONBody[EmbeddingsRequest], engine: NamedDependency[Engine]
 ) -> Response[EmbeddingsResponse]:
     """OpenAI's embeddings API: `encoding_format` float or base64, `dimensions` (the model's
     own only), token arrays, and `data:image/...;base64,` strings as images; L2-normalized."""
-    out = await openai_compat.embeddings(embedder, data)
+    out = await openai_compat.embeddings(engine, data)
     return _from(out.model, out)
 
 
@@ -131,9 +129,9 @@ async def openai_embeddings(
     responses=_openai_errors(401, 503),
     exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
-async def openai_models(embedder: NamedDependency[Embedder]) -> OpenAIModels:
+async def openai_models(engine: NamedDependency[Engine]) -> OpenAIModels:
     """What OpenAI clients' `models.list()` reads."""
-    return openai_compat.models(embedder)
+    return openai_compat.models(engine)
 
 
 @get(
@@ -142,9 +140,9 @@ async def openai_models(embedder: NamedDependency[Embedder]) -> OpenAIModels:
     responses=_openai_errors(401, 404, 503),
     exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
-async def openai_model(name: FromPath[str], embedder: NamedDependency[Embedder]) -> OpenAIModel:
+async def openai_model(name: FromPath[str], engine: NamedDependency[Engine]) -> OpenAIModel:
     """What OpenAI clients' `models.retrieve(id)` reads; ids may hold slashes (hf-hub:...)."""
-    return openai_compat.model(embedder, name.removeprefix("/"))
+    return openai_compat.model(engine, name.removeprefix("/"))
 
 
 @get(
@@ -153,10 +151,10 @@ async def openai_model(name: FromPath[str], embedder: NamedDependency[Embedder])
     responses=_errors(400, 401),
 )
 async def models(
-    embedder: NamedDependency[Embedder], available: FromQuery[bool] = False
+    engine: NamedDependency[Engine], available: FromQuery[bool] = False
 ) -> ModelsResponse:
     """What is served, how it is batched, and optionally what could be."""
-    return embedder.describe(available=available)
+    return engine.describe(available=available)
 
 
 @get(
@@ -164,10 +162,10 @@ async def models(
     summary="Liveness: the process and its compute threads are alive, its devices work",
     responses={503: ResponseSpec(Health, description="a compute thread died or a device failed")},
 )
-async def healthz(embedder: NamedDependency[Embedder]) -> Response[Health]:
+async def healthz(engine: NamedDependency[Engine]) -> Response[Health]:
     """503 once a compute thread has died or a model's device keeps failing (see
     --device-failures), so Kubernetes restarts the pod."""
-    if why := embedder.failure:
+    if why := engine.failure:
         return Response(Health("dead", why), status_code=503)
     return Response(Health("ok"))
 
@@ -178,11 +176,11 @@ async def healthz(embedder: NamedDependency[Embedder]) -> Response[Health]:
     responses={503: ResponseSpec(Health, description="loading, draining or dead")},
 )
 async def readyz(
-    embedder: NamedDependency[Embedder], lifecycle: NamedDependency[Lifecycle]
+    engine: NamedDependency[Engine], lifecycle: NamedDependency[Lifecycle]
 ) -> Response[Health]:
     """503 while loading, once a model is out of service (as /healthz), and from the start
     of shutdown."""
-    if reason := lifecycle.not_ready_reason(embedder):
+    if reason := lifecycle.not_ready_reason(engine):
         return Response(
             Health("unavailable", reason), status_code=503, headers={"Retry-After": "1"}
         )
@@ -191,13 +189,13 @@ async def readyz(
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
 async def prometheus(
-    embedder: NamedDependency[Embedder],
+    engine: NamedDependency[Engine],
     lifecycle: NamedDependency[Lifecycle],
     metrics: NamedDependency[Metrics],
 ) -> bytes:
     """The exposition format; readiness and GPU memory are sampled at scrape time."""
     return metrics.render(
-        ready=lifecycle.not_ready_reason(embedder) is None, gpu_memory=embedder.gpu_memory()
+        ready=lifecycle.not_ready_reason(engine) is None, gpu_memory=engine.gpu_memory()
     )
 
 

@@ -16,9 +16,9 @@ import torch
 from litestar import Request, Response
 from litestar.types import ExceptionHandlersMap
 
-from clipserve.embedder import Embedder
+from clipserve.engine.engine import Engine
+from clipserve.engine.inputs import Tokens
 from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel, http_error
-from clipserve.inputs import Tokens
 from clipserve.schemas import (
     EmbeddingData,
     EmbeddingsRequest,
@@ -40,9 +40,9 @@ _FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 _JSON_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
 
 
-async def embeddings(embedder: Embedder, request: EmbeddingsRequest) -> EmbeddingsResponse:
+async def embeddings(engine: Engine, request: EmbeddingsRequest) -> EmbeddingsResponse:
     """/v1/embeddings: L2-normalized like OpenAI's, as floats or base64."""
-    out = await embedder.encode(
+    out = await engine.encode(
         inputs(request.input), model=request.model, normalize=True, where="input"
     )
     check_dimensions(request.dimensions, out.model, out.vectors.shape[1])
@@ -53,19 +53,19 @@ async def embeddings(embedder: Embedder, request: EmbeddingsRequest) -> Embeddin
     )
 
 
-def models(embedder: Embedder) -> OpenAIModels:
+def models(engine: Engine) -> OpenAIModels:
     """/v1/models: every served model, as OpenAI lists its own."""
     return OpenAIModels(
-        data=[OpenAIModel(id=spec, created=t) for spec, t in embedder.loaded_at.items()]
+        data=[OpenAIModel(id=spec, created=t) for spec, t in engine.loaded_at.items()]
     )
 
 
-def model(embedder: Embedder, name: str) -> OpenAIModel:
+def model(engine: Engine, name: str) -> OpenAIModel:
     """/v1/models/{name}: the exact id, as OpenAI's retrieve takes it."""
-    if name not in embedder.loaded_at:
-        embedder.served(name)  # 503 while loading
+    if name not in engine.loaded_at:
+        engine.served(name)  # 503 while loading
         raise UnknownModel(f"model: {name!r} is not served here (see /v1/models)")
-    return OpenAIModel(id=name, created=embedder.loaded_at[name])
+    return OpenAIModel(id=name, created=engine.loaded_at[name])
 
 
 def inputs(raw: str | list[str | int | list[int]]) -> list[Item | Tokens]:

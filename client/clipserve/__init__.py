@@ -1,1 +1,0 @@
-../../service/clipserve/__init__.py

@@ -1,0 +1,1 @@
+"""The work behind every route: the engine, dynamic batching, the cache, classification."""

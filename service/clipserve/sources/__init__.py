@@ -1,0 +1,1 @@
+"""Where bytes come from: image URLs, weight files, tokenizer files, and their limits."""
