@@ -101,11 +101,11 @@ cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node runnin
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
 	bash scripts/build-netpol.sh
-	$(PY) -m tests.cluster up
+	$(PY) -m tests.support.cluster up
 
 .PHONY: cluster-down
 cluster-down: ## stop the local cluster (the real node first, restoring the machine)
-	$(PY) -m tests.cluster down
+	$(PY) -m tests.support.cluster down
 
 .PHONY: manifests
 manifests: ## regenerate manifests/{crd,rbac,operator} from charts/clipserve-operator

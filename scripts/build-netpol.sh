@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real test node's NetworkPolicy enforcer: kube-router from the Go module proxy, run
-# by tests/cluster with only its firewall (--run-firewall; no routing, no service proxy), which
+# by tests/support/cluster with only its firewall (--run-firewall; no routing, no service proxy), which
 # programs iptables and ipset from the cluster's NetworkPolicies. The CNI bridge plugin the node
 # uses enforces none by itself. Installs Debian's ipset, which kube-router calls.
 # The binary lands in ${CLIPSERVE_CACHE:-~/.cache/clipserve}/k8s/netpol_kube-router-<version>/bin,

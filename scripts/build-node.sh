@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build and install what the real test node (tests/cluster/realnode.py) runs beside the control
+# Build and install what the real test node (tests/support/cluster/realnode.py) runs beside the control
 # plane: containerd (+ its runc shim and ctr) and CoreDNS (scripts/node/coredns: the plugins the
 # node uses) from the Go module proxy, the pod sandbox's pause binary and the tests' probe client
 # (scripts/node/), and Debian's runc, CNI plugins and iptables. kubelet and kube-proxy come with

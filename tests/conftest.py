@@ -4,9 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.chart.rendering import Helm, install_tool
-from tests.cluster import realnode
-from tests.cluster.harness import Cluster, running_cluster
+from tests.support.cluster import realnode
+from tests.support.cluster.harness import Cluster, running_cluster
+from tests.support.rendering import Helm, install_tool
 
 
 @pytest.fixture(scope="session")

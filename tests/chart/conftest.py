@@ -7,8 +7,8 @@ from uuid import uuid4
 
 import pytest
 
-from tests.chart.rendering import install_tool
-from tests.cluster.harness import Cluster
+from tests.support.cluster.harness import Cluster
+from tests.support.rendering import install_tool
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.chart.rendering import CHART, NAMESPACE, ROOT, Helm, HelmError, kinds, only
+from tests.support.rendering import CHART, NAMESPACE, ROOT, Helm, HelmError, kinds, only
 
 pytestmark = pytest.mark.helm
 

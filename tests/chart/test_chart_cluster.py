@@ -11,9 +11,9 @@ from uuid import uuid4
 
 import pytest
 
-from tests.chart.rendering import CHART, CI_VALUES, Helm
-from tests.cluster.harness import Cluster
-from tests.polling import eventually
+from tests.support.cluster.harness import Cluster
+from tests.support.polling import eventually
+from tests.support.rendering import CHART, CI_VALUES, Helm
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm]
 

@@ -19,10 +19,10 @@ import pytest
 from clipserve.metrics import Metrics
 from PIL import Image
 
-from tests.chart.rendering import CHART, ROOT, install_tool
-from tests.polling import eventually
-from tests.service.origin import Origin
-from tests.service.server import TINY, Server, free_port, start_server
+from tests.support.origin import Origin
+from tests.support.polling import eventually
+from tests.support.rendering import CHART, ROOT, install_tool
+from tests.support.server import TINY, Server, free_port, start_server
 
 DASHBOARD = CHART / "dashboards" / "clipserve.json"
 MANIFEST_COPY = ROOT / "manifests" / "grafana" / "clipserve.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.rendering import ROOT, Helm, container, pod_spec
+from tests.support.rendering import ROOT, Helm, container, pod_spec
 
 DOCKERFILE = ROOT / "service" / "Dockerfile"
 OPERATOR_DOCKERFILE = ROOT / "operator" / "Dockerfile"
@@ -66,12 +66,14 @@ def test_should_install_torch_before_copying_code_so_a_code_edit_keeps_its_layer
     wheel_copy = runtime.index("COPY --from=wheel /dist")
     assert torch_install < wheel_copy
     # The only things the runtime stage takes from the stage that holds the code: the lists
-    # and the wheel, each in its own COPY.
+    # (with the lock that constrains them) and the wheel, each in its own COPY.
     assert re.findall(r"^COPY (.*)$", runtime, re.MULTILINE) == [
-        "--from=wheel /requirements-torch.txt /opt/clipserve/requirements-torch.txt",
+        "--from=wheel /requirements-torch.txt /requirements.lock /opt/clipserve/",
         "--from=wheel /requirements.txt /opt/clipserve/requirements.txt",
         "--from=wheel /dist /opt/clipserve/dist",
     ]
+    # Both dependency installs are held to the lock's versions.
+    assert runtime.count("-c /opt/clipserve/requirements.lock") == 2
 
 
 def test_should_point_caches_at_the_volume_and_listen_on_all_interfaces_if_built() -> None:

@@ -20,9 +20,9 @@ from clipserve.metrics import GATE_OUTCOMES
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.chart.rendering import ROOT, Helm, only
-from tests.service.gate import GateProcess
-from tests.service.server import TINY, start_server
+from tests.support.gate import GateProcess
+from tests.support.rendering import ROOT, Helm, only
+from tests.support.server import TINY, start_server
 
 # A metric name inside PromQL or an adapter rule (label names and values are not followed by
 # a name character and an opening brace or the end of the selector).

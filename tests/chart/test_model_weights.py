@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes_validate
 import yaml
 
-from tests.chart.rendering import CHART, Helm
+from tests.support.rendering import CHART, Helm
 
 K8S_VERSION = kubernetes_validate.utils.latest_version()
 

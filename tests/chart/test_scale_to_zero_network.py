@@ -12,8 +12,8 @@ from clipserve.metrics import GATE_OUTCOMES, GATE_WAKING
 from clipserve_operator.render import chart_values, helm_template
 from clipserve_operator.weights import prefetch_job
 
-from tests.chart.rendering import CHART, Helm, Obj, only
 from tests.chart.test_model_weights import prefetch_manifest
+from tests.support.rendering import CHART, Helm, Obj, only
 
 pytestmark = pytest.mark.helm
 

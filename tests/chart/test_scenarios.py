@@ -7,7 +7,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from tests.chart.rendering import CI_VALUES, NAMESPACE, RELEASE, Helm, validate_custom_resources
+from tests.support.rendering import CI_VALUES, NAMESPACE, RELEASE, Helm, validate_custom_resources
 
 pytestmark = pytest.mark.helm
 

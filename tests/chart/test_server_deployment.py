@@ -7,7 +7,7 @@ from clipserve.http.app import create_app
 from clipserve.settings import ENV_PREFIX, Settings, from_env
 from litestar import Litestar
 
-from tests.chart.rendering import (
+from tests.support.rendering import (
     CHART,
     Helm,
     container,

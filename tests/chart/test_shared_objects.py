@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.chart.rendering import CHART, NAMESPACE, Helm, only
+from tests.support.rendering import CHART, NAMESPACE, Helm, only
 
 pytestmark = pytest.mark.helm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.rendering import CHART, Helm, only
+from tests.support.rendering import CHART, Helm, only
 
 pytestmark = pytest.mark.helm
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.chart import values_doc
-from tests.chart.rendering import CHART, Helm, HelmError
+from tests.support.rendering import CHART, Helm, HelmError
 
 pytestmark = pytest.mark.helm
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.chart.rendering import CHART
+from tests.support.rendering import CHART
 
 README = CHART / "README.md"
 START, END = "<!-- values:start -->", "<!-- values:end -->"

@@ -1,5 +1,1 @@
-"""Local Kubernetes control plane for tests: real etcd/apiserver/controllers/scheduler, kwok nodes.
-
-Binaries come from scripts/build-k8s.sh; `python -m tests.cluster up|down` for manual use; the
-session fixture `cluster` (tests/conftest.py) for tests.
-"""
+"""The local cluster's own tests (the cluster: tests/support/cluster)."""

@@ -5,7 +5,7 @@ from uuid import uuid4
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from tests.support.cluster.harness import Cluster
 
 
 @pytest.fixture

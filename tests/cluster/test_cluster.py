@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.cluster.node_config import NODE_NAME
-from tests.polling import eventually
+from tests.support.cluster.harness import Cluster
+from tests.support.cluster.node_config import NODE_NAME
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -64,7 +64,8 @@ def apply_available_deployment(
 
 def test_node_pools_match_the_contract(cluster: Cluster) -> None:
     nodes = {n["metadata"]["name"]: n for n in get_json(cluster, "nodes")["items"]}
-    # The real node (tests/cluster/realnode.py) joins once a test of the session asks for it.
+    # The real node (tests/support/cluster/realnode.py) joins once a test of the session
+    # asks for it.
     assert set(nodes) - {NODE_NAME} == {"gpu-0", "gpu-1", "cpu-0", "cpu-1"}
     for name in GPU_NODES:
         node = nodes[name]

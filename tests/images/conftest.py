@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.rendering import Helm, install_tool
-from tests.images.containers import build_images, remove_stale_containers
+from tests.support.containers import build_images, remove_stale_containers
+from tests.support.rendering import Helm, install_tool
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import copy
 import pytest
 import yaml
 
-from tests.chart.rendering import ROOT, Helm, only
-from tests.images.containers import podman, run_pod_container
+from tests.support.containers import podman, run_pod_container
+from tests.support.rendering import ROOT, Helm, only
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """The service image, started from the chart's rendered Deployment as the kubelet would start it.
 
 Command, args, env, volume mounts, uid/gid, read-only root, dropped capabilities, memory limit
-and the preStop hook all come from `helm template` (tests/images/containers.py); only the model
+and the preStop hook all come from `helm template` (tests/support/containers.py); only the model
 is chosen (random weights: no download). No GPU exists here: the GPU case checks that a pod
 given one refuses to start on the CPU, with the cause.
 """
@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from tests.chart.rendering import ROOT, Helm, pod_spec
-from tests.images.containers import PodContainer, podman, run_pod_container, run_to_completion
+from tests.support.containers import PodContainer, podman, run_pod_container, run_to_completion
+from tests.support.rendering import ROOT, Helm, pod_spec
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 

@@ -9,9 +9,9 @@ from uuid import uuid4
 import pytest
 from clipserve.bench.server import free_port
 
-from tests.chart.rendering import Helm
-from tests.cluster.harness import Cluster
-from tests.operator.running import (
+from tests.support.cluster.harness import Cluster
+from tests.support.rendering import Helm
+from tests.support.running import (
     OPERATOR_NS,
     RELEASE,
     REPO,

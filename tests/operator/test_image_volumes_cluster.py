@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.harness import Cluster, running_cluster
-from tests.operator.clipservices import clip, condition, degraded, fully_ready, get, patch, warnings
-from tests.operator.running import OperatorRun, wait_for
+from tests.support.clipservices import clip, condition, degraded, fully_ready, get, patch, warnings
+from tests.support.cluster.harness import Cluster, running_cluster
+from tests.support.running import OperatorRun, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 

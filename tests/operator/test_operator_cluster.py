@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import Cluster, KubectlError
-from tests.operator.clipservices import clip, condition, events, fully_ready, get, items, patch
-from tests.operator.running import REPO, OperatorRun, wait_for
+from tests.support.clipservices import clip, condition, events, fully_ready, get, items, patch
+from tests.support.cluster.harness import Cluster, KubectlError
+from tests.support.running import REPO, OperatorRun, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 

@@ -21,8 +21,7 @@ import pytest
 import yaml
 from clipserve.bench.server import free_port
 
-from tests.cluster.harness import Cluster
-from tests.operator.clipservices import (
+from tests.support.clipservices import (
     clip,
     condition,
     degraded,
@@ -30,7 +29,8 @@ from tests.operator.clipservices import (
     recovered,
     warnings,
 )
-from tests.operator.running import (
+from tests.support.cluster.harness import Cluster
+from tests.support.running import (
     OPERATOR_NS,
     RELEASE,
     REPO,

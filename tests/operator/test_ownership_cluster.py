@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.clipservices import clip, degraded, get, recovered, warnings
-from tests.operator.running import OperatorRun, wait_for
+from tests.support.clipservices import clip, degraded, get, recovered, warnings
+from tests.support.cluster.harness import Cluster
+from tests.support.running import OperatorRun, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, KubectlError
-from tests.operator.clipservices import clip, condition, fully_ready, get, items, patch
-from tests.operator.running import OperatorRun, wait_for
+from tests.support.clipservices import clip, condition, fully_ready, get, items, patch
+from tests.support.cluster.harness import Cluster, KubectlError
+from tests.support.running import OperatorRun, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.slow]
 

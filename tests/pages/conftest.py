@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.rendering import install_tool
-from tests.pages.browser import chromium
-from tests.pages.proxy import Proxy, start_proxy
-from tests.service.pictures import png_bytes
-from tests.service.server import Server, start_server
+from tests.support.browser import chromium
+from tests.support.pictures import png_bytes
+from tests.support.proxy import Proxy, start_proxy
+from tests.support.rendering import install_tool
+from tests.support.server import Server, start_server
 
 API_KEY = "playground-test-key"
 

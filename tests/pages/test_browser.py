@@ -13,10 +13,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
-from tests.pages.browser import Browser, console_errors, foreign, requested_urls, screenshot, wait
 from tests.pages.conftest import API_KEY
-from tests.pages.proxy import PREFIX, Proxy
-from tests.service.server import TINY, Server
+from tests.support.browser import Browser, console_errors, foreign, requested_urls, screenshot, wait
+from tests.support.proxy import PREFIX, Proxy
+from tests.support.server import TINY, Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

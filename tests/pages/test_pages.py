@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from tests.pages.conftest import API_KEY
-from tests.pages.proxy import Proxy
-from tests.service.server import Server, start_server
+from tests.support.proxy import Proxy
+from tests.support.server import Server, start_server
 
 ROOT = Path(__file__).parents[2]
 LINKS = re.compile(rb"""(?:src|href)="([^"]*)\"""")

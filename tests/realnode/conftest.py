@@ -13,13 +13,13 @@ from uuid import uuid4
 import pytest
 import yaml
 
-from tests.chart.rendering import Helm
-from tests.cluster import monitoring
-from tests.cluster.harness import REPO, Cluster
-from tests.cluster.node_config import POOL_LABEL, TOLERATION
-from tests.cluster.node_images import import_chart_images
-from tests.cluster.node_join import joined
-from tests.cluster.realnode import RealNode
+from tests.support.cluster import monitoring
+from tests.support.cluster.harness import REPO, Cluster
+from tests.support.cluster.node_config import POOL_LABEL, TOLERATION
+from tests.support.cluster.node_images import import_chart_images
+from tests.support.cluster.node_join import joined
+from tests.support.cluster.realnode import RealNode
+from tests.support.rendering import Helm
 
 OPERATOR_NS = "clipserve-real"
 # Not the in-process tests' release name: both install cluster-wide RBAC named after it.

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, KubectlError
-from tests.cluster.monitoring import Prometheus
-from tests.cluster.probe import LoadRun, Result
-from tests.cluster.realnode import RealNode
-from tests.operator.clipservices import clip, condition, get, items
-from tests.operator.running import wait_for
 from tests.operator.test_operator_cluster import OWNER_LABEL, Watch
 from tests.realnode.conftest import A, pinned_values
+from tests.support.clipservices import clip, condition, get, items
+from tests.support.cluster.harness import Cluster, KubectlError
+from tests.support.cluster.monitoring import Prometheus
+from tests.support.cluster.probe import LoadRun, Result
+from tests.support.cluster.realnode import RealNode
+from tests.support.running import wait_for
 
 pytestmark = [
     pytest.mark.cluster,

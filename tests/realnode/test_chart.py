@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tests.chart.rendering import Helm
-from tests.cluster.harness import REPO, Cluster
-from tests.cluster.realnode import RealNode
 from tests.realnode.conftest import A, helm_on, pinned_values
+from tests.support.cluster.harness import REPO, Cluster
+from tests.support.cluster.realnode import RealNode
+from tests.support.rendering import Helm
 
 # The first test may wait for another session's real node to stop (one per machine), and for
 # the images to be built and imported into the node (minutes).

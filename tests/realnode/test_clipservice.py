@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from clipserve_operator.constants import OWNER_LABEL
 
-from tests.cluster.harness import Cluster
-from tests.cluster.probe import LoadRun, Result
-from tests.cluster.realnode import RealNode
-from tests.operator.clipservices import (
+from tests.operator.test_operator_cluster import Watch, slice_slots
+from tests.realnode.conftest import A, B, pinned_values
+from tests.support.clipservices import (
     clip,
     condition,
     epoch_seconds,
@@ -27,9 +26,10 @@ from tests.operator.clipservices import (
     items,
     patch,
 )
-from tests.operator.test_operator_cluster import Watch, slice_slots
-from tests.polling import eventually
-from tests.realnode.conftest import A, B, pinned_values
+from tests.support.cluster.harness import Cluster
+from tests.support.cluster.probe import LoadRun, Result
+from tests.support.cluster.realnode import RealNode
+from tests.support.polling import eventually
 
 # The first test may wait for another session's real node to stop (one per machine), and for
 # the images to be built and imported into the node (minutes).

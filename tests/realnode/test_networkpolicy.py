@@ -19,12 +19,12 @@ import json
 
 import pytest
 
-from tests.chart.rendering import Helm
-from tests.cluster import monitoring
-from tests.cluster.harness import REPO, Cluster, KubectlError
-from tests.cluster.realnode import PROBE_IMAGE, RealNode
-from tests.polling import eventually
 from tests.realnode.conftest import A, helm_on, pinned_values
+from tests.support.cluster import monitoring
+from tests.support.cluster.harness import REPO, Cluster, KubectlError
+from tests.support.cluster.realnode import PROBE_IMAGE, RealNode
+from tests.support.polling import eventually
+from tests.support.rendering import Helm
 
 pytestmark = [
     pytest.mark.cluster,

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tests.cluster.harness import Cluster, KubectlError, _versions
-from tests.cluster.node_config import NODE_NAME, POOL_LABEL, TAINT
-from tests.cluster.realnode import PROBE_IMAGE, RealNode
 from tests.cluster.test_cluster import apply_available_deployment, get_json
-from tests.polling import eventually
+from tests.support.cluster.harness import Cluster, KubectlError, _versions
+from tests.support.cluster.node_config import NODE_NAME, POOL_LABEL, TAINT
+from tests.support.cluster.realnode import PROBE_IMAGE, RealNode
+from tests.support.polling import eventually
 
 # The first test may wait for another session's real node to stop (one per machine).
 pytestmark = [

@@ -1,7 +1,7 @@
 """Weights fetched once per ClipService, on the real node: real pods, a real claim, real downloads.
 
 Checkpoints are saved here from random-init open_clip models and served by a local HTTP server
-on the node's bridge address (tests/service/origin.py), which the pods reach like a model
+on the node's bridge address (tests/support/origin.py), which the pods reach like a model
 mirror and which counts every request. The claim is a static hostPath PersistentVolume of a
 storage class of the test's own: the test cluster has no dynamic provisioner, and a hostPath
 volume on the one real node is what a ReadWriteMany claim is to pods on one node. The full
@@ -25,13 +25,13 @@ import open_clip
 import pytest
 import torch
 
-from tests.chart.rendering import Helm
-from tests.cluster.harness import REPO, Cluster
-from tests.cluster.realnode import RealNode
-from tests.operator.clipservices import clip, condition, epoch_seconds, get, items, patch
-from tests.polling import eventually
 from tests.realnode.conftest import helm_on, pinned_values
-from tests.service.origin import Origin
+from tests.support.clipservices import clip, condition, epoch_seconds, get, items, patch
+from tests.support.cluster.harness import REPO, Cluster
+from tests.support.cluster.realnode import RealNode
+from tests.support.origin import Origin
+from tests.support.polling import eventually
+from tests.support.rendering import Helm
 
 pytestmark = [
     pytest.mark.cluster,

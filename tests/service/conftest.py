@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from litestar.testing import TestClient
 
-from tests.service.inprocess import in_process
-from tests.service.server import Server, start_server
+from tests.support.inprocess import in_process
+from tests.support.server import Server, start_server
 
 
 @pytest.fixture(scope="package")

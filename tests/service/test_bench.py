@@ -19,7 +19,7 @@ from clipserve.bench.run import _probe_peak, batch_totals, run_bench
 from clipserve.bench.workloads import WORKLOADS, request_bodies
 from clipserve.bench.zeroshot import bodies as zeroshot_bodies
 
-from tests.service.server import MODEL_CONFIGS, TINY, Server, start_server
+from tests.support.server import MODEL_CONFIGS, TINY, Server, start_server
 
 FAST = [
     "--requests",

@@ -1,5 +1,5 @@
 // coredns: CoreDNS with only the plugins the real test node's Corefile uses
-// (tests/cluster/node_config.py). The full build compiles every plugin and downloads ~2 GB of
+// (tests/support/cluster/node_config.py). The full build compiles every plugin and downloads ~2 GB of
 // modules; these four need a fraction of that.
 package main
 

@@ -3,9 +3,9 @@ classification picks the same class.
 
 `python -m clipserve.bench.quality [--family NAME ...] [--cache-dir DIR] [--threads N]` prints a
 markdown table (docs/performance.md holds one). Each family is its smallest config in the model
-sweep (tests/service/test_sweep.py), with random weights from load_model's fixed seed (nothing
-is downloaded); families whose tokenizer lives on the hub (SigLIP, SigLIP2, CLIPA) need it in
---cache-dir. Every model goes through the served path (tokenizer, trimmed text tower, uint8
+sweep (tests/service/engine/test_sweep.py), with random weights from load_model's fixed seed
+(nothing is downloaded); families whose tokenizer lives on the hub (SigLIP, SigLIP2, CLIPA) need
+it in --cache-dir. Every model goes through the served path (tokenizer, trimmed text tower, uint8
 normalization) in fp32, then cast to bf16 as `--dtype auto` casts it, and again.
 """
 

@@ -11,7 +11,7 @@ image, with these deliberate differences, each because open_clip's result would 
 - Palette and 1-bit images are converted to RGB before resizing (open_clip resizes them with
   NEAREST); 16-bit images are scaled to 8 bits (open_clip clips them to white).
 - JPEGs are decoded with DCT scaling (`Image.draft`) to the smallest size still >= the target:
-  much faster, within a few grey levels of the full decode (tests/service/test_images.py).
+  much faster, within a few grey levels of the full decode (tests/service/models/test_images.py).
 - `shortest` only: images thinner than 1:`MAX_ASPECT` are center-cropped to that aspect before
   resizing, so a 1x5000 strip does not become a 224x1,120,000 intermediate; `longest` keeps at
   least one pixel of a strip's short side (open_clip would ask PIL for a 0-pixel image and fail).

@@ -186,7 +186,8 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         ssl_context = httpx.create_ssl_context(trust_env=True)
         super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         # httpx has no public knob for the network backend; `_pool` is the pool it sends
-        # through (httpx is pinned; tests/service/test_fetch.py breaks if this stops working).
+        # through (httpx is pinned; tests/service/sources/test_fetch.py breaks if this stops
+        # working).
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,

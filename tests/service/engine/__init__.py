@@ -1,0 +1,1 @@
+"""The engine: batching, its policy, the cache, classification."""

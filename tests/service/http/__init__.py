@@ -1,0 +1,1 @@
+"""The HTTP edge: routes, OpenAI surface, auth, gate, bad input, liveness."""

@@ -1,0 +1,1 @@
+"""Models: loading, preprocessing, dtypes and devices."""

@@ -1,0 +1,1 @@
+"""Sources of bytes: image URLs, weight downloads, tokenizers, redaction."""
