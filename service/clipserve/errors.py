@@ -1,22 +1,25 @@
-"""One error hierarchy for the service, and the one mapping of errors to HTTP responses.
+"""One error hierarchy for the service, and the two shapes of every error response.
 
 Every error carries a message meant for the client: it names the field or item and the problem.
-Every error response has the same shape, `{"status_code", "detail"}` (schemas.ErrorBody), except
-on the OpenAI-compatible routes, which answer in OpenAI's (openai_compat.py) from the same
-mapping.
+An error response has clipserve's shape, `{"status_code", "detail"}` (schemas.ErrorBody), except
+under /v1/, where OpenAI's SDKs parse OpenAI's shape. The server (http/exceptions.py maps
+litestar's own exceptions to these) and the gate render both through `error_body`. Nothing here
+imports litestar or torch: the gate starts without either.
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import msgspec
-from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.types import ExceptionHandlersMap
 
-from clipserve.schemas import ErrorBody
+from clipserve.schemas import ErrorBody, OpenAIError, OpenAIErrorBody
+
+OPENAI_PREFIX = "/v1/"  # the routes that answer in OpenAI's shapes
+# A clipserve message starts with the field it is about: "input[2]: ...", "model: ...".
+_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+_JSON_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
 
 
 class ClipServeError(Exception):
@@ -43,9 +46,12 @@ class UnknownModel(ClipServeError):
 
 
 class Unauthorized(ClipServeError):
-    """Missing or wrong API key."""
+    """Missing or wrong API key (the server's auth middleware and the gate raise it)."""
 
     status_code = 401
+
+    def __init__(self, message: str = "missing or invalid API key") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="clipserve"'})
 
 
 class PayloadTooLarge(ClipServeError):
@@ -86,44 +92,26 @@ class HTTPError(NamedTuple):
     headers: dict[str, str] | None = None
 
 
-def http_error(request: Request, exc: Exception) -> HTTPError:
-    """The one mapping of an exception to what the client sees (every error shape uses it)."""
-    if isinstance(exc, ClipServeError):
-        return HTTPError(exc.status_code, exc.message, exc.headers)
-    if isinstance(exc, ValidationException):
-        return HTTPError(400, f"invalid request body: {_validation_detail(exc)}")
-    if isinstance(exc, HTTPException):
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, msgspec.DecodeError):
-            cause = cause.__cause__
-        if cause is not None:
-            return HTTPError(400, f"request body is not valid JSON: {cause}")
-        return HTTPError(exc.status_code, exc.detail, exc.headers)
-    request.logger.exception("unhandled error on %s", request.url.path)
-    return HTTPError(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+def error_body(path: str, status: int, detail: str) -> ErrorBody | OpenAIErrorBody:
+    """The body of an error response to a request for `path`, in the shape its client parses."""
+    if not path.startswith(OPENAI_PREFIX):
+        return ErrorBody(status_code=status, detail=detail)
+    # OpenAI's: `param` is the field the message names
+    field = _FIELD.match(detail) or _JSON_PATH.search(detail)
+    param = field.group(1) if field else None
+    code = None
+    if status == 401:
+        code = "invalid_api_key"
+    elif status == 404 and param == "model":
+        code = "model_not_found"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return OpenAIErrorBody(OpenAIError(message=detail, type=kind, param=param, code=code))
 
 
-def _validation_detail(exc: ValidationException) -> str:
-    # msgspec's own message names the problem and the JSON path ("Expected `str | null`, got
-    # `int` - at `$.data[0].text`"); litestar's summary can drop the path, so prefer the cause.
-    cause = exc.__cause__
-    if isinstance(cause, msgspec.ValidationError):
-        return str(cause).replace("`$.data", "`$")
-    extra = exc.extra if isinstance(exc.extra, list) else []
+def encoded(path: str, exc: ClipServeError) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and JSON body for `exc`, for code that answers without litestar."""
     return (
-        "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
-        or exc.detail
+        exc.status_code,
+        exc.headers,
+        msgspec.json.encode(error_body(path, exc.status_code, exc.message)),
     )
-
-
-def error_response(request: Request, exc: Exception) -> Response:
-    """The clipserve error shape: {"status_code", "detail"}."""
-    status, detail, headers = http_error(request, exc)
-    return Response(
-        ErrorBody(status_code=status, detail=detail), status_code=status, headers=headers
-    )
-
-
-# One key, so a route can replace the whole mapping with its own shape (/v1/*: OpenAI's);
-# litestar merges the layers' maps and picks the closest class in the exception's MRO.
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: error_response}

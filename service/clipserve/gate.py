@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -28,7 +27,14 @@ import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from clipserve import settings
+from clipserve import errors, settings
+from clipserve.errors import (
+    ClipServeError,
+    Overloaded,
+    Unauthorized,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from clipserve.http import auth
 from clipserve.metrics import GateMetrics
 
@@ -57,7 +63,6 @@ OWN_PATHS = ("/healthz", "/readyz", "/metrics")
 # at /, Swagger UI and the OpenAPI document under /schema, their files under /static/.
 PAGE_PATHS = ("/", "/schema")
 PAGE_PREFIXES = ("/schema/", "/static/")
-OPENAI_PREFIX = "/v1/"  # the routes that answer in OpenAI's error shape (openai_compat.py)
 # Idle connections to the servers are dropped after this long: uvicorn closes them after 5 s,
 # and a request sent on one that it is closing just then fails (502) without reaching it.
 KEEPALIVE_EXPIRY_S = 4.0
@@ -195,7 +200,7 @@ class Gate:
             await self._proxy(scope, receive, send)
             outcome = "page"
         else:
-            await self._unauthorized(path, send)
+            await _fail(send, path, Unauthorized())
             outcome = "unauthorized"
         self.metrics.requests.labels(outcome).inc()
 
@@ -203,7 +208,7 @@ class Gate:
         """Pass the request on, cancelling it upstream if its client goes away (servers do not
         notice a gone client themselves: middleware.cancel_on_disconnect). Returns the outcome."""
         if not self._reachable:
-            await self._unavailable(send)
+            await _fail(send, scope["path"], self._unavailable())
             return "unavailable"
         body = Body(receive) if _has_body(scope) else None
         exchange = asyncio.ensure_future(self._exchange(scope, body, send))
@@ -250,10 +255,11 @@ class Gate:
                 # No connection made, refused or dropped: the Service has no ready endpoint
                 # (scaled to zero, or still loading). Nothing reached a server: 503, not 504.
                 self._set_reachable(False, repr(exc))
-                await self._unavailable(send)
+                await _fail(send, scope["path"], self._unavailable())
                 return "unavailable"
             except httpx.TimeoutException as exc:
-                await _error(send, 504, f"the server did not answer in time ({type(exc).__name__})")
+                why = f"the server did not answer in time ({type(exc).__name__})"
+                await _fail(send, scope["path"], UpstreamTimeout(why))
                 return "error"
             except httpx.TransportError as exc:
                 if attempt == 1 and _resendable(scope["method"], body, exc):
@@ -261,7 +267,8 @@ class Gate:
                     what = f"{scope['method']} {scope['path']}"
                     log.info("%s failed before any answer (%r): sent again", what, exc)
                     continue
-                await _error(send, 502, f"the server's connection failed: {exc}")
+                why = f"the server's connection failed: {exc}"
+                await _fail(send, scope["path"], UpstreamError(why))
                 return "error"
         try:
             kept = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
@@ -279,33 +286,12 @@ class Gate:
         """The backend's URL for `raw_path` (with its query), below the backend's own path."""
         return self._base.copy_with(raw_path=self._base.raw_path.rstrip(b"/") + raw_path)
 
-    async def _unavailable(self, send: Send) -> None:
-        detail = (
+    def _unavailable(self) -> Overloaded:
+        return Overloaded(
             "no server is ready: the service is scaled to zero or its first pod is still"
-            f" starting; retry after {self.retry_after_s} s"
+            f" starting; retry after {self.retry_after_s} s",
+            retry_after_s=self.retry_after_s,
         )
-        body = _json({"status_code": 503, "detail": detail})
-        await _respond(
-            send,
-            503,
-            body,
-            "application/json",
-            [(b"retry-after", str(self.retry_after_s).encode())],
-        )
-
-    async def _unauthorized(self, path: str, send: Send) -> None:
-        """The server's own 401 (middleware.bearer_auth): OpenAI's error shape under /v1/."""
-        if path.startswith(OPENAI_PREFIX):
-            error = {
-                "message": auth.DETAIL,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-            body = _json({"error": error})
-        else:
-            body = _json({"status_code": 401, "detail": auth.DETAIL})
-        await _respond(send, 401, body, "application/json", [auth.CHALLENGE])
 
 
 def _has_body(scope: Scope) -> bool:
@@ -325,12 +311,6 @@ def _resendable(method: str, body: Body | None, exc: httpx.TransportError) -> bo
     return method in IDEMPOTENT or isinstance(exc, httpx.WriteError)
 
 
-def _json(value: object) -> bytes:
-    """Compact, as the server's own bodies (msgspec): the gate's 401 is the server's, byte for
-    byte."""
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
 async def _respond(
     send: Send,
     status: int,
@@ -343,9 +323,12 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Send, status: int, detail: str) -> None:
-    body = _json({"status_code": status, "detail": detail})
-    await _respond(send, status, body, "application/json")
+async def _fail(send: Send, path: str, exc: ClipServeError) -> None:
+    """The server's own error response for `exc` (errors.encoded): the same status, headers and
+    body, byte for byte, in OpenAI's shape under /v1/."""
+    status, headers, body = errors.encoded(path, exc)
+    extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await _respond(send, status, body, "application/json", extra)
 
 
 KEY_SETTINGS = ("api_key", "api_key_file")

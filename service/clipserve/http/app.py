@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.di import Provide
 
 from clipserve.engine.engine import Engine
-from clipserve.errors import EXCEPTION_HANDLERS
+from clipserve.http.exceptions import EXCEPTION_HANDLERS
 from clipserve.http.lifecycle import Lifecycle
 from clipserve.http.middleware import (
     bearer_auth,
@@ -60,7 +60,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             request_metrics(metrics),
-            bearer_auth(api_keys, settings.open_paths),
+            *bearer_auth(api_keys, settings.open_paths),
             # inside auth: a 401 names no model to a client without a key
             default_model_header(lambda: engine.default_model),
             cancel_on_disconnect,

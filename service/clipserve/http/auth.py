@@ -1,14 +1,12 @@
-"""The bearer API-key check, shared by `clipserve serve` (middleware.bearer_auth) and
+"""The bearer API-key check, shared by `clipserve serve` (middleware.ApiKeyAuth) and
 `clipserve gate`; it imports nothing heavy, since the gate starts without torch or litestar.
-The keys themselves come from Settings.api_keys (--api-key, --api-key-file, CLIPSERVE_API_KEY*)."""
+The keys themselves come from Settings.api_keys (--api-key, --api-key-file, CLIPSERVE_API_KEY*);
+a request that fails the check gets errors.Unauthorized."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Sequence
-
-DETAIL = "missing or invalid API key"
-CHALLENGE = (b"www-authenticate", b'Bearer realm="clipserve"')
 
 
 def authorized(headers: Iterable[tuple[bytes, bytes]], keys: Sequence[bytes]) -> bool:

@@ -4,14 +4,18 @@ cancelling the work of clients that went away."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-import msgspec
+from litestar.connection import ASGIConnection
+from litestar.middleware import (
+    AbstractAuthenticationMiddleware,
+    AuthenticationResult,
+    DefineMiddleware,
+)
 from litestar.types import (
     ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
     Message,
     Receive,
     ReceiveMessage,
@@ -19,14 +23,16 @@ from litestar.types import (
     Send,
 )
 
-from clipserve.http.auth import CHALLENGE, DETAIL, authorized
-from clipserve.http.openai import OPENAI_PREFIX, error_body
+from clipserve.errors import Unauthorized
+from clipserve.http.auth import authorized
+from clipserve.http.exceptions import to_http
 from clipserve.metrics import Metrics
 
 MODEL_HEADER = "X-Clip-Model"
 _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes
-# Route opt: served without an API key (the pages, which ask for the key themselves).
-PUBLIC = "public"
+# Route opt (litestar's own key): served without an API key (the pages, which ask for the key
+# themselves).
+PUBLIC = "exclude_from_auth"
 
 
 def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
@@ -49,6 +55,11 @@ def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
 
             try:
                 await app(scope, receive, send_wrapper)
+            except Exception as exc:
+                # Raised in a middleware inside this one (the API-key check): litestar's
+                # outermost exception handler answers it, past this send_wrapper.
+                status = to_http(exc).status
+                raise
             finally:
                 metrics.requests.labels(endpoint, str(status)).inc()
                 metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
@@ -78,52 +89,32 @@ def default_model_header(model: Callable[[], str]) -> Callable[[ASGIApp], ASGIAp
     return middleware
 
 
-def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> Callable[[ASGIApp], ASGIApp]:
-    """Require `Authorization: Bearer <key>` except on open paths and PUBLIC routes (no keys:
-    no auth)."""
-    open_set = frozenset(open_paths)
-    encoded = [k.encode() for k in keys]
-    detail = DETAIL
-    body = msgspec.json.encode({"status_code": 401, "detail": detail})
-    openai_body = msgspec.json.encode(error_body(401, detail))  # what OpenAI clients parse
+class ApiKeyAuth(AbstractAuthenticationMiddleware):
+    """Require `Authorization: Bearer <key>`, except on the open paths and on routes marked
+    PUBLIC (the pages, which ask for the key themselves). A request without a valid key raises
+    Unauthorized, which the app's one exception mapping renders (http/exceptions.py): 401 with
+    a Bearer challenge, in OpenAI's shape under /v1/."""
 
-    def allowed(scope: Scope) -> bool:
-        return authorized(scope["headers"], encoded)
+    def __init__(self, app: ASGIApp, keys: Sequence[str], open_paths: Iterable[str]) -> None:
+        super().__init__(
+            app,
+            exclude=[f"^{re.escape(path)}$" for path in open_paths] or None,
+            exclude_from_auth_key=PUBLIC,  # litestar's default, said once
+            exclude_http_methods=[],  # OPTIONS too: litestar would answer it without a key
+        )
+        self.keys = [k.encode() for k in keys]
 
-    def middleware(app: ASGIApp) -> ASGIApp:
-        if not keys:
-            return app
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        if not authorized(connection.scope["headers"], self.keys):
+            raise Unauthorized()
+        return AuthenticationResult(user=None, auth=None)
 
-        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            if (
-                scope["type"] != "http"
-                or scope["path"] in open_set
-                or scope["route_handler"].opt.get(PUBLIC)
-                or allowed(scope)
-            ):
-                await app(scope, receive, send)
-                return
-            answer = openai_body if scope["path"].startswith(OPENAI_PREFIX) else body
-            start: HTTPResponseStartEvent = {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    CHALLENGE,
-                    (b"content-length", str(len(answer)).encode()),
-                ],
-            }
-            await send(start)
-            end: HTTPResponseBodyEvent = {
-                "type": "http.response.body",
-                "body": answer,
-                "more_body": False,
-            }
-            await send(end)
 
-        return wrapped
-
-    return middleware
+def bearer_auth(keys: frozenset[str], open_paths: Iterable[str]) -> list[DefineMiddleware]:
+    """The API-key check, or nothing when no key is configured."""
+    if not keys:
+        return []
+    return [DefineMiddleware(ApiKeyAuth, keys=sorted(keys), open_paths=list(open_paths))]
 
 
 def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:

@@ -1,43 +1,34 @@
-"""OpenAI's embeddings API over clipserve: its inputs, its encodings and its error shape.
+"""OpenAI's embeddings API over clipserve: its inputs and its encodings.
 
 Clients built on OpenAI's SDKs ask for base64 unless told otherwise, send token arrays, and
-read errors from `{"error": {"message", "type", "param", "code"}}`; /v1/* speak exactly that.
+read errors from `{"error": {"message", "type", "param", "code"}}`; /v1/* speak exactly that
+(the error shape: errors.error_body, chosen by the path).
 Images come through the same route as NVIDIA's NV-CLIP takes them: an input string that is a
 `data:image/...;base64,` URI.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pybase64
 import torch
-from litestar import Request, Response
-from litestar.types import ExceptionHandlersMap
 
 from clipserve.engine.engine import Engine
 from clipserve.engine.inputs import Tokens
-from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel, http_error
+from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel
 from clipserve.schemas import (
     EmbeddingData,
     EmbeddingsRequest,
     EmbeddingsResponse,
     Item,
-    OpenAIError,
-    OpenAIErrorBody,
     OpenAIModel,
     OpenAIModels,
     Usage,
 )
 
-OPENAI_PREFIX = "/v1/"  # the routes that answer in OpenAI's shapes
 IMAGE_URI = "data:image/"
 # Token ids per input, as OpenAI's own embeddings models take at most (CLIP reads 77 of them).
 MAX_TOKEN_IDS = 8192
-# A clipserve message starts with the field it is about: "input[2]: ...", "model: ...".
-_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
-_JSON_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
 
 
 async def embeddings(engine: Engine, request: EmbeddingsRequest) -> EmbeddingsResponse:
@@ -113,25 +104,3 @@ def embedding_data(vectors: torch.Tensor, encoding_format: str) -> list[Embeddin
         encoded = [pybase64.b64encode(row.tobytes()).decode("ascii") for row in rows]
         return [EmbeddingData(embedding=e, index=i) for i, e in enumerate(encoded)]
     return [EmbeddingData(embedding=v, index=i) for i, v in enumerate(vectors.tolist())]
-
-
-def error_body(status: int, message: str) -> OpenAIErrorBody:
-    """OpenAI's error shape for a clipserve error; `param` is the field the message names."""
-    field = _FIELD.match(message) or _JSON_PATH.search(message)
-    param = field.group(1) if field else None
-    code = None
-    if status == 401:
-        code = "invalid_api_key"
-    elif status == 404 and param == "model":
-        code = "model_not_found"
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return OpenAIErrorBody(OpenAIError(message=message, type=kind, param=param, code=code))
-
-
-def error_response(request: Request, exc: Exception) -> Response:
-    """What every error on /v1/* looks like: the same status and message, OpenAI's shape."""
-    status, detail, headers = http_error(request, exc)
-    return Response(error_body(status, detail), status_code=status, headers=headers)
-
-
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: error_response}

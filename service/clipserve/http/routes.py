@@ -1,17 +1,19 @@
 """Route handlers: a validated Struct in, one call, a response Struct out.
 
 Their dependencies (the Engine, Lifecycle and Metrics of the app) come from litestar's
-dependency injection, wired in app.py; errors become HTTP responses in errors.py.
+dependency injection, wired in app.py; errors become HTTP responses in http/exceptions.py.
 """
 
 from __future__ import annotations
 
-from litestar import Response, get, post
+from litestar import Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.types import ControllerRouterHandler
 
 from clipserve.engine.engine import Engine
+from clipserve.errors import OPENAI_PREFIX
 from clipserve.http import openai as openai_compat
 from clipserve.http.lifecycle import Lifecycle
 from clipserve.http.middleware import MODEL_HEADER
@@ -108,11 +110,10 @@ async def classify(
 
 
 @post(
-    "/v1/embeddings",
+    "/embeddings",
     status_code=200,
     summary="OpenAI-compatible embeddings (texts, token ids, data:image/ URIs)",
     responses=_openai_errors(400, 401, 404, 413, 500, 503),
-    exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
 async def openai_embeddings(
     data: JSONBody[EmbeddingsRequest], engine: NamedDependency[Engine]
@@ -124,10 +125,9 @@ async def openai_embeddings(
 
 
 @get(
-    "/v1/models",
+    "/models",
     summary="The served models, in OpenAI's shape",
     responses=_openai_errors(401, 503),
-    exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
 async def openai_models(engine: NamedDependency[Engine]) -> OpenAIModels:
     """What OpenAI clients' `models.list()` reads."""
@@ -135,10 +135,9 @@ async def openai_models(engine: NamedDependency[Engine]) -> OpenAIModels:
 
 
 @get(
-    "/v1/models/{name:path}",
+    "/models/{name:path}",
     summary="One served model, in OpenAI's shape",
     responses=_openai_errors(401, 404, 503),
-    exception_handlers=openai_compat.EXCEPTION_HANDLERS,
 )
 async def openai_model(name: FromPath[str], engine: NamedDependency[Engine]) -> OpenAIModel:
     """What OpenAI clients' `models.retrieve(id)` reads; ids may hold slashes (hf-hub:...)."""
@@ -199,13 +198,17 @@ async def prometheus(
     )
 
 
-ROUTES = [
+# OpenAI's surface, under the prefix by which every error below it takes OpenAI's shape.
+OPENAI = Router(
+    path=OPENAI_PREFIX.rstrip("/"),
+    route_handlers=[openai_embeddings, openai_models, openai_model],
+)
+
+ROUTES: list[ControllerRouterHandler] = [
     encode,
     rank,
     classify,
-    openai_embeddings,
-    openai_models,
-    openai_model,
+    OPENAI,
     models,
     healthz,
     readyz,

@@ -347,3 +347,14 @@ def test_a_client_that_leaves_the_gate_has_its_request_cancelled_upstream() -> N
         server.stop()
     assert computed < total / 2, computed  # dropped upstream, not computed for nobody
     assert (outcomes["cancelled"], outcomes["proxied"]) == (1, 1)
+
+
+def test_the_gate_starts_without_torch_or_litestar() -> None:
+    # It renders the server's error bodies (errors.encoded) without the server's stack: a gate
+    # pod starts in a second and stays small.
+    heavy = "{'torch', 'litestar', 'open_clip'}"
+    code = f"import sys, clipserve.gate; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -122,13 +122,28 @@ def test_api_keys_guard_everything_but_the_open_paths(tmp_path):
                 c.post("/encode", json=[{"text": "a"}], headers={"authorization": f"Bearer {k}"})
                 for k in ("k1", "k2", "from-file")
             ]
+            # litestar's auth middleware lets OPTIONS through by default; here it must not
+            options = c.options("/encode")
+            openai = c.post("/v1/embeddings", json={"input": "a", "model": "x"})
             open_paths = [c.get(p) for p in ("/healthz", "/readyz", "/metrics")]
+            page = MetricsPage(c.get("/metrics").text)
     finally:
         srv.stop()
-    for r in (none, wrong, basic):
+    for r in (none, wrong, basic, options):
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert r.json() == {"status_code": 401, "detail": "missing or invalid API key"}
+        assert "x-clip-model" not in r.headers  # nothing about the server without a key
+    # the same error, in the shape OpenAI's SDKs parse
+    assert openai.status_code == 401 and openai.headers["www-authenticate"].startswith("Bearer")
+    assert openai.json()["error"]["code"] == "invalid_api_key"
     assert [r.status_code for r in oks] == [200, 200, 200]
     assert [r.status_code for r in open_paths] == [200, 200, 200]
+    # refused requests are counted as what the client got, not as failures of the server
+    requests = "clipserve_requests_total"
+    assert page.value(requests, endpoint="/encode", status="401") == 3  # none, wrong, OPTIONS
+    assert page.value(requests, endpoint="/models", status="401") == 1
+    assert page.value(requests, endpoint="/v1/embeddings", status="401") == 1
+    assert not page.by("status", requests).get("500")
 
 
 @pytest.mark.slow
