@@ -117,10 +117,6 @@ cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node runnin
 cluster-down: ## stop the local cluster (the real node first, restoring the machine)
 	$(PY) -m tests.support.cluster down
 
-.PHONY: manifests
-manifests: ## regenerate manifests/{crd,rbac,operator} from charts/clipserve-operator
-	bash manifests/generate.sh
-
 $(VENV)/.bench: service/pyproject.toml service/requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip

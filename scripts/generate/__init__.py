@@ -7,9 +7,9 @@ hack/update-* and hack/verify-* scripts. A test that guards an artefact calls `s
 
 from __future__ import annotations
 
-from . import metrics, tables
+from . import manifests, metrics, tables
 from .artefact import Artefact, stale, write
 
-ARTEFACTS: list[Artefact] = [*metrics.ARTEFACTS, *tables.ARTEFACTS]
+ARTEFACTS: list[Artefact] = [*manifests.ARTEFACTS, *metrics.ARTEFACTS, *tables.ARTEFACTS]
 
 __all__ = ["ARTEFACTS", "Artefact", "stale", "write"]
