@@ -14,7 +14,7 @@ MODEL ?= ViT-B-32:openai
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 # Three distributions: service/ (clipserve), operator/ (clipserve-operator), client/
 # (clipserve-client); the root pyproject.toml holds the tools and the `dev` group. Each
@@ -91,10 +91,20 @@ test-fast: dev ## the quick loop: every test but the image, real-node and browse
 	$(PY) -m pytest -m '$(FAST)'
 
 .PHONY: lint
-lint: dev ## ruff check, ruff format --check and mypy (service, operator, client)
+lint: dev ## ruff check, ruff format --check, mypy, and verify-generated
 	$(VENV)/bin/ruff check service operator client tests scripts
 	$(VENV)/bin/ruff format --check service operator client tests scripts
 	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory verify-generated
+
+# Every generated file has its generator in scripts/generate/ (the list: its __init__.py).
+.PHONY: generate
+generate: dev ## rewrite every generated file from its source (scripts/generate/)
+	$(PY) -m scripts.generate
+
+.PHONY: verify-generated
+verify-generated: dev ## fail naming each generated file that is stale (make lint runs this)
+	$(PY) -m scripts.generate --check
 
 .PHONY: cluster
 cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node running the images (prints KUBECONFIG)
@@ -106,10 +116,6 @@ cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node runnin
 .PHONY: cluster-down
 cluster-down: ## stop the local cluster (the real node first, restoring the machine)
 	$(PY) -m tests.support.cluster down
-
-.PHONY: manifests
-manifests: ## regenerate manifests/{crd,rbac,operator} from charts/clipserve-operator
-	bash manifests/generate.sh
 
 $(VENV)/.bench: service/pyproject.toml service/requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)

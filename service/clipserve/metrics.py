@@ -20,7 +20,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 # The series autoscaling reads, by its exported name. The chart's names file
 # (charts/clipserve/metrics.json) and the prometheus-adapter rules (manifests/metrics/) are
-# generated from it by scripts/generate-metrics.py; a test finds it on a real server.
+# generated from it by scripts/generate/metrics.py (`make generate`); a test finds it on a real
+# server.
 QUEUE_DEPTH = "clipserve_queue_depth"
 # Requests `clipserve gate` saw, by outcome: KEDA wakes a service scaled to zero on the rate of
 # the authorized ones (GATE_WAKING: proxied, answered 503 while none is ready, failed, or given up

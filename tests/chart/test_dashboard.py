@@ -19,13 +19,13 @@ import pytest
 from clipserve.metrics import Metrics
 from PIL import Image
 
+from scripts import generate
 from tests.support.origin import Origin
 from tests.support.polling import eventually
-from tests.support.rendering import CHART, ROOT, install_tool
+from tests.support.rendering import CHART, install_tool
 from tests.support.server import TINY, Server, free_port, start_server
 
 DASHBOARD = CHART / "dashboards" / "clipserve.json"
-MANIFEST_COPY = ROOT / "manifests" / "grafana" / "clipserve.json"
 NAMESPACE = "clipserve-test"
 NAME = re.compile(r"\b((?:clipserve|process)_[a-z_]+)\b")
 SUFFIXES = ("_bucket", "_sum", "_count")
@@ -43,7 +43,8 @@ def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict, dict]]:
 
 def test_should_keep_one_dashboard_if_the_manifest_copy_exists() -> None:
     # manifests/grafana/ serves users without Helm; it must be byte-identical to the chart's.
-    assert MANIFEST_COPY.read_bytes() == DASHBOARD.read_bytes()
+    problems = generate.stale([generate.manifests.DASHBOARD_COPY])
+    assert not problems, "\n".join(problems)
 
 
 def test_should_filter_every_query_by_the_template_variables_if_panels_change() -> None:

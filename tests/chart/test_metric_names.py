@@ -1,17 +1,14 @@
 """What autoscaling reads comes from clipserve's own metric names and exists on real processes.
 
 charts/clipserve/metrics.json and manifests/metrics/prometheus-adapter.yaml are generated from
-clipserve.metrics by scripts/generate-metrics.py; every series the chart's HPA, its KEDA
-ScaledObject and the adapter's rules name is looked up on a real `clipserve serve` process (or,
-for scale to zero's wake-up query, a real `clipserve gate`).
+clipserve.metrics by scripts/generate/metrics.py (`make generate`); every series the chart's
+HPA, its KEDA ScaledObject and the adapter's rules name is looked up on a real `clipserve serve`
+process (or, for scale to zero's wake-up query, a real `clipserve gate`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -20,6 +17,7 @@ from clipserve.metrics import GATE_OUTCOMES
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from scripts import generate
 from tests.support.gate import GateProcess
 from tests.support.rendering import ROOT, Helm, only
 from tests.support.server import TINY, start_server
@@ -27,17 +25,6 @@ from tests.support.server import TINY, start_server
 # A metric name inside PromQL or an adapter rule (label names and values are not followed by
 # a name character and an opening brace or the end of the selector).
 SERIES = re.compile(r"\b(clipserve_[a-z_]+)\s*(?:\{|$|\))")
-
-
-def generator() -> ModuleType:
-    """scripts/generate-metrics.py as a module (its file name is not an identifier)."""
-    spec = importlib.util.spec_from_file_location(
-        "generate_metrics", ROOT / "scripts" / "generate-metrics.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def adapter_config() -> dict:
@@ -79,13 +66,9 @@ def exported(url: str) -> list[Sample]:
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def test_should_keep_the_generated_files_current_if_the_server_renames_a_metric(
-    tmp_path: Path,
-) -> None:
-    # Regenerate with `.venv/bin/python scripts/generate-metrics.py`.
-    for path in generator().write(tmp_path):
-        relative = path.relative_to(tmp_path)
-        assert (ROOT / relative).read_text() == path.read_text(), relative
+def test_should_keep_the_generated_files_current_if_the_server_renames_a_metric() -> None:
+    problems = generate.stale(generate.metrics.ARTEFACTS)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.helm

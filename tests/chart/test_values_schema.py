@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from tests.chart import values_doc
+from scripts import generate
 from tests.support.rendering import CHART, Helm, HelmError
 
 pytestmark = pytest.mark.helm
@@ -138,5 +138,5 @@ def test_should_describe_every_value_in_the_schema_if_values_yaml_changes() -> N
 
 
 def test_should_keep_the_readme_values_table_current_if_values_change() -> None:
-    # Regenerate with `python -m tests.chart.values_doc`.
-    assert values_doc.current_table() == values_doc.table()
+    problems = generate.stale([generate.tables.CHART_VALUES])
+    assert not problems, "\n".join(problems)

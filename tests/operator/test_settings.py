@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 from clipserve_operator.cli import build_parser
-from clipserve_operator.settings import Settings, env_name, flag_name, from_args, markdown_table
+from clipserve_operator.settings import Settings, env_name, flag_name, from_args
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+from scripts import generate
 
 
 def _settings(*argv: str, env: dict[str, str] | None = None) -> Settings:
@@ -99,6 +98,5 @@ def test_help_documents_every_setting_with_its_variable() -> None:
 
 
 def test_readme_operator_table_matches_the_settings() -> None:
-    readme = README.read_text()
-    start, end = "<!-- operator-settings-table:start -->", "<!-- operator-settings-table:end -->"
-    assert readme.split(start)[1].split(end)[0].strip() == markdown_table()
+    problems = generate.stale([generate.tables.OPERATOR_SETTINGS])
+    assert not problems, "\n".join(problems)

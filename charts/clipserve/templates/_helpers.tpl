@@ -184,7 +184,7 @@ timeout + 10 s of margin, so the kubelet never kills a pod that is still finishi
 
 {{/*
 A series the server exports, by its key in metrics.json (generated from the server's metric
-names by scripts/generate-metrics.py): usage (dict "root" . "key" "queueDepth").
+names by scripts/generate/metrics.py, `make generate`): usage (dict "root" . "key" "queueDepth").
 */}}
 {{- define "clipserve.metricName" -}}
 {{- $names := .root.Files.Get "metrics.json" | fromJson -}}

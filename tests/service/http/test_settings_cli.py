@@ -21,13 +21,11 @@ from clipserve.settings import (
     env_name,
     flag_name,
     from_args,
-    markdown_table,
 )
 
+from scripts import generate
 from tests.support.pictures import png_bytes
 from tests.support.server import MODEL_CONFIGS, TINY, Server, start_server
-
-README = Path(__file__).parents[3] / "README.md"
 
 
 def _serve_args(*argv: str):
@@ -62,9 +60,8 @@ def test_help_documents_every_setting_with_its_variable():
 
 
 def test_readme_configuration_table_matches_the_settings():
-    readme = README.read_text()
-    table = readme.split("<!-- settings-table:start -->")[1].split("<!-- settings-table:end -->")[0]
-    assert table.strip() == markdown_table()
+    problems = generate.stale([generate.tables.SERVICE_SETTINGS])
+    assert not problems, "\n".join(problems)
 
 
 def _clipserve(*argv: str) -> subprocess.CompletedProcess[str]:

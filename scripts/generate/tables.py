@@ -1,22 +1,19 @@
-"""The chart README's values table, generated from the `# --` comments in values.yaml.
-
-`python -m tests.chart.values_doc` rewrites the table in charts/clipserve/README.md;
-tests/chart/test_values_schema.py checks that it is current.
-"""
+"""The READMEs' tables: the chart's values, from the `# --` comments in its values.yaml, and the
+service's and the operator's settings, from the declarations their own --help also reads."""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Any
 
+import clipserve.settings
+import clipserve_operator.settings
 import yaml
 
-from tests.support.rendering import CHART
+from .artefact import ROOT, Artefact
 
-README = CHART / "README.md"
-START, END = "<!-- values:start -->", "<!-- values:end -->"
+VALUES = "charts/clipserve/values.yaml"
 KEY = re.compile(r"^(\s*)([A-Za-z]\w*):(\s|$)")
 
 
@@ -61,9 +58,9 @@ def lookup(values: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def table() -> str:
+def values_table() -> str:
     """The markdown table of every documented value."""
-    text = (CHART / "values.yaml").read_text()
+    text = (ROOT / VALUES).read_text(encoding="utf-8")
     values = yaml.safe_load(text)
     lines = ["| Key | Type | Default | Description |", "| --- | --- | --- | --- |"]
     for key, desc, default in documented_values(text):
@@ -83,20 +80,22 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def current_table() -> str:
-    """The table as it stands in the README."""
-    text = README.read_text()
-    return text[text.index(START) + len(START) : text.index(END)].strip()
-
-
-def write() -> None:
-    """Replace the README's table with a fresh one."""
-    text = README.read_text()
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    README.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
-
-
-if __name__ == "__main__":
-    write()
-    sys.stdout.write(f"wrote {README}\n")
+SERVICE_SETTINGS = Artefact(
+    "README.md",
+    "service/clipserve/settings.py",
+    clipserve.settings.markdown_table,
+    region="settings-table",
+)
+OPERATOR_SETTINGS = Artefact(
+    "README.md",
+    "operator/clipserve_operator/settings.py",
+    clipserve_operator.settings.markdown_table,
+    region="operator-settings-table",
+)
+CHART_VALUES = Artefact(
+    "charts/clipserve/README.md",
+    f"the `# --` comments in {VALUES}",
+    values_table,
+    region="values",
+)
+ARTEFACTS = [SERVICE_SETTINGS, OPERATOR_SETTINGS, CHART_VALUES]
