@@ -15,6 +15,13 @@ from typing import Any
 
 from .constants import OWNER_LABEL, Obj
 
+# The kinds indexed (handlers.py), as (apiVersion, kind).
+WATCHED_KINDS: tuple[tuple[str, str], ...] = (
+    ("apps/v1", "Deployment"),
+    ("batch/v1", "Job"),
+    ("v1", "Pod"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+)
 # The key of every index: (namespace, name) of the ClipService a child belongs to.
 Owner = tuple[str, str]
 # What handlers.py's kopf indexes are (kopf.Index[Owner, Obj] is such a mapping).
@@ -30,6 +37,10 @@ def index_entry(namespace: str | None, owner: str, body: Mapping[str, Any]) -> d
 
 def _name(obj: Obj) -> str:
     return str(obj["metadata"]["name"])
+
+
+def _uid(obj: Obj) -> str:
+    return str(obj["metadata"].get("uid", ""))
 
 
 def _sorted(objects: Iterable[Obj]) -> tuple[Obj, ...]:
@@ -72,7 +83,7 @@ class Children:
 
 class Indexes:
     """kopf's indexes of the watched children by owner (live: kopf updates them as events
-    arrive)."""
+    arrive), less objects known to be deleted though an index still holds them (`forget`)."""
 
     def __init__(
         self,
@@ -88,10 +99,12 @@ class Indexes:
             "pods": pods,
             "autoscalers": autoscalers,
         }
+        self._gone: set[str] = set()
 
     def _of(self, which: str, owner: Owner) -> tuple[Obj, ...]:
         # A copy (sorted), so that events arriving while the pass awaits do not change its view.
-        return _sorted(self._indexes[which].get(owner, ()))
+        found = self._indexes[which].get(owner, ())
+        return _sorted(o for o in found if _uid(o) not in self._gone)
 
     def children(self, namespace: str, name: str) -> Children:
         """A snapshot of one ClipService's children."""
@@ -103,3 +116,21 @@ class Indexes:
             pods=self._of("pods", owner),
             autoscalers=self._of("autoscalers", owner),
         )
+
+    def uids(self, namespace: str | None = None) -> set[str]:
+        """The uid of every child the indexes hold (in one namespace, or all)."""
+        return {
+            _uid(obj)
+            for index in self._indexes.values()
+            for (ns, _), objects in index.items()
+            if namespace is None or ns == namespace
+            for obj in objects
+        }
+
+    def forget(self, deleted: Iterable[str]) -> None:
+        """Leave out these uids from now on: objects deleted though an index still holds them.
+        kopf relists after a watch expired (410 Gone) but sends no DELETED for what went away
+        meanwhile; a uid is never reused, so one that a list no longer returns is gone for good.
+        Kept only while an index still holds it."""
+        held = self.uids()
+        self._gone = {uid for uid in self._gone | set(deleted) if uid in held}

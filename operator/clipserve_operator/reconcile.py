@@ -15,11 +15,12 @@ import kopf
 
 from .apply import Owned, apply_objects, patch_status, prune
 from .autoscaler import scaling
-from .children import Children, Indexes
+from .children import WATCHED_KINDS, Children, Indexes
 from .constants import (
     API_VERSION,
     KIND,
     MODEL_ANNOTATION,
+    OWNER_LABEL,
     PLURAL,
     SLOT_LABEL,
     Obj,
@@ -335,6 +336,18 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
         raise failure
 
 
+async def _sweep(ctx: Context, namespace: str | None) -> None:
+    """Leave out of every later view the children kopf's indexes still hold though the API
+    server deleted them (children.Indexes.forget): four list calls per resync, for all
+    ClipServices at once."""
+    held = ctx.indexes.uids(namespace)  # before the lists: held now, not listed after: gone
+    listed: set[str] = set()
+    for api_version, kind in WATCHED_KINDS:
+        found = await ctx.client.list(api_version, kind, namespace or "", OWNER_LABEL)
+        listed |= {str(o["metadata"].get("uid", "")) for o in found}
+    ctx.indexes.forget(held - listed)
+
+
 async def resync_forever(
     ctx: Context, trigger: Callable[[str, str], None], indexed: asyncio.Event
 ) -> None:
@@ -347,6 +360,10 @@ async def resync_forever(
         await asyncio.sleep(ctx.settings.resync_s)
         for namespace in ctx.settings.namespace or (None,):
             where = f"/namespaces/{namespace}" if namespace else ""
+            try:
+                await _sweep(ctx, namespace)
+            except ApiError as exc:
+                logger.warning("resync: %s", exc)  # the ClipServices are resynced all the same
             try:
                 found = await ctx.client.request("GET", f"/apis/{API_VERSION}{where}/{PLURAL}")
             except ApiError as exc:
