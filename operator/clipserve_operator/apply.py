@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
-from .constants import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL
+from .constants import API_VERSION, FIELD_MANAGER, OWNER_LABEL, PLURAL, Obj
 from .errors import ApiError, Forbidden, KindNotServed, NotOwned, ReconcileError, api_failure
 from .kube import KubeClient
 from .render import object_key
@@ -135,10 +135,11 @@ def _uid_refused(exc: ApiError) -> bool:
 
 
 async def _apply_owned(
-    client: KubeClient, path: str, desired: Mapping[str, Any], owned: Owned
+    client: KubeClient, path: str, desired: Mapping[str, Any], owned: Owned, applied: list[Obj]
 ) -> ReconcileError | None:
-    """Apply one object of the ClipService, with its uid once known; returns why it was not
-    applied where others still can be (image volumes the API server would drop, RBAC)."""
+    """Apply one object of the ClipService, with its uid once known, and add it to `applied`
+    as stored; returns why it was not applied where others still can be (image volumes the API
+    server would drop, RBAC)."""
     key = _owned_key(desired)
     while True:
         uid = owned.get(key)
@@ -163,6 +164,7 @@ async def _apply_owned(
             continue
         if stored:
             _remember(owned, key, stored)
+            applied.append(stored)
         return None
 
 
@@ -172,16 +174,19 @@ async def apply_objects(
     *,
     retry_delay: float,
     owned: Owned,
+    applied: list[Obj] | None = None,
 ) -> None:
     """Server-side apply each object as `clipserve-operator`, taking over conflicting fields,
-    but only objects of this ClipService: NotOwned before anything is applied otherwise.
+    but only objects of this ClipService: NotOwned before anything is applied otherwise. Each
+    object applied is added to `applied` as the API server stored it, also when others fail
+    (the reconcile reports its status from them).
 
     An object that cannot be applied for good (say, a ServiceMonitor without its CRD) does not
     stop the others: the Deployment and Service still get applied, then the failures are raised.
     An object with image volumes is dry-run first: an API server whose ImageVolume feature gate
     is off drops them and their mounts without a word (kubernetes pkg/api/pod dropImageVolumes).
     """
-    objects = list(objects)
+    objects, applied = list(objects), applied if applied is not None else []
     try:
         unreadable = await _not_owned(client, objects, owned)
     except ApiError as exc:
@@ -203,7 +208,7 @@ async def apply_objects(
         path = await client.path(api_version, kind, obj["metadata"].get("namespace"), name)
         assert path is not None
         try:
-            if failure := await _apply_owned(client, path, obj, owned):
+            if failure := await _apply_owned(client, path, obj, owned, applied):
                 failures.append(failure)
         except ApiError as exc:
             if exc.transient or exc.namespace_terminating:

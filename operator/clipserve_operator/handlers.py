@@ -1,16 +1,19 @@
-"""kopf handlers: they only configure kopf and hand work to the work queue in memo."""
+"""kopf handlers: they only configure kopf, keep kopf's indexes of the children and hand work
+to the work queue in memo."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from .constants import GROUP, KOPF_PREFIX, OWNER_LABEL, PLURAL, VERSION
+from .children import Indexes, Owner, index_entry
+from .constants import GROUP, KOPF_PREFIX, OWNER_LABEL, PLURAL, VERSION, Obj
 from .kube import KubeClient, connection_info
 from .metrics import Metrics
 from .reconcile import Context, reconcile, resync_forever
@@ -20,7 +23,10 @@ from .workqueue import WorkQueue
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
 ) -> None:
     """kopf settings, the API client, metrics and the work queue (shared through memo)."""
     # No change handlers write progress, but keep any kopf bookkeeping under our own prefix.
@@ -40,13 +46,18 @@ async def configure(
     settings.watching.client_timeout = 330
     metrics = Metrics()
     client = KubeClient(lambda: connection_info(settings))
-    ctx = Context(client=client, settings=config, metrics=metrics)
+    ctx = Context(client=client, settings=config, metrics=metrics, indexes=_indexes(kwargs))
     memo.client = client
     memo.queue = WorkQueue(
         partial(reconcile, ctx), metrics=metrics, retry_delay_s=config.retry_delay_s
     )
     ctx.requeue = memo.queue.later
-    memo.resync = asyncio.get_running_loop().create_task(resync_forever(ctx, memo.queue.trigger))
+    # Set by the first watch event handled: kopf calls a handler only once every index holds
+    # its first listing, and a reconcile must not read half-filled indexes.
+    memo.indexed = asyncio.Event()
+    memo.resync = asyncio.get_running_loop().create_task(
+        resync_forever(ctx, memo.queue.trigger, memo.indexed)
+    )
     if config.metrics_port:
         memo.metrics_server, _thread = start_http_server(
             config.metrics_port, registry=metrics.registry
@@ -75,6 +86,43 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 async def reconciles(memo: kopf.Memo, **_: Any) -> int:
     """Liveness detail: ClipServices being reconciled right now."""
     return int(memo.queue.running)
+
+
+# What each reconcile reads of its children (children.py): kopf keeps them by owner as its
+# watches see them. Same kinds and labels as the event handlers below, so a change of anything
+# indexed also triggers a reconcile that reads it.
+
+
+@kopf.index("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
+def owned_deployments(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Owner, Obj]:
+    """Deployments by ClipService: the slots, their model and rollout."""
+    return index_entry(namespace, labels[OWNER_LABEL], body)
+
+
+@kopf.index("batch", "v1", "jobs", labels={OWNER_LABEL: kopf.PRESENT})
+def owned_jobs(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Owner, Obj]:
+    """Jobs by ClipService: the weights prefetches."""
+    return index_entry(namespace, labels[OWNER_LABEL], body)
+
+
+@kopf.index("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
+def owned_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Owner, Obj]:
+    """Pods by ClipService: readiness, scheduling failures, device reports, prefetch pods."""
+    return index_entry(namespace, labels[OWNER_LABEL], body)
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels={OWNER_LABEL: kopf.PRESENT})
+def owned_autoscalers(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Owner, Obj]:
+    """HPAs by ClipService: the chart's, or the one KEDA makes with the ScaledObject's labels."""
+    return index_entry(namespace, labels[OWNER_LABEL], body)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -126,8 +174,20 @@ async def autoscaler_changed(
     _trigger(memo, namespace, labels[OWNER_LABEL])
 
 
+def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
+    """kopf passes every handler its indexes under the index functions' names (empty at
+    start-up, filled as the watches list)."""
+    return Indexes(
+        deployments=kwargs["owned_deployments"],
+        jobs=kwargs["owned_jobs"],
+        pods=kwargs["owned_pods"],
+        autoscalers=kwargs["owned_autoscalers"],
+    )
+
+
 def _trigger(memo: kopf.Memo, namespace: str | None, name: str) -> None:
     """Queue a reconcile of a ClipService (kopf types `namespace` as optional for cluster-scoped
     objects; every object watched here is namespaced)."""
+    memo.indexed.set()
     if namespace is not None:
         memo.queue.trigger(namespace, name)

@@ -15,6 +15,7 @@ import kopf
 
 from .apply import Owned, apply_objects, patch_status, prune
 from .autoscaler import scaling
+from .children import WATCHED_KINDS, Children, Indexes
 from .constants import (
     API_VERSION,
     KIND,
@@ -64,6 +65,8 @@ class Context:
     client: KubeClient
     settings: Settings
     metrics: Metrics
+    # kopf's indexes of the children it watches: what a reconcile reads them from.
+    indexes: Indexes
     render_cache: dict[str, list[Obj]] = field(default_factory=dict)
     # What each ClipService was last pruned down to: prune lists ~10 kinds, so it runs only when
     # the rendered set changes (and once per ClipService after a start).
@@ -113,12 +116,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _deployments(client: KubeClient, namespace: str, selector: str) -> dict[str, Obj]:
-    """The ClipService's Deployments by name."""
-    found = await client.list("apps/v1", "Deployment", namespace, selector)
-    return {d["metadata"]["name"]: d for d in found}
-
-
 def _planned(owner: Obj) -> SwapState:
     """The swap state before looking at the pending slot (a swap starts or goes on)."""
     spec = owner["spec"]
@@ -126,15 +123,16 @@ def _planned(owner: Obj) -> SwapState:
     return next_state(spec["model"], spec.get("swapStrategy", BLUE_GREEN), current, False)
 
 
-async def _advance_swap(ctx: Context, owner: Obj, selector: str, state: SwapState) -> SwapState:
+async def _advance_swap(
+    ctx: Context, owner: Obj, children: Children, state: SwapState
+) -> SwapState:
     """The swap state for this reconcile; a promotion is persisted before the Service moves."""
     meta, spec = owner["metadata"], owner["spec"]
     if not state.swapping:
         return state
     current = SwapState.from_status(owner.get("status"))
     strategy = spec.get("swapStrategy", BLUE_GREEN)
-    deployments = await _deployments(ctx.client, meta["namespace"], selector)
-    pending = deployments.get(deployment_name(meta["name"], state.pending_slot))
+    pending = children.deployments.get(deployment_name(meta["name"], state.pending_slot))
     if not rolled_out(pending, spec["model"], MODEL_ANNOTATION):
         return state
     state = next_state(spec["model"], strategy, current, pending_ready=True)
@@ -159,8 +157,30 @@ async def _desired(ctx: Context, owner: Obj, state: SwapState) -> list[Obj]:
     return desired_objects(rendered, owner, autoscaling=autoscaling_enabled(spec))
 
 
+def _is_prefetch(obj: Obj) -> bool:
+    """A prefetch Job or its pod (weights.prefetch_job labels both)."""
+    return (obj["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == COMPONENT
+
+
+async def _held(ctx: Context, namespace: str, slots: list[Obj], ready: set[str]) -> set[str]:
+    """The slots to hold back: their model's weights are not in the cache yet and their
+    Deployment does not exist (one that runs already is never taken away). Asked of the API,
+    not the watched view: a slot left out here is deleted by prune, and a Deployment created
+    moments ago may not have reached the index yet."""
+    held = set()
+    for slot in slots:
+        name = slot["metadata"]["name"]
+        model = slot["spec"]["template"]["metadata"]["annotations"][MODEL_ANNOTATION]
+        if (
+            model not in ready
+            and await ctx.client.get("apps/v1", "Deployment", namespace, name) is None
+        ):
+            held.add(name)
+    return held
+
+
 async def _prefetch(
-    ctx: Context, owner: Obj, state: SwapState, objects: list[Obj], selector: str
+    ctx: Context, owner: Obj, state: SwapState, objects: list[Obj], children: Children
 ) -> tuple[list[Obj], list[Weights]]:
     """Add the shared claim and a prefetch Job per slot model; hold back each slot whose
     weights are not in the cache yet (a Rolling swap keeps the old model until they are)."""
@@ -168,11 +188,8 @@ async def _prefetch(
     namespace, name = meta["namespace"], meta["name"]
     slots = [o for o in objects if o["kind"] == "Deployment"]
     jobs = {job["metadata"]["name"]: job for job in (prefetch_job(name, d) for d in slots)}
-    mine = f"{selector},{COMPONENT_LABEL}={COMPONENT}"
-    found = {
-        j["metadata"]["name"]: j for j in await ctx.client.list("batch/v1", "Job", namespace, mine)
-    }
-    pods = await ctx.client.list("v1", "Pod", namespace, mine)
+    found = {n: j for n, j in children.jobs.items() if _is_prefetch(j)}
+    pods = [p for p in children.pods if _is_prefetch(p)]
     states = []
     for job_name, job in jobs.items():
         job_pods = [
@@ -191,22 +208,19 @@ async def _prefetch(
         ctx.requeue(namespace, name, PROGRESS_EVERY_S)  # the log, not an event, says how far
     if state.swapping and not state.blue_green and state.pending_model not in ready:
         objects = await _desired(ctx, owner, replace(state, pending_slot="", pending_model=""))
-    existing = await _deployments(ctx.client, namespace, selector)
-    held = {
-        d["metadata"]["name"]
-        for d in slots
-        if d["spec"]["template"]["metadata"]["annotations"][MODEL_ANNOTATION] not in ready
-        and d["metadata"]["name"] not in existing
-    }
+    held = await _held(ctx, namespace, slots, ready)
     kept = [o for o in objects if o["metadata"]["name"] not in held]
     extra = [c for c in (claim(name, owner["spec"]),) if c is not None] + list(jobs.values())
     return kept + desired_objects(extra, owner, autoscaling=False), states
 
 
-async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None:
-    """Apply every object, then prune what is no longer rendered (when the set changed)."""
+async def _apply_and_prune(
+    ctx: Context, owner: Obj, objects: list[Obj], applied: list[Obj]
+) -> None:
+    """Apply every object, then prune what is no longer rendered (when the set changed); each
+    object applied is added to `applied` as the API server stored it, even when others fail."""
     meta, delay = owner["metadata"], ctx.settings.retry_delay_s
-    await apply_objects(ctx.client, objects, retry_delay=delay, owned=ctx.owned)
+    await apply_objects(ctx.client, objects, retry_delay=delay, owned=ctx.owned, applied=applied)
     keys = frozenset(object_key(o) for o in objects)
     prune_key = (meta["namespace"], meta["name"], meta["uid"])
     if ctx.pruned.get(prune_key) != keys:
@@ -216,23 +230,17 @@ async def _apply_and_prune(ctx: Context, owner: Obj, objects: list[Obj]) -> None
         ctx.pruned[prune_key] = keys
 
 
-async def _observe(ctx: Context, owner: Obj, state: SwapState, selector: str) -> Observed:
+def _observe(owner: Obj, state: SwapState, children: Children) -> Observed:
     """The serving and pending Deployments, every pod of the ClipService and the HPA scaling
-    the serving one (the chart's, or KEDA's: it carries the ScaledObject's labels), as now."""
+    the serving one (the chart's, or KEDA's: it carries the ScaledObject's labels)."""
     meta = owner["metadata"]
-    deployments = await _deployments(ctx.client, meta["namespace"], selector)
-    pods = await ctx.client.list("v1", "Pod", meta["namespace"], selector)
     active = deployment_name(meta["name"], state.active_slot)
-    hpas = []
-    if autoscaling_enabled(owner["spec"]):
-        hpas = await ctx.client.list(
-            "autoscaling/v2", "HorizontalPodAutoscaler", meta["namespace"], selector
-        )
-    pending = deployments.get(deployment_name(meta["name"], state.pending_slot))
+    hpas = children.autoscalers if autoscaling_enabled(owner["spec"]) else ()
+    pending = children.deployments.get(deployment_name(meta["name"], state.pending_slot))
     return Observed(
-        active=deployments.get(active),
+        active=children.deployments.get(active),
         pending=pending if state.blue_green else None,
-        pods=tuple(pods),
+        pods=children.pods,
         autoscaler=scaling(hpas, active),
     )
 
@@ -252,16 +260,17 @@ async def _report(
     owner: Obj,
     state: SwapState,
     objects: list[Obj],
-    selector: str,
+    children: Children,
     failure: ReconcileError | None,
     weights: list[Weights],
 ) -> ReconcileError | None:
-    """Write the status computed from what is observed now, post events for its transitions;
-    returns the failure to raise (observing can fail too, then only Degraded is updated)."""
+    """Write the status computed from the pass's view of the children, post events for its
+    transitions; returns the failure to raise (should observing fail, a bug now that it reads
+    no API, only Degraded is updated)."""
     meta, before = owner["metadata"], owner.get("status") or {}
     namespace, name, now = meta["namespace"], meta["name"], _now()
     try:
-        observed = await _observe(ctx, owner, state, selector)
+        observed = _observe(owner, state, children)
     except Exception as exc:
         failure = failure or _reportable(exc, ctx.settings.retry_delay_s)
         status = degraded_status(before, failure.reason, str(failure), meta["generation"], now)
@@ -300,33 +309,61 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     Every failure but a transient one is reported on the ClipService (Degraded, with its reason
     and message, and a Warning event) before it is raised to the work queue.
     """
+    # Read from the API, not a watch: the swap state in its status is what this operator wrote
+    # last, and a copy behind that write would promote a finished swap again.
     owner = await ctx.client.get(API_VERSION, KIND, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the garbage collector removes the children
-    selector = f"{OWNER_LABEL}={name}"
+    # One view of the children for the whole pass; any change after this moment triggers
+    # another pass (handlers.py), which sees it.
+    children = ctx.indexes.children(namespace, name)
     state, objects = _planned(owner), []
     weights: list[Weights] = []
+    applied: list[Obj] = []
     failure: ReconcileError | None = None
     try:
         check_values(owner["spec"], ctx.settings.values_allow)  # before anything is rendered
-        state = await _advance_swap(ctx, owner, selector, state)
+        state = await _advance_swap(ctx, owner, children, state)
         objects = await _desired(ctx, owner, state)
         if cache_type(owner["spec"]) == SHARED:
-            objects, weights = await _prefetch(ctx, owner, state, objects, selector)
-        await _apply_and_prune(ctx, owner, objects)
+            objects, weights = await _prefetch(ctx, owner, state, objects, children)
+        await _apply_and_prune(ctx, owner, objects, applied)
     except Exception as exc:
         failure = _reportable(exc, ctx.settings.retry_delay_s)
-    failure = await _report(ctx, owner, state, objects, selector, failure, weights)
+    children = children.with_applied(applied)
+    failure = await _report(ctx, owner, state, objects, children, failure, weights)
     if failure is not None:
         raise failure
 
 
-async def resync_forever(ctx: Context, trigger: Callable[[str, str], None]) -> None:
-    """Periodically trigger every ClipService: a safety net for missed watch events."""
-    while ctx.settings.resync_s > 0:
+async def _sweep(ctx: Context, namespace: str | None) -> None:
+    """Leave out of every later view the children kopf's indexes still hold though the API
+    server deleted them (children.Indexes.forget): four list calls per resync, for all
+    ClipServices at once."""
+    held = ctx.indexes.uids(namespace)  # before the lists: held now, not listed after: gone
+    listed: set[str] = set()
+    for api_version, kind in WATCHED_KINDS:
+        found = await ctx.client.list(api_version, kind, namespace or "", OWNER_LABEL)
+        listed |= {str(o["metadata"].get("uid", "")) for o in found}
+    ctx.indexes.forget(held - listed)
+
+
+async def resync_forever(
+    ctx: Context, trigger: Callable[[str, str], None], indexed: asyncio.Event
+) -> None:
+    """Periodically trigger every ClipService: a safety net for missed watch events. Starts
+    once the indexes are filled (`indexed`), as the watch events' reconciles do."""
+    if ctx.settings.resync_s <= 0:
+        return
+    await indexed.wait()
+    while True:
         await asyncio.sleep(ctx.settings.resync_s)
         for namespace in ctx.settings.namespace or (None,):
             where = f"/namespaces/{namespace}" if namespace else ""
+            try:
+                await _sweep(ctx, namespace)
+            except ApiError as exc:
+                logger.warning("resync: %s", exc)  # the ClipServices are resynced all the same
             try:
                 found = await ctx.client.request("GET", f"/apis/{API_VERSION}{where}/{PLURAL}")
             except ApiError as exc:

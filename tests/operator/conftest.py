@@ -83,3 +83,22 @@ def ns(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def volume(cluster: Cluster, ns: str) -> Iterator[str]:
+    """A static PersistentVolume of a storage class of its own (no provisioner here)."""
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{ns}-weights"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": ns,
+            "hostPath": {"path": f"/tmp/{ns}-weights"},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
+    yield ns
+    cluster.kubectl("delete", "pv", f"{ns}-weights", "--wait=false")

@@ -4,8 +4,6 @@ running them, so the order is what is tested here; tests/realnode downloads for 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -21,25 +19,6 @@ CPU_POOL = {"clipserve.io/node-pool": "cpu"}
 OWNER_LABEL = "clipserve.io/clipservice"
 MODEL = "clipserve.io/model"
 A, B = "ViT-B-32:random", "ViT-B-16:random"
-
-
-@pytest.fixture
-def volume(cluster: Cluster, ns: str) -> Iterator[str]:
-    """A static PersistentVolume of a storage class of its own (no provisioner here)."""
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{ns}-weights"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": ns,
-            "hostPath": {"path": f"/tmp/{ns}-weights"},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
-    yield ns
-    cluster.kubectl("delete", "pv", f"{ns}-weights", "--wait=false")
 
 
 def _time(stamp: str) -> datetime:
