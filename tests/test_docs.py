@@ -48,10 +48,11 @@ def test_the_layout_names_every_module(part: str):
 @pytest.mark.parametrize("part", sorted(SECTIONS))
 def test_every_module_the_layout_names_exists(part: str):
     title, package = SECTIONS[part]
+    # paths under tests/, scripts/ or docs/ are the repository's, not the package's
     named = {
         n
         for n in re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py)`", _section(title))
-        if n.split("/")[0] not in ("tests", "scripts", "docs")  # the repository's, not the package's
+        if n.split("/")[0] not in ("tests", "scripts", "docs")
     }
     files = {str(p.relative_to(package)) for p in package.rglob("*.py")}
     names = {Path(f).name for f in files}
