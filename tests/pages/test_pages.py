@@ -4,6 +4,7 @@ a prefix, off with --no-playground, and shipped in the wheel."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -137,11 +138,14 @@ def test_no_playground_turns_the_page_and_its_files_off():
 
 @pytest.mark.slow
 def test_a_non_editable_install_ships_and_serves_the_pages(tmp_path: Path):
-    # the distribution's own build backend (service/pyproject.toml), as `pip wheel ./service` would
+    # the distribution's own build backend (service/pyproject.toml), as `pip wheel ./service` would,
+    # on a copy (a build writes build/ and *.egg-info beside its sources)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "service", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     build = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
     subprocess.run(
         [sys.executable, "-c", build, str(tmp_path / "dist")],
-        cwd=ROOT / "service",
+        cwd=src,
         check=True,
         capture_output=True,
         timeout=600,
