@@ -27,6 +27,7 @@ EMBEDDING_TYPES: tuple[str, ...] = get_args(get_args(EmbeddingType)[0])
 # int8 and uint8 assume components in [-1, 1]: they need normalized vectors.
 SCALED = frozenset({"int8", "uint8"})
 PACKED = frozenset({"binary", "ubinary"})
+Row = list[float] | str  # a vector as numbers (ints are floats to the type checker) or base64
 
 
 def convert(vectors: np.ndarray, kind: str, where: str) -> np.ndarray:
@@ -52,22 +53,20 @@ def convert(vectors: np.ndarray, kind: str, where: str) -> np.ndarray:
     raise InvalidInput(f"{where}: {kind!r} is not an embedding type; one of {EMBEDDING_TYPES}")
 
 
-def as_json(rows: np.ndarray) -> list[list[float]] | list[list[int]]:
+def as_json(rows: np.ndarray) -> list[Row]:
     """Rows as JSON numbers (float16 values as the floats they are exactly)."""
     if rows.dtype == np.float16:
-        return rows.astype(np.float32).tolist()  # type: ignore[no-any-return]
-    return rows.tolist()  # type: ignore[no-any-return]
+        return rows.astype(np.float32).tolist()
+    return rows.tolist()
 
 
-def as_base64(rows: np.ndarray) -> list[str]:
+def as_base64(rows: np.ndarray) -> list[Row]:
     """Each row as base64 of its little-endian bytes (float32 as OpenAI's base64)."""
     little = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))
     return [pybase64.b64encode(row.tobytes()).decode("ascii") for row in little]
 
 
-def encoded(
-    vectors: np.ndarray, kind: str, *, base64: bool, where: str
-) -> list[list[float]] | list[list[int]] | list[str]:
+def encoded(vectors: np.ndarray, kind: str, *, base64: bool, where: str) -> list[Row]:
     """Rows as `kind`, each as JSON numbers or a base64 string."""
     rows = convert(vectors, kind, where)
     return as_base64(rows) if base64 else as_json(rows)

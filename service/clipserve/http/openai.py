@@ -37,9 +37,7 @@ async def embeddings(engine: Engine, request: EmbeddingsRequest) -> EmbeddingsRe
     )
     check_dimensions(request.dimensions, out.model, out.vectors.shape[1])
     return EmbeddingsResponse(
-        data=embedding_data(
-            out.vectors.numpy(), request.embedding_type, request.encoding_format
-        ),
+        data=embedding_data(out.vectors.numpy(), request.embedding_type, request.encoding_format),
         model=out.model,
         usage=Usage(prompt_tokens=out.tokens, total_tokens=out.tokens),
     )

@@ -105,17 +105,19 @@ def test_ubinary_puts_the_first_dimension_in_the_high_bit(client: TestClient):
 
 @pytest.mark.parametrize("kind", ["int8", "uint8"])
 def test_scaled_types_normalize_unless_told_not_to_which_is_a_400(client: TestClient, kind: str):
-    assert encode(client, embedding_type=kind) == encode(client, embedding_type=kind, normalize=True)
-    r = client.post(
-        "/encode", json={"items": ITEMS, "embedding_type": kind, "normalize": False}
+    assert encode(client, embedding_type=kind) == encode(
+        client, embedding_type=kind, normalize=True
     )
+    r = client.post("/encode", json={"items": ITEMS, "embedding_type": kind, "normalize": False})
     assert r.status_code == 400
     assert r.json()["detail"].startswith("normalize: ")
 
 
 def test_float16_follows_normalize_as_asked(client: TestClient):
     raw = np.asarray(encode(client), dtype=np.float32)
-    np.testing.assert_array_equal(encode(client, embedding_type="float16"), documented(raw, "float16"))
+    np.testing.assert_array_equal(
+        encode(client, embedding_type="float16"), documented(raw, "float16")
+    )
 
 
 @pytest.mark.parametrize("route", ["/encode", "/v1/embeddings"])
