@@ -13,7 +13,7 @@ mixed.
         top = clip.classify(["dog.jpg"], labels=["dog", "cat"])[0][0]  # Prediction(label, p)
 """
 
-from clipserve_client.clients import MODEL_HEADER, AsyncClient, Client
+from clipserve_client.clients import MODEL_HEADER, AsyncClient, Client, EmbeddingType
 from clipserve_client.items import ImageSource, Item, image, text
 from clipserve_client.results import (
     APIError,
@@ -30,6 +30,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "EmbeddingType",
     "ImageSource",
     "Item",
     "ModelChanged",

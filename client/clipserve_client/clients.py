@@ -16,6 +16,7 @@ import numpy as np
 
 from clipserve_client.items import ImageSource, Item, as_item, image, images_of, text, texts_of
 from clipserve_client.results import (
+    EMBEDDING_DTYPES,
     APIError,
     ClientError,
     ModelChanged,
@@ -29,6 +30,9 @@ from clipserve_client.results import (
 )
 
 MODEL_HEADER = "X-Clip-Model"
+# float32 numbers, float16, int8/uint8 scaled from the normalized vector, or sign bits packed
+# 8 per byte (see the README's "Embedding types")
+EmbeddingType = Literal["float", "float16", "int8", "uint8", "binary", "ubinary"]
 
 
 class _Core:
@@ -84,13 +88,22 @@ class _Core:
         self,
         texts: str | Sequence[str] | None,
         images: ImageSource | Sequence[ImageSource] | None,
-        normalize: bool,
+        normalize: bool | None,
         model: str | None,
+        embedding_type: str = "float",
     ) -> dict[str, Any]:
         items = [text(t) for t in texts_of(texts)] + [image(i) for i in images_of(images)]
         if not items:
             raise ValueError("give texts, images or both")
-        return {"items": items, "normalize": normalize, **self._model_field(model)}
+        if embedding_type not in EMBEDDING_DTYPES:
+            raise ValueError(f"embedding_type: {embedding_type!r}; one of {list(EMBEDDING_DTYPES)}")
+        body: dict[str, Any] = {"items": items, **self._model_field(model)}
+        if normalize is not None:  # left out: the server's default (normalized for int8/uint8)
+            body["normalize"] = normalize
+        if embedding_type != "float":
+            # base64 of the raw bytes: exact, and a quarter of the JSON numbers' size or less
+            body |= {"embedding_type": embedding_type, "encoding": "base64"}
+        return body
 
     def _rank_body(
         self, queries: Sequence[str | Item], candidates: Sequence[str | Item], model: str | None
@@ -174,12 +187,15 @@ class Client(_Core):
         texts: str | Sequence[str] | None = None,
         images: ImageSource | Sequence[ImageSource] | None = None,
         *,
-        normalize: bool = False,
+        normalize: bool | None = None,
         model: str | None = None,
+        embedding_type: EmbeddingType = "float",
     ) -> np.ndarray:
-        """Embeddings [len(texts) + len(images), dim], texts' rows first, in order."""
-        body = self._encode_body(texts, images, normalize, model)
-        return embeddings_of(self._post("/encode", body, model))
+        """Embeddings [len(texts) + len(images), dim], texts' rows first, in order: float32,
+        or `embedding_type`'s dtype (float16, int8, uint8; binary int8 and ubinary uint8 of
+        dim / 8 packed sign bits). `normalize` defaults to no, but to yes for int8 and uint8."""
+        body = self._encode_body(texts, images, normalize, model, embedding_type)
+        return embeddings_of(self._post("/encode", body, model), embedding_type)
 
     def rank(
         self,
@@ -251,12 +267,15 @@ class AsyncClient(_Core):
         texts: str | Sequence[str] | None = None,
         images: ImageSource | Sequence[ImageSource] | None = None,
         *,
-        normalize: bool = False,
+        normalize: bool | None = None,
         model: str | None = None,
+        embedding_type: EmbeddingType = "float",
     ) -> np.ndarray:
-        """Embeddings [len(texts) + len(images), dim], texts' rows first, in order."""
-        body = self._encode_body(texts, images, normalize, model)
-        return embeddings_of(await self._post("/encode", body, model))
+        """Embeddings [len(texts) + len(images), dim], texts' rows first, in order: float32,
+        or `embedding_type`'s dtype (float16, int8, uint8; binary int8 and ubinary uint8 of
+        dim / 8 packed sign bits). `normalize` defaults to no, but to yes for int8 and uint8."""
+        body = self._encode_body(texts, images, normalize, model, embedding_type)
+        return embeddings_of(await self._post("/encode", body, model), embedding_type)
 
     async def rank(
         self,

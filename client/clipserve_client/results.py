@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, NamedTuple
 
 import httpx
@@ -69,8 +70,26 @@ def detail_of(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def embeddings_of(body: Any) -> np.ndarray:
-    return np.asarray(body, dtype=np.float32)
+# What each embedding_type arrives as (base64 of little-endian bytes); binary types are the
+# sign bits packed 8 per byte, so their rows have dim / 8 entries.
+EMBEDDING_DTYPES: dict[str, np.dtype[Any]] = {
+    "float": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int8": np.dtype("i1"),
+    "uint8": np.dtype("u1"),
+    "binary": np.dtype("i1"),
+    "ubinary": np.dtype("u1"),
+}
+
+
+def embeddings_of(body: Any, embedding_type: str = "float") -> np.ndarray:
+    """JSON numbers as float32, or base64 rows (one string each) as the type's dtype."""
+    if embedding_type == "float":
+        return np.asarray(body, dtype=np.float32)
+    dtype = EMBEDDING_DTYPES[embedding_type]
+    raw = b"".join(base64.b64decode(row) for row in body)
+    # native byte order out, so the array behaves as any other (float16 on a big-endian host)
+    return np.frombuffer(raw, dtype=dtype).reshape(len(body), -1).astype(dtype.newbyteorder("="))
 
 
 def ranking_of(body: dict[str, Any]) -> Ranking:

@@ -56,17 +56,48 @@ class Item(Base):
     ] = None
 
 
+# What a vector is sent as (engine/embedding_types.py has the transforms): float32; float16;
+# int8 = rint(clip(x, -1, 1) * 127); uint8 = rint((clip(x, -1, 1) + 1) * 127.5); ubinary =
+# the sign bits (x > 0) packed 8 per byte, first dimension in the high bit (numpy.packbits);
+# binary = ubinary - 128 as int8 (sentence-transformers' and Cohere's conventions).
+EmbeddingType = Annotated[
+    Literal["float", "float16", "int8", "uint8", "binary", "ubinary"],
+    msgspec.Meta(
+        description="float (float32), float16, int8 = rint(clip(x, -1, 1) x 127), uint8 = "
+        "rint((clip(x, -1, 1) + 1) x 127.5), ubinary = sign bits (x > 0) packed 8 per byte, "
+        "big-endian bit order (numpy.packbits), binary = ubinary - 128 as int8; int8 and uint8 "
+        "are of the L2-normalized vector; binary types need a dimension divisible by 8"
+    ),
+]
+
+
 class EncodeOptions(Base):
     """The object form of /encode, for options the bare array cannot carry."""
 
     items: list[Item]
     model: ModelName | None = None
-    normalize: bool = False
+    normalize: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description="L2-normalize; default false, but true for int8 and uint8, whose "
+            "fixed [-1, 1] scale needs normalized vectors (false with them is a 400)"
+        ),
+    ] = None
+    embedding_type: EmbeddingType = "float"
+    encoding: Annotated[
+        Literal["json", "base64"],
+        msgspec.Meta(
+            description="json: each vector an array of numbers; base64: each a string, base64 "
+            "of the vector's raw little-endian bytes (dim x 4 for float, x 2 for float16, "
+            "dim / 8 for binary types)"
+        ),
+    ] = "json"
 
 
-# /encode accepts the seed's bare array or the object form.
+# /encode accepts the seed's bare array or the object form; the bare array answers float32
+# numbers, as CLIP-API-service does.
 EncodeRequest = list[Item] | EncodeOptions
-Embeddings = list[list[float]]
+Embeddings = list[list[float]] | list[str]
 
 
 class RankRequest(Base):
@@ -260,12 +291,17 @@ class EmbeddingsRequest(Base):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(gt=0)] | None = None
     user: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    # clipserve's extension (OpenAI has none): `encoding_format` still picks numbers or base64
+    embedding_type: EmbeddingType = "float"
 
 
 class EmbeddingData(Base):
     embedding: Annotated[
         list[float] | str,
-        msgspec.Meta(description="floats, or base64 of little-endian float32"),
+        msgspec.Meta(
+            description="numbers, or base64 of the little-endian bytes of the embedding_type "
+            "asked for (float32 by default, as OpenAI's)"
+        ),
     ]
     index: int
     object: str = "embedding"

@@ -10,9 +10,8 @@ Images come through the same route as NVIDIA's NV-CLIP takes them: an input stri
 from __future__ import annotations
 
 import numpy as np
-import pybase64
-import torch
 
+from clipserve.engine import embedding_types
 from clipserve.engine.engine import Engine
 from clipserve.engine.inputs import Tokens
 from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel
@@ -32,13 +31,13 @@ MAX_TOKEN_IDS = 8192
 
 
 async def embeddings(engine: Engine, request: EmbeddingsRequest) -> EmbeddingsResponse:
-    """/v1/embeddings: L2-normalized like OpenAI's, as floats or base64."""
+    """/v1/embeddings: L2-normalized like OpenAI's, as numbers or base64 of the type asked."""
     out = await engine.encode(
         inputs(request.input), model=request.model, normalize=True, where="input"
     )
     check_dimensions(request.dimensions, out.model, out.vectors.shape[1])
     return EmbeddingsResponse(
-        data=embedding_data(out.vectors, request.encoding_format),
+        data=embedding_data(out.vectors.numpy(), request.embedding_type, request.encoding_format),
         model=out.model,
         usage=Usage(prompt_tokens=out.tokens, total_tokens=out.tokens),
     )
@@ -97,10 +96,12 @@ def check_dimensions(dimensions: int | None, model: str, embed_dim: int) -> None
         )
 
 
-def embedding_data(vectors: torch.Tensor, encoding_format: str) -> list[EmbeddingData]:
-    """One entry per row: a list of floats, or base64 of little-endian float32 as OpenAI's."""
-    if encoding_format == "base64":
-        rows = np.ascontiguousarray(vectors.numpy(), dtype="<f4")
-        encoded = [pybase64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-        return [EmbeddingData(embedding=e, index=i) for i, e in enumerate(encoded)]
-    return [EmbeddingData(embedding=v, index=i) for i, v in enumerate(vectors.tolist())]
+def embedding_data(
+    vectors: np.ndarray, embedding_type: str, encoding_format: str
+) -> list[EmbeddingData]:
+    """One entry per row: numbers, or base64 of the little-endian bytes (float32 by default,
+    as OpenAI's)."""
+    rows = embedding_types.encoded(
+        vectors, embedding_type, base64=encoding_format == "base64", where="embedding_type"
+    )
+    return [EmbeddingData(embedding=e, index=i) for i, e in enumerate(rows)]

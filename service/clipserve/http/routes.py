@@ -12,6 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ControllerRouterHandler
 
+from clipserve.engine import embedding_types
 from clipserve.engine.engine import Engine
 from clipserve.errors import OPENAI_PREFIX
 from clipserve.http import openai as openai_compat
@@ -72,10 +73,18 @@ def _from(model: str, content: object) -> Response:
 async def encode(
     data: JSONBody[EncodeRequest], engine: NamedDependency[Engine]
 ) -> Response[Embeddings]:
-    """A JSON array of items (or `{"items": [...], "model": ..., "normalize": ...}`)."""
+    """A JSON array of items, or `{"items": [...], "model", "normalize", "embedding_type",
+    "encoding"}`: vectors as float32 numbers, or another type, as numbers or base64."""
     opts = data if isinstance(data, EncodeOptions) else EncodeOptions(items=data)
-    out = await engine.encode(opts.items, model=opts.model, normalize=opts.normalize, where="items")
-    return _from(out.model, out.vectors.tolist())
+    normalize = embedding_types.normalize_for(opts.embedding_type, opts.normalize)
+    out = await engine.encode(opts.items, model=opts.model, normalize=normalize, where="items")
+    vectors = embedding_types.encoded(
+        out.vectors.numpy(),
+        opts.embedding_type,
+        base64=opts.encoding == "base64",
+        where="embedding_type",
+    )
+    return _from(out.model, vectors)
 
 
 @post("/rank", status_code=200, summary="Score candidates against queries", responses=WORK_ERRORS)

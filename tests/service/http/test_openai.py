@@ -57,6 +57,18 @@ def test_float_and_explicit_base64_give_the_same_vectors(server: Server):
     np.testing.assert_allclose(np.linalg.norm(decoded, axis=1), 1.0, rtol=1e-5)
 
 
+def test_the_sdk_asks_for_a_compact_type_through_extra_body(server: Server):
+    """clipserve's `embedding_type` beside the SDK's defaults: int8 as numbers (the SDK would
+    decode base64 as float32, so a compact type goes with encoding_format="float")."""
+    with sdk(server) as client:
+        floats = vectors(client.embeddings.create(model=TINY, input=TEXTS))
+        int8 = client.embeddings.create(
+            model=TINY, input=TEXTS, encoding_format="float", extra_body={"embedding_type": "int8"}
+        )
+    expected = np.rint(np.clip(floats, -1, 1) * 127)
+    np.testing.assert_array_equal(vectors(int8), expected)
+
+
 def test_a_single_string_the_models_own_dimensions_and_user_are_accepted(server: Server):
     with sdk(server) as client:
         one = client.embeddings.create(model=TINY, input="a cat", dimensions=32, user="u-1")
