@@ -4,7 +4,6 @@ and no torch, the operator no torch, the service neither the operator nor the cl
 from __future__ import annotations
 
 import email
-import json
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.support.imports import modules_loaded_by
+
 ROOT = Path(__file__).parents[1]
 HEAVY = ("torch", "torchvision", "open_clip", "litestar", "PIL", "uvicorn", "prometheus_client")
 # folder, import package, requirements it must not have
@@ -25,21 +26,6 @@ DISTS = {
     "operator": ("clipserve_operator", {"torch", "torchvision", "open-clip-torch", "clipserve"}),
     "client": ("clipserve_client", {"torch", "clipserve", "litestar", "kopf"}),
 }
-
-
-def _modules_loaded_by_import(path_first: Path | None = None) -> list[str]:
-    code = (
-        "import json, sys\n"
-        + (f"sys.path.insert(0, {str(path_first)!r})\n" if path_first else "")
-        + "import clipserve_client as c\n"
-        + f"print(c.__file__)\nprint(json.dumps(sorted(set({HEAVY!r}) & set(sys.modules))))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.splitlines()
-    if path_first:
-        assert out[0].startswith(str(path_first)), out[0]
-    return json.loads(out[1])
 
 
 def _build(folder: str, tmp_path: Path) -> tuple[list[str], set[str], Path]:
@@ -64,7 +50,7 @@ def _build(folder: str, tmp_path: Path) -> tuple[list[str], set[str], Path]:
         meta = email.message_from_bytes(whl.read(next(n for n in names if n.endswith("METADATA"))))
         whl.extractall(tmp_path / "installed")
     requires = {
-        r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        canonicalize_name(Requirement(r).name)
         for r in meta.get_all("Requires-Dist") or []
         if "extra ==" not in r
     }
@@ -72,7 +58,7 @@ def _build(folder: str, tmp_path: Path) -> tuple[list[str], set[str], Path]:
 
 
 def test_importing_the_client_loads_no_server_dependency():
-    assert _modules_loaded_by_import() == []
+    assert modules_loaded_by("clipserve_client", HEAVY) == []
 
 
 @pytest.mark.parametrize("folder", sorted(DISTS))
@@ -94,7 +80,7 @@ def test_each_wheel_holds_its_package_whole_and_nothing_else(folder: str, tmp_pa
 def test_the_client_wheel_requires_httpx_and_numpy_only_and_imports_alone(tmp_path: Path):
     _, requires, installed = _build("client", tmp_path)
     assert requires == {"httpx", "numpy"}
-    assert _modules_loaded_by_import(installed) == []
+    assert modules_loaded_by("clipserve_client", HEAVY, installed) == []
 
 
 def _locked(lock: Path, env: dict[str, str] | None = None) -> dict[str, str]:

@@ -20,6 +20,7 @@ from clipserve.metrics import GATE_OUTCOMES, GATE_WAKING
 from clipserve_client import Client
 
 from tests.support.gate import Blackhole, DroppingUpstream, GateProcess
+from tests.support.imports import modules_loaded_by
 from tests.support.pictures import png_b64
 from tests.support.polling import eventually
 from tests.support.server import TINY, Server, free_port, start_server
@@ -352,9 +353,4 @@ def test_a_client_that_leaves_the_gate_has_its_request_cancelled_upstream() -> N
 def test_the_gate_starts_without_torch_or_litestar() -> None:
     # It renders the server's error bodies (errors.encoded) without the server's stack: a gate
     # pod starts in a second and stays small.
-    heavy = "{'torch', 'litestar', 'open_clip'}"
-    code = f"import sys, clipserve.gate; print(sorted({heavy} & set(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]"
+    assert modules_loaded_by("clipserve.gate", ("torch", "litestar", "open_clip")) == []
