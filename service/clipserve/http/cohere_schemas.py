@@ -91,7 +91,7 @@ class Meta(msgspec.Struct):
     api_version: ApiVersion = msgspec.field(default_factory=ApiVersion)
 
 
-class EmbedResponse(msgspec.Struct, omit_defaults=True):
+class EmbedResponse(msgspec.Struct):
     id: str
     embeddings: EmbeddingsByType
     meta: Meta
