@@ -2,9 +2,9 @@
 
 Every error carries a message meant for the client: it names the field or item and the problem.
 An error response has clipserve's shape, `{"status_code", "detail"}` (schemas.ErrorBody), except
-under /v1/, where OpenAI's SDKs parse OpenAI's shape, and under /v2/, Cohere's `{"message"}`. The server (http/exceptions.py maps
-litestar's own exceptions to these) and the gate render both through `error_body`. Nothing here
-imports litestar or torch: the gate starts without either.
+under /v1/, where OpenAI's SDKs parse OpenAI's shape, and under /v2/, Cohere's `{"message"}`.
+The server (http/exceptions.py maps litestar's own exceptions to these) and the gate render them
+all through `error_body`. Nothing here imports litestar or torch: the gate starts without either.
 """
 
 from __future__ import annotations

@@ -27,9 +27,11 @@ def fitted(
     max_tokens: int | None,
     max_chars: int,
     where: str,
+    budget_field: str = "max_tokens",
 ) -> Item | Tokens:
     """`text` within min(max_tokens, the model's context) tokens, not counting the start and
-    end tokens: cut from `truncate`'s side, or an InvalidInput naming `where` for NONE."""
+    end tokens: cut from `truncate`'s side, or an InvalidInput naming `where` for NONE.
+    (`budget_field`: the request's name for max_tokens.)"""
     room = model.context_length - 2  # the start and end tokens take two places
     budget = room if max_tokens is None else min(max_tokens, room)
     if (truncate == "END" and budget == room) or len(text) > max_chars:
@@ -37,9 +39,10 @@ def fitted(
     try:
         ids = model.text_ids(text)
     except ValueError as exc:
+        field, asked = ("truncate", truncate) if truncate != "END" else (budget_field, budget)
         raise InvalidInput(
-            f"truncate: {truncate} with a budget of {budget} tokens needs the text's token ids, "
-            f"but {exc}; send truncate END without a smaller token limit"
+            f"{field}: {asked} needs the text's token ids, but {exc}; leave {field} out "
+            "(the tokenizer then cuts a long text at its end)"
         ) from exc
     if len(ids) <= budget:
         return Tokens(tuple(ids))

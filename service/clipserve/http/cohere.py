@@ -49,13 +49,21 @@ _PLACE = re.compile(r"^([a-z+]+)(?:\[(\d+)\](?:\.\w+)?)?: ")
 class _Parts:
     """A request's texts and images, flattened for the engine, with where each came from."""
 
-    def __init__(self, engine: Engine, model: ClipModel, truncate: Side, max_tokens: int | None):
+    def __init__(
+        self,
+        engine: Engine,
+        model: ClipModel,
+        truncate: Side,
+        max_tokens: int | None,
+        budget_field: str = "max_tokens",
+    ) -> None:
         self.items: list[Item | Tokens] = []
         self.places: list[str] = []
         self.owners: list[int] = []  # the input each part belongs to
         self._model = model
         self._truncate: Side = truncate
         self._max_tokens = max_tokens
+        self._budget_field = budget_field
         self._max_chars = engine.settings.max_text_chars
 
     def text(self, text: str, place: str, owner: int) -> None:
@@ -67,6 +75,7 @@ class _Parts:
                 max_tokens=self._max_tokens,
                 max_chars=self._max_chars,
                 where=place,
+                budget_field=self._budget_field,
             ),
             place,
             owner,
@@ -125,7 +134,7 @@ async def rerank(engine: Engine, request: RerankRequest) -> tuple[str, RerankRes
     the model that scored them."""
     model = engine.models[engine.served(request.model)]
     query = _Parts(engine, model, "END", None)
-    docs = _Parts(engine, model, "END", request.max_tokens_per_doc)
+    docs = _Parts(engine, model, "END", request.max_tokens_per_doc, "max_tokens_per_doc")
     (query.image if request.query.startswith(IMAGE_URI) else query.text)(request.query, "query", 0)
     for i, doc in enumerate(request.documents):
         (docs.image if doc.startswith(IMAGE_URI) else docs.text)(doc, f"documents[{i}]", i)
@@ -156,7 +165,9 @@ async def rerank(engine: Engine, request: RerankRequest) -> tuple[str, RerankRes
 def _source(request: EmbedRequest) -> str:
     given = [f for f in SOURCES if getattr(request, f) is not None]
     if len(given) != 1:
-        where, problem = ("texts", "is missing") if not given else (given[1], f"is beside {given[0]}")
+        where, problem = (
+            ("texts", "is missing") if not given else (given[1], f"is beside {given[0]}")
+        )
         raise InvalidInput(f"{where}: {problem}; give exactly one of texts, images or inputs")
     return given[0]
 

@@ -44,10 +44,13 @@ class EmbedRequest(Base):
     """Cohere's /v2/embed: exactly one of `texts`, `images` (data URIs), `inputs`."""
 
     model: ModelName
-    input_type: Annotated[
-        InputType,
-        msgspec.Meta(description="accepted; CLIP embeds a text the same for every input_type"),
-    ] | None = None
+    input_type: (
+        Annotated[
+            InputType,
+            msgspec.Meta(description="accepted; CLIP embeds a text the same for every input_type"),
+        ]
+        | None
+    ) = None
     texts: Annotated[list[str], msgspec.Meta(examples=[["a photo of a cat"]])] | None = None
     images: Annotated[list[str], msgspec.Meta(examples=[[DATA_URI_EXAMPLE]])] | None = None
     inputs: list[EmbedInput] | None = None

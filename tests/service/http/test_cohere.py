@@ -13,18 +13,24 @@ import cohere
 import httpx
 import numpy as np
 import pytest
+from litestar.testing import TestClient
 from open_clip.tokenizer import SimpleTokenizer
 
+from tests.support.hf_tokenizers import cache_tokenizer
+from tests.support.inprocess import in_process
 from tests.support.pictures import png_b64
 from tests.support.server import TINY, Server, start_server
 
 KEY = "cohere-test-key"
 ODD = "Tiny-Odd-T:random"  # 36 dimensions: not divisible by 8
+HF_ARCH, HF_REPO = "Tiny-HFTok-T", "clipserve-tests/tiny-unigram"  # a Hugging Face tokenizer
 TEXTS = ["a photo of a dog", "a cat", "an astronaut riding a horse on the moon"]
 BLOBS = [png_b64(color=(20, 160, 90)), png_b64(color=(200, 30, 30))]
 URIS = [f"data:image/png;base64,{b}" for b in BLOBS]
-# 120 distinct words: past CLIP's 77-token context, so each side of a cut differs
-LONG = " ".join(f"w{i}" for i in range(120))
+# 200 tokens, past CLIP's 77-token context, and each side of a cut different; its first five
+# tokens are HEAD's
+HEAD = "a photo of a dog"
+LONG = " ".join([HEAD] * 20 + ["a red car on a road"] * 20)
 
 
 def sdk(server: Server, api_key: str = "unused") -> cohere.ClientV2:
@@ -107,14 +113,19 @@ def test_several_types_at_once_are_keyed_by_type_and_share_one_vector(server: Se
     x = floats(got)
     close(x, encode_normalized(server, [{"img_blob": b} for b in BLOBS]))
     for kind in ("int8", "uint8", "binary", "ubinary"):
-        np.testing.assert_array_equal(np.asarray(getattr(got.embeddings, kind)), documented(x, kind))
+        np.testing.assert_array_equal(
+            np.asarray(getattr(got.embeddings, kind)), documented(x, kind)
+        )
     assert got.embeddings.base64 is not None
     b64 = [np.frombuffer(base64.b64decode(s), dtype="<f4") for s in got.embeddings.base64]
     np.testing.assert_array_equal(np.stack(b64), x)  # Cohere's base64: the float32 bytes
 
 
 def test_mixed_inputs_are_one_vector_each_and_a_pair_is_its_parts_mean(server: Server):
-    text, image = {"type": "text", "text": "a dog"}, {"type": "image_url", "image_url": {"url": URIS[0]}}
+    text, image = (
+        {"type": "text", "text": "a dog"},
+        {"type": "image_url", "image_url": {"url": URIS[0]}},
+    )
     inputs = [{"content": [text]}, {"content": [image]}, {"content": [text, image]}]
     with sdk(server) as co:
         got = floats(co.embed(model=TINY, input_type="search_document", inputs=inputs))
@@ -128,19 +139,24 @@ def test_truncate_cuts_a_long_text_from_the_side_asked(server: Server):
     assert len(ids) > 75  # the model embeds 75 tokens between its start and end tokens
     with sdk(server) as co:
         default = floats(co.embed(model=TINY, input_type="search_document", texts=[LONG]))
-        end = floats(co.embed(model=TINY, input_type="search_document", texts=[LONG], truncate="END"))
+        end = floats(
+            co.embed(model=TINY, input_type="search_document", texts=[LONG], truncate="END")
+        )
         start = floats(
             co.embed(model=TINY, input_type="search_document", texts=[LONG], truncate="START")
         )
         five = floats(
             co.embed(model=TINY, input_type="search_document", texts=[LONG], max_tokens=5)
         )
-        short = floats(co.embed(model=TINY, input_type="search_query", texts=["a cat"], truncate="NONE"))
+        short = floats(
+            co.embed(model=TINY, input_type="search_query", texts=["a cat"], truncate="NONE")
+        )
     head, tail = from_token_ids(server, [ids[:75], ids[-75:]])
     close(default[0], head)
     close(end[0], head)
     close(start[0], tail)
-    close(five[0], from_token_ids(server, [ids[:5]])[0])
+    assert SimpleTokenizer().encode(HEAD) == ids[:5]
+    close(five[0], encode_normalized(server, [{"text": HEAD}])[0])
     close(short[0], encode_normalized(server, [{"text": "a cat"}])[0])
     assert not np.allclose(head, tail)
 
@@ -192,6 +208,16 @@ def test_top_n_keeps_the_best_and_return_documents_echoes_them(server: Server):
     ]
     assert len(beyond.results) == len(documents)
     assert not hasattr(every.results[0], "document")
+
+
+def test_max_tokens_per_doc_cuts_text_documents_at_their_end(server: Server):
+    with sdk(server) as co:
+        cut = co.rerank(model=TINY, query="a dog", documents=[LONG, "a cat"], max_tokens_per_doc=5)
+        head = co.rerank(model=TINY, query="a dog", documents=[HEAD, "a cat"])
+        whole = co.rerank(model=TINY, query="a dog", documents=[LONG, "a cat"])
+    by_index = [{r.index: r.relevance_score for r in x.results} for x in (cut, head, whole)]
+    assert by_index[0] == pytest.approx(by_index[1], rel=1e-5)
+    assert by_index[0] != pytest.approx(by_index[2], rel=1e-5)
 
 
 # -- async ---------------------------------------------------------------------------------
@@ -327,3 +353,37 @@ def test_binary_types_need_a_dimension_divisible_by_8(guarded: Server):
     assert np.asarray(int8.embeddings.int8).shape == (3, 36)
     message = bad.value.body["message"]
     assert message.startswith("embedding_types[0]: ubinary packs 8") and "36" in message
+
+
+# -- a model with another tokenizer (SigLIP's kind), in this process ------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_tokenized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("hf-cache")
+    cache_tokenizer(root / "hub", HF_REPO, root / "work")
+    with in_process(f"{HF_ARCH}:random", offline=True, cache_dir=str(root / "hub")) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("embed", {"texts": ["a dog"], "truncate": "START"}, "truncate"),
+        ("embed", {"texts": ["a dog"], "truncate": "NONE"}, "truncate"),
+        ("embed", {"texts": ["a dog"], "max_tokens": 3}, "max_tokens"),
+        (
+            "rerank",
+            {"query": "a", "documents": ["a dog"], "max_tokens_per_doc": 3},
+            "max_tokens_per_doc",
+        ),
+    ],
+)
+def test_token_counts_need_clips_tokenizer_and_say_so(
+    hf_tokenized: TestClient, path: str, body: dict, field: str
+):
+    r = hf_tokenized.post(f"/v2/{path}", json={"model": HF_ARCH, **body})
+    assert r.status_code == 400 and r.json()["message"].startswith(f"{field}: "), r.text
+    assert "does not tokenize with CLIP's BPE" in r.json()["message"]
+    ok = hf_tokenized.post("/v2/embed", json={"model": HF_ARCH, "texts": ["a dog"]})
+    assert ok.status_code == 200, ok.text
