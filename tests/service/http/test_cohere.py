@@ -190,6 +190,14 @@ def test_rerank_orders_texts_and_images_by_the_rank_scores(server: Server):
     assert all(0 <= r.relevance_score <= 1 for r in got.results)
 
 
+def test_an_image_query_ranks_text_documents_as_rank_does(server: Server):
+    with sdk(server) as co:
+        got = co.rerank(model=TINY, query=URIS[1], documents=TEXTS)
+    expected = rank_scores(server, {"img_blob": BLOBS[1]}, [{"text": t} for t in TEXTS])
+    assert [r.index for r in got.results] == list(np.argsort(-expected, kind="stable"))
+    close(np.asarray([r.relevance_score for r in got.results]), np.sort(expected)[::-1])
+
+
 def test_top_n_keeps_the_best_and_return_documents_echoes_them(server: Server):
     documents = ["a cat", "a dog", "a car", "a tree"]
     with sdk(server) as co:
