@@ -126,12 +126,19 @@ def test_mixed_inputs_are_one_vector_each_and_a_pair_is_its_parts_mean(server: S
         {"type": "text", "text": "a dog"},
         {"type": "image_url", "image_url": {"url": URIS[0]}},
     )
-    inputs = [{"content": [text]}, {"content": [image]}, {"content": [text, image]}]
+    typed = cohere.EmbedInput(  # the SDK's own types, as its docs build them
+        content=[
+            cohere.TextEmbedContent(text="a dog"),
+            cohere.ImageUrlEmbedContent(image_url=cohere.EmbedImageUrl(url=URIS[0])),
+        ]
+    )
+    inputs = [{"content": [text]}, {"content": [image]}, {"content": [text, image]}, typed]
     with sdk(server) as co:
         got = floats(co.embed(model=TINY, input_type="search_document", inputs=inputs))
     parts = encode_normalized(server, [{"text": "a dog"}, {"img_blob": BLOBS[0]}])
     mean = parts.sum(axis=0)
-    close(got, np.stack([parts[0], parts[1], mean / np.linalg.norm(mean)]))
+    pair = mean / np.linalg.norm(mean)
+    close(got, np.stack([parts[0], parts[1], pair, pair]))
 
 
 def test_truncate_cuts_a_long_text_from_the_side_asked(server: Server):
