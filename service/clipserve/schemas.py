@@ -344,6 +344,12 @@ class OpenAIErrorBody(msgspec.Struct):
     error: OpenAIError
 
 
+class CohereErrorBody(msgspec.Struct):
+    """The error shape Cohere's API answers in (its SDKs' exceptions carry the body)."""
+
+    message: str
+
+
 class Health(Base):
     status: str
     detail: str | None = None

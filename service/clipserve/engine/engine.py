@@ -164,7 +164,11 @@ class Engine:
         return Embedded(served.spec.raw, l2_normalize(vectors) if normalize else vectors, tokens)
 
     async def rank(
-        self, queries: list[Item], candidates: list[Item], *, model: str | None
+        self,
+        queries: Sequence[Item | Tokens],
+        candidates: Sequence[Item | Tokens],
+        *,
+        model: str | None,
     ) -> Ranked:
         """Cosines, softmax probabilities over the candidates and the model's own scores,
         one row per query."""

@@ -86,13 +86,16 @@ def _tokens(ids: list[int], where: str) -> Tokens:
     return Tokens(tuple(ids))
 
 
-def check_dimensions(dimensions: int | None, model: str, embed_dim: int) -> None:
-    """Only the model's own size: CLIP was not trained for truncated (Matryoshka) vectors."""
+def check_dimensions(
+    dimensions: int | None, model: str, embed_dim: int, where: str = "dimensions"
+) -> None:
+    """Only the model's own size: CLIP was not trained for truncated (Matryoshka) vectors.
+    (Cohere's `output_dimension` takes the same answer.)"""
     if dimensions is not None and dimensions != embed_dim:
         raise InvalidInput(
-            f"dimensions: {dimensions} is not available; {model} makes {embed_dim}-dimensional "
+            f"{where}: {dimensions} is not available; {model} makes {embed_dim}-dimensional "
             "embeddings and CLIP models are not trained to be truncated, so only "
-            f"{embed_dim} (or leaving dimensions out) is accepted"
+            f"{embed_dim} (or leaving {where} out) is accepted"
         )
 
 

@@ -14,14 +14,20 @@ from litestar.types import ControllerRouterHandler
 
 from clipserve.engine import embedding_types
 from clipserve.engine.engine import Engine
-from clipserve.errors import OPENAI_PREFIX
+from clipserve.errors import COHERE_PREFIX, OPENAI_PREFIX
+from clipserve.http import cohere as cohere_compat
 from clipserve.http import openai as openai_compat
+from clipserve.http.cohere_schemas import EmbedRequest as CohereEmbedRequest
+from clipserve.http.cohere_schemas import EmbedResponse as CohereEmbedResponse
+from clipserve.http.cohere_schemas import RerankRequest as CohereRerankRequest
+from clipserve.http.cohere_schemas import RerankResponse as CohereRerankResponse
 from clipserve.http.lifecycle import Lifecycle
 from clipserve.http.middleware import MODEL_HEADER
 from clipserve.metrics import Metrics
 from clipserve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
+    CohereErrorBody,
     Embeddings,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -60,6 +66,14 @@ def _openai_errors(*codes: int) -> dict[int, ResponseSpec]:
     """The same statuses in OpenAI's error shape, for the /v1/* routes."""
     return {
         c: ResponseSpec(OpenAIErrorBody, description=spec.description)
+        for c, spec in _errors(*codes).items()
+    }
+
+
+def _cohere_errors(*codes: int) -> dict[int, ResponseSpec]:
+    """The same statuses in Cohere's error shape, for the /v2/* routes."""
+    return {
+        c: ResponseSpec(CohereErrorBody, description=spec.description)
         for c, spec in _errors(*codes).items()
     }
 
@@ -207,17 +221,49 @@ async def prometheus(
     )
 
 
+@post(
+    "/embed",
+    status_code=200,
+    summary="Cohere-compatible embed (texts, data:image/ URIs, mixed inputs)",
+    responses=_cohere_errors(400, 401, 404, 413, 500, 503),
+)
+async def cohere_embed(
+    data: JSONBody[CohereEmbedRequest], engine: NamedDependency[Engine]
+) -> Response[CohereEmbedResponse]:
+    """Cohere's v2 embed: `texts`, `images` or `inputs`, several `embedding_types` at once,
+    `truncate`; L2-normalized (see the README, "Cohere clients")."""
+    return _from(*await cohere_compat.embed(engine, data))
+
+
+@post(
+    "/rerank",
+    status_code=200,
+    summary="Cohere-compatible rerank (text or data:image/ URI documents)",
+    responses=_cohere_errors(400, 401, 404, 413, 500, 503),
+)
+async def cohere_rerank(
+    data: JSONBody[CohereRerankRequest], engine: NamedDependency[Engine]
+) -> Response[CohereRerankResponse]:
+    """Cohere's v2 rerank: each document's `relevance_score` is the model's own score for the
+    query (as /rank's `scores`), best first, `top_n` of them."""
+    return _from(*await cohere_compat.rerank(engine, data))
+
+
 # OpenAI's surface, under the prefix by which every error below it takes OpenAI's shape.
 OPENAI = Router(
     path=OPENAI_PREFIX.rstrip("/"),
     route_handlers=[openai_embeddings, openai_models, openai_model],
 )
 
+# Cohere's, likewise.
+COHERE = Router(path=COHERE_PREFIX.rstrip("/"), route_handlers=[cohere_embed, cohere_rerank])
+
 ROUTES: list[ControllerRouterHandler] = [
     encode,
     rank,
     classify,
     OPENAI,
+    COHERE,
     models,
     healthz,
     readyz,

@@ -117,12 +117,7 @@ class ClipModel:
     def token_row(self, ids: Sequence[int]) -> torch.Tensor:
         """A text given as token ids (without start and end tokens, as OpenAI's token arrays)
         as one row of `tokenize`; ValueError if this model's tokenizer cannot take ids."""
-        tok = self.tokenizer
-        if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None:
-            raise ValueError(
-                f"{self.spec.raw} does not tokenize with CLIP's BPE ({type(tok).__name__}), "
-                "so token ids cannot be taken; send text"
-            )
+        tok = self._clip_bpe("token ids cannot be taken; send text")
         vocab = min(tok.vocab_size, self.vocab_size)
         bad = next((i for i in ids if not 0 <= i < vocab), None)
         if bad is not None:
@@ -131,6 +126,21 @@ class ClipModel:
         tokens = [tok.sot_token_id, *ids[: self.context_length - 2], tok.eot_token_id]
         row[: len(tokens)] = torch.tensor(tokens)
         return row
+
+    def text_ids(self, text: str) -> list[int]:
+        """The text's token ids without start and end tokens and not truncated (CLIP's BPE,
+        so that a caller can cut them from either side); ValueError for another tokenizer."""
+        tok = self._clip_bpe("its texts cannot be cut to a token count here")
+        return [int(i) for i in tok.encode(text)]
+
+    def _clip_bpe(self, consequence: str) -> SimpleTokenizer:
+        tok = self.tokenizer
+        if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None:
+            raise ValueError(
+                f"{self.spec.raw} does not tokenize with CLIP's BPE ({type(tok).__name__}), "
+                f"so {consequence}"
+            )
+        return tok
 
     @property
     def vocab_size(self) -> int:
