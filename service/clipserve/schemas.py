@@ -319,7 +319,7 @@ class EmbeddingsResponse(msgspec.Struct):
     object: str = "list"
 
 
-class RawEmbeddingData(msgspec.Struct):
+class RawEmbeddingData(Base):
     """EmbeddingData in a msgpack response: the embedding as a bin of its raw bytes."""
 
     embedding: bytes
