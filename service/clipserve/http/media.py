@@ -5,12 +5,13 @@ header (RFC 9110 content negotiation), for /encode and /v1/embeddings.
   or base64 as the body asks.
 - application/x-npy: one C-contiguous array of shape (n, d) in NumPy's .npy format, its dtype
   the embedding type's (<f4, <f2, i1, u1; binary i1 and ubinary u1 of d / 8 packed bits). What
-  the JSON body carries besides the vectors comes in headers (EMBEDDING_HEADERS, and the model
-  in X-Clip-Model).
+  the JSON body carries besides the vectors comes in headers (X-Clip-Model, TYPE_HEADER,
+  SHAPE_HEADER, and the usage headers on /v1/embeddings); every media type gets them.
 - application/msgpack (or application/x-msgpack, answered as asked): the JSON response's own
   object, each embedding a msgpack bin of its raw little-endian bytes.
 Large batches are where this pays: no number formatting on the server, no number parsing on
-the client, and a float32 row is 4 bytes per dimension instead of ~10 (docs/performance.md).
+the client, and a float32 component is 4 bytes instead of ~21 as a JSON number
+(docs/performance.md, "Wire formats").
 Errors stay JSON in the API's own shape whatever was asked (http/exceptions.py).
 """
 
@@ -36,7 +37,6 @@ NPY = "application/x-npy"
 MSGPACK = "application/msgpack"
 X_MSGPACK = "application/x-msgpack"  # the older name, which many clients still send
 OFFERED = (JSON, NPY, MSGPACK, X_MSGPACK)  # in the server's order of preference for ties
-BINARY = frozenset({NPY, MSGPACK, X_MSGPACK})
 
 # What a .npy client cannot read from a body it does not parse as JSON.
 TYPE_HEADER = "X-Embedding-Type"  # the embedding_type asked for: float, float16, ..., ubinary
