@@ -319,6 +319,25 @@ class EmbeddingsResponse(msgspec.Struct):
     object: str = "list"
 
 
+class RawEmbeddingData(Base):
+    """EmbeddingData in a msgpack response: the embedding as a bin of its raw bytes."""
+
+    embedding: bytes
+    index: int
+    object: str = "embedding"
+
+
+class RawEmbeddingsResponse(msgspec.Struct):
+    """EmbeddingsResponse in msgpack (Accept: application/msgpack): the same object, each
+    embedding the little-endian bytes that base64 would carry (a separate Struct because msgspec
+    types cannot hold str and bytes in one union)."""
+
+    data: list[RawEmbeddingData]
+    model: str
+    usage: Usage
+    object: str = "list"
+
+
 class OpenAIModel(msgspec.Struct):
     id: str
     created: int

@@ -6,7 +6,9 @@ dependency injection, wired in app.py; errors become HTTP responses in http/exce
 
 from __future__ import annotations
 
-from litestar import Response, Router, get, post
+from typing import Any
+
+from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -16,6 +18,7 @@ from clipserve.engine import embedding_types
 from clipserve.engine.engine import Engine
 from clipserve.errors import COHERE_PREFIX, OPENAI_PREFIX
 from clipserve.http import cohere as cohere_compat
+from clipserve.http import media
 from clipserve.http import openai as openai_compat
 from clipserve.http.cohere_schemas import EmbedRequest as CohereEmbedRequest
 from clipserve.http.cohere_schemas import EmbedResponse as CohereEmbedResponse
@@ -50,6 +53,7 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         400: "invalid input (the detail names the field)",
         401: "missing or bad API key",
         404: "unknown model",
+        406: "Accept admits none of the media types the route answers in",
         413: "over a size or count limit",
         500: "the model failed on an item",
         502: "an image URL could not be fetched",
@@ -60,6 +64,8 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
 
 
 WORK_ERRORS = _errors(400, 401, 404, 413, 500, 502, 503, 504)
+# /encode answers in JSON, .npy or msgpack, by Accept
+ENCODE_ERRORS = _errors(400, 401, 404, 406, 413, 500, 502, 503, 504)
 
 
 def _openai_errors(*codes: int) -> dict[int, ResponseSpec]:
@@ -83,22 +89,30 @@ def _from(model: str, content: object) -> Response:
     return Response(content, headers={MODEL_HEADER: model})
 
 
-@post("/encode", status_code=200, summary="Embed texts and images", responses=WORK_ERRORS)
+@post(
+    "/encode",
+    status_code=200,
+    summary="Embed texts and images",
+    responses=ENCODE_ERRORS,
+    operation_class=media.EmbeddingsOperation,
+)
 async def encode(
-    data: JSONBody[EncodeRequest], engine: NamedDependency[Engine]
+    data: JSONBody[EncodeRequest], engine: NamedDependency[Engine], request: Request
 ) -> Response[Embeddings]:
     """A JSON array of items, or `{"items": [...], "model", "normalize", "embedding_type",
-    "encoding"}`: vectors as float32 numbers, or another type, as numbers or base64."""
+    "encoding"}`: vectors as float32 numbers, or another type, as numbers or base64; with
+    `Accept: application/x-npy` or msgpack, one array or msgpack bins instead."""
+    media_type = media.negotiate(request.headers.get("accept"))  # a 406 before any work
     opts = data if isinstance(data, EncodeOptions) else EncodeOptions(items=data)
     normalize = embedding_types.normalize_for(opts.embedding_type, opts.normalize)
     out = await engine.encode(opts.items, model=opts.model, normalize=normalize, where="items")
-    vectors = embedding_types.encoded(
-        out.vectors.numpy(),
-        opts.embedding_type,
-        base64=opts.encoding == "base64",
-        where="embedding_type",
-    )
-    return _from(out.model, vectors)
+    rows = embedding_types.convert(out.vectors.numpy(), opts.embedding_type, "embedding_type")
+    headers = media.embedding_headers(out.model, opts.embedding_type, rows)
+    if media_type == media.JSON:
+        base64 = opts.encoding == "base64"
+        return Response[Any](embedding_types.serialized(rows, base64=base64), headers=headers)
+    # the JSON's own object, a list of rows, with each row a bin
+    return media.binary_response(media_type, rows, media.raw_rows(rows), headers)
 
 
 @post("/rank", status_code=200, summary="Score candidates against queries", responses=WORK_ERRORS)
@@ -136,15 +150,17 @@ async def classify(
     "/embeddings",
     status_code=200,
     summary="OpenAI-compatible embeddings (texts, token ids, data:image/ URIs)",
-    responses=_openai_errors(400, 401, 404, 413, 500, 503),
+    responses=_openai_errors(400, 401, 404, 406, 413, 500, 503),
+    operation_class=media.EmbeddingsOperation,
 )
 async def openai_embeddings(
-    data: JSONBody[EmbeddingsRequest], engine: NamedDependency[Engine]
+    data: JSONBody[EmbeddingsRequest], engine: NamedDependency[Engine], request: Request
 ) -> Response[EmbeddingsResponse]:
     """OpenAI's embeddings API: `encoding_format` float or base64, `dimensions` (the model's
-    own only), token arrays, and `data:image/...;base64,` strings as images; L2-normalized."""
-    out = await openai_compat.embeddings(engine, data)
-    return _from(out.model, out)
+    own only), token arrays, and `data:image/...;base64,` strings as images; L2-normalized.
+    `Accept: application/x-npy` or msgpack answers one array or msgpack bins instead."""
+    media_type = media.negotiate(request.headers.get("accept"))  # a 406 before any work
+    return await openai_compat.embeddings(engine, data, media_type)
 
 
 @get(
