@@ -87,10 +87,10 @@ def parse(lines: list[str]) -> list[Span]:
 class Collector:
     """The collector process, its OTLP/HTTP endpoint and its output file."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
         self.output = folder / "traces.jsonl"
-        self.port = free_port()
+        self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / "collector.log"
         self._proc: subprocess.Popen[bytes] | None = None

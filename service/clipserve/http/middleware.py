@@ -36,6 +36,7 @@ _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower
 # Route opt (litestar's own key): served without an API key (the pages, which ask for the key
 # themselves).
 PUBLIC = "exclude_from_auth"
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
@@ -74,13 +75,14 @@ def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
 
 def request_tracing(tracing: Tracing) -> list[Callable[[ASGIApp], ASGIApp]]:
     """A server span per request (a child of the caller's `traceparent`), current while the
-    handler runs, so the engine's spans land in its trace; nothing at all when tracing is off."""
+    handler runs, so the engine's spans land in its trace; nothing at all when tracing is off.
+    Probes and scrapes are not traced: a trace every few seconds per pod that says nothing."""
     if not tracing.enabled:
         return []
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            if scope["type"] != "http" or scope["path"] in _UNTRACED:
                 await app(scope, receive, send)
                 return
             route = scope.get("path_template") or scope["path"]
