@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import clipserve.settings
-import clipserve.tracing
+import clipserve.tracing_config
 import clipserve_operator.settings
 import yaml
 
@@ -89,8 +89,8 @@ SERVICE_SETTINGS = Artefact(
 )
 TRACING_VARIABLES = Artefact(
     "README.md",
-    "service/clipserve/tracing.py",
-    clipserve.tracing.markdown_table,
+    "service/clipserve/tracing_config.py",
+    clipserve.tracing_config.markdown_table,
     region="tracing-table",
 )
 OPERATOR_SETTINGS = Artefact(

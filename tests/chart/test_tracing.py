@@ -4,7 +4,7 @@ accepts; nothing when no endpoint is set; a malformed value refused by the schem
 from __future__ import annotations
 
 import pytest
-from clipserve import tracing
+from clipserve import tracing_config
 
 from tests.support.rendering import CHART, Helm, HelmError, env
 
@@ -33,7 +33,7 @@ def test_should_render_settings_the_service_accepts_if_an_endpoint_is_set(helm: 
     assert rendered["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     plain = {k: v for k, v in rendered.items() if isinstance(v, str)}
     plain["OTEL_EXPORTER_OTLP_HEADERS"] = "api-key=from-the-secret"
-    tracing.check(plain, "OTEL_EXPORTER_OTLP_ENDPOINT")  # raises what start-up would
+    tracing_config.check(plain, "OTEL_EXPORTER_OTLP_ENDPOINT")  # raises what start-up would
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clipserve import tracing
+from clipserve import tracing_config
 from clipserve.bench.server import start_server as launch
+from clipserve.tracing import OFF
 
 from tests.support.collector import Collector, Span
 from tests.support.imports import modules_loaded_by
@@ -47,16 +48,16 @@ SERVER, INTERNAL = 2, 1  # OTLP SpanKind
 def test_a_setting_that_cannot_work_is_refused_by_name(env: dict[str, str], named: str):
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", **env}
     with pytest.raises(ValueError, match=named) as refused:
-        tracing.from_env(environ)
+        tracing_config.from_env(environ)
     assert "s3cr3t" not in str(refused.value)
 
 
 def test_no_endpoint_or_the_sdk_disabled_means_off():
-    assert tracing.from_env({"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "nonsense"}) is (
-        tracing.OFF
-    )
+    assert tracing_config.from_env(
+        {"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "nonsense"}
+    ) is (OFF)
     disabled = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}
-    assert tracing.from_env(disabled) is tracing.OFF
+    assert tracing_config.from_env(disabled) is OFF
 
 
 def test_a_broken_endpoint_stops_the_server_at_start_up():

@@ -27,7 +27,7 @@ from clipserve.metrics import Metrics
 from clipserve.models import ModelLoadError, add_model_configs, parse_spec
 from clipserve.settings import Settings
 from clipserve.tracing import Tracing
-from clipserve.tracing import from_env as tracing_from_env
+from clipserve.tracing_config import from_env as tracing_from_env
 
 log = logging.getLogger(__name__)
 
