@@ -9,6 +9,8 @@ app's own, not the global one: nothing else in the process traces through it.
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -27,6 +29,10 @@ from clipserve import __version__
 from clipserve.tracing import RequestSpan, Traced, Tracing
 
 Headers = Iterable[tuple[bytes, bytes]]
+# Longest the last export may hold up the exit: an unreachable collector (the exporter retries
+# for up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) must not eat a pod's termination grace period.
+SHUTDOWN_S = 3.0
+log = logging.getLogger(__name__)
 
 
 class _AsgiHeaders(Getter[Headers]):
@@ -130,4 +136,11 @@ class OtelTracing(Tracing):
             yield
 
     def shutdown(self) -> None:
-        self._provider.shutdown()
+        # The SDK's export thread is a daemon: giving up here does not keep the process alive.
+        last = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
+        last.start()
+        last.join(SHUTDOWN_S)
+        if last.is_alive():
+            log.warning(
+                "tracing: the last spans were not exported within %g s; exiting", SHUTDOWN_S
+            )
