@@ -39,6 +39,7 @@ from clipserve.schemas import (
 from clipserve.settings import Settings
 from clipserve.sources.byte_budget import ByteBudget
 from clipserve.sources.fetch import FetchPolicy, ImageFetcher
+from clipserve.tracing import OFF, Tracing
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,17 @@ class Classified:
 class Engine:
     """Owns models, batchers, the preprocessing pool and the image fetcher."""
 
-    def __init__(self, settings: Settings, specs: list[ModelSpec], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ModelSpec],
+        metrics: Metrics,
+        tracing: Tracing = OFF,
+    ) -> None:
         self.settings = settings
         self.specs = specs
         self.metrics = metrics
+        self.tracing = tracing
         self.models: dict[str, ClipModel] = {}
         self.batchers: dict[str, ModelBatcher] = {}
         self.loaded_at: dict[str, int] = {}  # spec -> Unix time it became ready
@@ -94,6 +102,7 @@ class Engine:
                 allow=settings.fetch_allow,
             ),
             budget=ByteBudget(settings.fetch_buffer_bytes),
+            tracing=tracing,
         )
         self._decoder = InputDecoder(
             fetcher=self._fetcher,
@@ -105,6 +114,7 @@ class Engine:
             cache=self.cache,
             metrics=metrics,
             fetches_per_request=settings.fetch_concurrency,
+            tracing=tracing,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -117,7 +127,7 @@ class Engine:
 
     def load(self) -> None:
         """Load and warm every model, then start its batcher (blocking; run in a thread)."""
-        startup.load_all(self.settings, self.specs, self.metrics, self._serve)
+        startup.load_all(self.settings, self.specs, self.metrics, self._serve, self.tracing)
 
     def _serve(self, name: str, model: ClipModel, batcher: ModelBatcher) -> None:
         """Take a loaded model and its started batcher into service (in the loader thread)."""
