@@ -119,9 +119,17 @@ class ClipModel:
         as one row of `tokenize`; ValueError if this model's tokenizer cannot take ids."""
         tok = self._clip_bpe("token ids cannot be taken; send text")
         vocab = min(tok.vocab_size, self.vocab_size)
-        bad = next((i for i in ids if not 0 <= i < vocab), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} is not in the vocabulary (0 to {vocab - 1})")
+        if (negative := next((i for i in ids if i < 0), None)) is not None:
+            raise ValueError(f"token id {negative} is negative; ids are 0 to {vocab - 1}")
+        if (foreign := next((i for i in ids if i >= vocab), None)) is not None:
+            # OpenAI clients tokenize with tiktoken (ids up to ~200,000) before sending: such
+            # ids, embedded as CLIP's, would give vectors of some other text, silently.
+            raise ValueError(
+                f"token id {foreign} is beyond this model's vocabulary (0 to {vocab - 1}): these "
+                "look like another tokenizer's ids (e.g. tiktoken's, which LangChain's "
+                "OpenAIEmbeddings sends by default), not CLIP's. Send the texts as strings "
+                "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
+            )
         row = torch.zeros(self.context_length, dtype=torch.long)
         tokens = [tok.sot_token_id, *ids[: self.context_length - 2], tok.eot_token_id]
         row[: len(tokens)] = torch.tensor(tokens)
