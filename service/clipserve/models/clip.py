@@ -11,6 +11,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from clipserve.models.recipe import Preprocessing, TokenizerInfo
+from clipserve.models.space import Space
 from clipserve.models.spec import ModelSpec
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -76,6 +77,7 @@ class ClipModel:
     logit_bias: float | None  # set for sigmoid-trained models (SigLIP)
     embed_dim: int
     quick_gelu: bool
+    space: Space  # the weights, preprocessing and tokenizer its vectors come from
     # uint8 pixels -> normalized input in one multiply-add: (x/255 - mean)/std = x*scale - shift
     _scale: torch.Tensor = field(repr=False)
     _shift: torch.Tensor = field(repr=False)
@@ -254,6 +256,7 @@ class ClipModel:
             "dtype": self.precision,
             "dtype_reason": self.dtype_reason,
             "compiled": self.compiled,
+            "space": self.space.info(),
         }
 
 
