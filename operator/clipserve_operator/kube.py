@@ -122,6 +122,13 @@ class KubeClient:
             return ""  # a pod not started or gone, a kubelet out of reach: no progress to show
         return resp.text if resp.status_code == 200 else ""
 
+    async def log_head(self, namespace: str, pod: str, container: str, limit: int) -> str:
+        """The first `limit` bytes of a container's log; "" when it has none (a pod gone).
+        ApiError when it cannot be read now (a kubelet out of reach, no RBAC)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        resp = await self._send("GET", path, params={"container": container, "limitBytes": limit})
+        return resp.text if resp.status_code == 200 else ""
+
     async def _send(
         self,
         method: str,

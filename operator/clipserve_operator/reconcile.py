@@ -37,6 +37,7 @@ from .render import (
     render_state,
 )
 from .settings import Settings
+from .spaces import read_spaces
 from .status import Observed, compute_status, degraded_status, transitions
 from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
 from .values_policy import check_values
@@ -79,6 +80,9 @@ class Context:
     # Reconcile a ClipService again after a delay (the work queue's `later`), while prefetch
     # Jobs run: their progress is in a log, which sends no event.
     requeue: Callable[[str, str, float], None] | None = None
+    # Each ClipService's server pods' embedding spaces by pod uid (spaces.py), so a pod's log
+    # is read once; holds only the pods of its last pass.
+    spaces: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 def deployment_name(name: str, slot: str) -> str:
@@ -269,8 +273,11 @@ async def _report(
     no API, only Degraded is updated)."""
     meta, before = owner["metadata"], owner.get("status") or {}
     namespace, name, now = meta["namespace"], meta["name"], _now()
+    known = ctx.spaces.get((namespace, name), {})
+    spaces = await read_spaces(ctx.client, namespace, children.pods, SLOT_LABEL, known)
+    ctx.spaces[(namespace, name)] = spaces
     try:
-        observed = _observe(owner, state, children)
+        observed = replace(_observe(owner, state, children), spaces=spaces)
     except Exception as exc:
         failure = failure or _reportable(exc, ctx.settings.retry_delay_s)
         status = degraded_status(before, failure.reason, str(failure), meta["generation"], now)
@@ -313,6 +320,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     # last, and a copy behind that write would promote a finished swap again.
     owner = await ctx.client.get(API_VERSION, KIND, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
+        ctx.spaces.pop((namespace, name), None)
         return  # the garbage collector removes the children
     # One view of the children for the whole pass; any change after this moment triggers
     # another pass (handlers.py), which sees it.

@@ -18,6 +18,7 @@ import open_clip
 import pytest
 import torch
 from clipserve.models.space import file_sha256, hub_revision
+from clipserve_operator.spaces import reported_space
 from safetensors.torch import save_file
 
 from tests.support.server import MODEL_CONFIGS, TINY, Server, start_server
@@ -130,6 +131,14 @@ def test_other_preprocessing_of_the_same_weights_is_another_space(first: Server,
     half, zero = shown[specs(files)[3]], shown[specs(files)[4]]
     assert half["weights"] == zero["weights"]
     assert half["digest"] != zero["digest"]
+
+
+def test_the_start_up_line_the_operator_reads_names_each_models_space(first: Server, files):
+    """The operator's SPACE column parses this line (a pod there serves one model: the first)."""
+    shown = spaces(first)
+    for spec in specs(files):
+        assert f"{spec}: embedding space {shown[spec]['digest']} (weights " in first.log()
+    assert reported_space(first.log()) == shown[specs(files)[0]]["digest"]
 
 
 def test_a_changed_checkpoint_under_the_same_name_is_another_space(first: Server, files):

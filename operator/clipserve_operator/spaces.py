@@ -1,0 +1,82 @@
+"""Which embedding space each slot serves: the digest its server pods logged at start-up.
+
+A server knows its space (X-Clip-Space: the weights' sha256, preprocessing, tokenizer) only
+once it has loaded its weights, which it may have downloaded itself, so no init container can
+report it the way `device` is reported (status.device). It logs one line then
+(`<spec>: embedding space sha256:<hex> (weights ...)`, models/load.py); the operator reads the
+head of each ready server pod's log once, through the `pods/log` it already holds for prefetch
+progress, and keeps the answer by pod uid. No API token in the pods, no network path from the
+operator to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+
+from .constants import Obj
+from .errors import ApiError
+from .kube import KubeClient
+
+logger = logging.getLogger("clipserve_operator")
+SERVER_CONTAINER = "clipserve"  # the chart's server container (server-deployment.yaml)
+# The line comes right after the model loads, before the pod is ready: well inside this.
+HEAD_BYTES = 64 * 1024
+_SPACE_LINE = re.compile(r": embedding space ((?:sha256|random):[0-9a-f]{64}) ")
+
+
+def reported_space(log_head: str) -> str:
+    """The digest a server logged for its model, or "" (not in this part of the log)."""
+    found = _SPACE_LINE.search(log_head)
+    return found.group(1) if found else ""
+
+
+def _live(pod: Obj) -> bool:
+    return not pod.get("metadata", {}).get("deletionTimestamp")
+
+
+def _ready(pod: Obj) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def slot_space(pods: Iterable[Obj], spaces: Mapping[str, str], slot_label: str, slot: str) -> str:
+    """The space the slot's pods reported ("" until one has; comma-joined when they differ,
+    as while a rolling swap replaces them)."""
+    found = {
+        spaces.get(str(pod["metadata"].get("uid", "")), "")
+        for pod in pods
+        if (pod["metadata"].get("labels") or {}).get(slot_label) == slot and _live(pod)
+    }
+    return ",".join(sorted(found - {""}))
+
+
+async def read_spaces(
+    client: KubeClient,
+    namespace: str,
+    pods: Iterable[Obj],
+    slot_label: str,
+    known: Mapping[str, str],
+) -> dict[str, str]:
+    """The space of every live server pod, by uid: `known` ones as they were, ready ones not
+    known yet from the head of their log (once: a line not found stays ""). A log that cannot
+    be read now (a kubelet out of reach, no `pods/log`) is tried again on the next pass."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        meta = pod["metadata"]
+        uid = str(meta.get("uid", ""))
+        if not (meta.get("labels") or {}).get(slot_label) or not _live(pod):
+            continue
+        if uid in known:
+            out[uid] = known[uid]
+        elif _ready(pod):
+            try:
+                head = await client.log_head(namespace, meta["name"], SERVER_CONTAINER, HEAD_BYTES)
+            except ApiError as exc:
+                logger.warning(
+                    "%s/%s: its embedding space is unknown: %s", namespace, meta["name"], exc
+                )
+                continue
+            out[uid] = reported_space(head)
+    return out
