@@ -17,7 +17,8 @@ import httpx
 import open_clip
 import pytest
 import torch
-from clipserve.models.space import file_sha256, hub_revision
+from clipserve.models.recipe import TokenizerInfo
+from clipserve.models.space import file_sha256, hub_revision, tokenizer_identity
 from clipserve_operator.spaces import reported_space
 from safetensors.torch import save_file
 
@@ -172,3 +173,17 @@ def test_a_hub_blob_is_known_by_its_name_and_its_snapshot_by_its_commit(tmp_path
     loose.write_bytes(b"weights")
     assert file_sha256(loose) == hashlib.sha256(b"weights").hexdigest()
     assert hub_revision(loose) is None
+
+
+def test_a_tokenizer_in_a_folder_is_known_by_its_vocabulary_not_its_path(tmp_path: Path):
+    """Two caches holding the same tokenizer files are one tokenizer; other files are not."""
+    ids = []
+    for name, vocab in (("one", b'{"a": 0}'), ("two", b'{"a": 0}'), ("other", b'{"b": 0}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_bytes(vocab)
+        info = TokenizerInfo("huggingface", str(tmp_path / name), 64, 0)
+        ids.append(tokenizer_identity(info))
+    assert ids[0] == ids[1] != ids[2]
+    assert ids[0]["name"] == "sha256:" + hashlib.sha256(b'{"a": 0}').hexdigest()
+    hub = TokenizerInfo("huggingface", "timm/ViT-B-16-SigLIP", 64, 1)
+    assert tokenizer_identity(hub)["name"] == "timm/ViT-B-16-SigLIP"  # a repo: by its name
