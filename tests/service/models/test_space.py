@@ -112,6 +112,13 @@ def test_every_embedding_response_carries_the_space_models_shows(first: Server, 
         timeout=60,
     )
     assert r.headers["x-clip-space"] == shown[TINY]["digest"]
+    cohere = httpx.post(
+        f"{first.url}/v2/embed",
+        json={"model": TINY, "texts": ["a"], "input_type": "search_document"},
+        timeout=60,
+    )
+    assert cohere.status_code == 200, cohere.text
+    assert cohere.headers["x-clip-space"] == shown[TINY]["digest"]
 
 
 def test_the_same_checkpoint_bytes_at_two_paths_are_one_space(first: Server, files):
