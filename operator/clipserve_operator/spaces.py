@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from .constants import Obj
 from .errors import ApiError
@@ -23,6 +24,8 @@ logger = logging.getLogger("clipserve_operator")
 SERVER_CONTAINER = "clipserve"  # the chart's server container (server-deployment.yaml)
 # The line comes right after the model loads, before the pod is ready: well inside this.
 HEAD_BYTES = 64 * 1024
+READ_TIMEOUT_S = 5.0  # a log read holds up its ClipService's reconcile
+RETRY_S = 300.0  # after a log could not be read
 _SPACE_LINE = re.compile(r": embedding space ((?:sha256|random):[0-9a-f]{64}) ")
 
 
@@ -52,31 +55,55 @@ def slot_space(pods: Iterable[Obj], spaces: Mapping[str, str], slot_label: str, 
     return ",".join(sorted(found - {""}))
 
 
+@dataclass
+class Readings:
+    """One ClipService's reads so far: each server pod's space by uid, and when a pod's log
+    last could not be read (monotonic seconds). Holds only the pods of its last pass."""
+
+    spaces: dict[str, str] = field(default_factory=dict)
+    failed_at: dict[str, float] = field(default_factory=dict)
+
+
 async def read_spaces(
     client: KubeClient,
     namespace: str,
     pods: Iterable[Obj],
     slot_label: str,
-    known: Mapping[str, str],
-) -> dict[str, str]:
-    """The space of every live server pod, by uid: `known` ones as they were, ready ones not
-    known yet from the head of their log (once: a line not found stays ""). A log that cannot
-    be read now (a kubelet out of reach, no `pods/log`) is tried again on the next pass."""
-    out: dict[str, str] = {}
+    before: Readings,
+    now: float,
+) -> Readings:
+    """The space of every live server pod: known ones as they were, ready ones not known yet
+    from the head of their log (once: a line not found stays ""). A log that could not be read
+    (a kubelet out of reach, no `pods/log`) is tried again RETRY_S later, not on every pass:
+    each try can cost a reconcile up to READ_TIMEOUT_S."""
+    out = Readings()
     for pod in pods:
         meta = pod["metadata"]
         uid = str(meta.get("uid", ""))
         if not (meta.get("labels") or {}).get(slot_label) or not _live(pod):
             continue
-        if uid in known:
-            out[uid] = known[uid]
-        elif _ready(pod):
-            try:
-                head = await client.log_head(namespace, meta["name"], SERVER_CONTAINER, HEAD_BYTES)
-            except ApiError as exc:
+        if uid in before.spaces:
+            out.spaces[uid] = before.spaces[uid]
+            continue
+        failed = before.failed_at.get(uid)
+        if failed is not None and now - failed < RETRY_S:
+            out.failed_at[uid] = failed
+            continue
+        if not _ready(pod):
+            continue
+        try:
+            head = await client.log_head(
+                namespace, meta["name"], SERVER_CONTAINER, HEAD_BYTES, READ_TIMEOUT_S
+            )
+        except ApiError as exc:
+            if failed is None:  # said once per pod, not every RETRY_S
                 logger.warning(
-                    "%s/%s: its embedding space is unknown: %s", namespace, meta["name"], exc
+                    "%s/%s: its embedding space is unknown for now: %s",
+                    namespace,
+                    meta["name"],
+                    exc,
                 )
-                continue
-            out[uid] = reported_space(head)
+            out.failed_at[uid] = now
+            continue
+        out.spaces[uid] = reported_space(head)
     return out

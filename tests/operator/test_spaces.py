@@ -16,7 +16,9 @@ from clipserve_operator.constants import SLOT_LABEL
 from clipserve_operator.kube import KubeClient
 from clipserve_operator.spaces import (
     HEAD_BYTES,
+    RETRY_S,
     SERVER_CONTAINER,
+    Readings,
     read_spaces,
     reported_space,
     slot_space,
@@ -106,7 +108,7 @@ async def _log_server(asked: list[dict[str, str]]) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
-def test_each_ready_server_pod_is_read_once_and_an_unreadable_one_on_the_next_pass() -> None:
+def test_each_ready_server_pod_is_read_once_and_an_unreadable_one_after_a_while() -> None:
     pods = [
         _pod("a", "blue"),
         _pod("b", "blue"),  # its log cannot be read now
@@ -115,23 +117,38 @@ def test_each_ready_server_pod_is_read_once_and_an_unreadable_one_on_the_next_pa
         _pod("e", "blue", gone=True),
     ]
 
-    async def scenario() -> tuple[list[dict[str, str]], dict[str, str], dict[str, str]]:
+    async def scenario() -> tuple[list[dict[str, str]], list[Readings]]:
         asked: list[dict[str, str]] = []
         runner, server = await _log_server(asked)
         client = KubeClient(lambda: kopf.ConnectionInfo(server=server, token="t"))
+        reads = [Readings()]
         try:
-            first = await read_spaces(client, "ns", pods, SLOT_LABEL, {})
-            second = await read_spaces(client, "ns", pods, SLOT_LABEL, first)
+            for now in (100.0, 101.0, 100.0 + RETRY_S):  # a pass, the next, one RETRY_S later
+                reads.append(await read_spaces(client, "ns", pods, SLOT_LABEL, reads[-1], now))
         finally:
             await client.close()
             await runner.cleanup()
-        return asked, first, second
+        return asked, reads[1:]
 
-    asked, first, second = asyncio.run(scenario())
-    assert first == second == {"a": SPACE_A}
+    asked, (first, second, later) = asyncio.run(scenario())
+    assert first.spaces == second.spaces == later.spaces == {"a": SPACE_A}
+    assert first.failed_at == second.failed_at == {"b": 100.0} and later.failed_at == {"b": 400.0}
     assert [q["pod"] for q in asked] == ["pod-a", "pod-b", "pod-b"]
     assert asked[0] == {
         "pod": "pod-a",
         "container": SERVER_CONTAINER,
         "limitBytes": str(HEAD_BYTES),
     }
+
+
+def test_pods_gone_are_forgotten() -> None:
+    before = Readings(spaces={"a": SPACE_A, "old": SPACE_B}, failed_at={"older": 1.0})
+
+    async def scenario() -> Readings:
+        client = KubeClient(lambda: kopf.ConnectionInfo(server="http://127.0.0.1:9", token="t"))
+        try:  # nothing is read: "a" is known
+            return await read_spaces(client, "ns", [_pod("a", "blue")], SLOT_LABEL, before, 2.0)
+        finally:
+            await client.close()
+
+    assert asyncio.run(scenario()) == Readings(spaces={"a": SPACE_A})
