@@ -90,15 +90,23 @@ def spaces(server: Server) -> dict[str, dict]:
 
 
 def header(server: Server, model: str) -> tuple[str, str]:
-    """(X-Clip-Model, X-Clip-Space) of an /encode and a /v1/embeddings, which must agree."""
+    """(X-Clip-Model, X-Clip-Space) of an /encode, a /v1/embeddings and a .npy /encode, which
+    must agree."""
     encode = httpx.post(
         f"{server.url}/encode", json={"items": [{"text": "a dog"}], "model": model}, timeout=60
     )
     openai = httpx.post(
         f"{server.url}/v1/embeddings", json={"input": "a dog", "model": model}, timeout=60
     )
-    assert encode.status_code == openai.status_code == 200, (encode.text, openai.text)
+    npy = httpx.post(
+        f"{server.url}/encode",
+        json={"items": [{"text": "a dog"}], "model": model},
+        headers={"Accept": "application/x-npy"},
+        timeout=60,
+    )
+    assert encode.status_code == openai.status_code == npy.status_code == 200, (encode, openai)
     assert encode.headers["x-clip-space"] == openai.headers["x-clip-space"]
+    assert npy.headers["x-clip-space"] == encode.headers["x-clip-space"]
     return encode.headers["x-clip-model"], encode.headers["x-clip-space"]
 
 
