@@ -14,7 +14,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The CRD's schema revision, bumped with every change of its schema or columns: helm never
 # upgrades a CRD, so the operator checks at start-up that the installed one is the one it writes.
 CRD_REVISION_ANNOTATION = f"{GROUP}/crd-revision"
-CRD_REVISION = "5"
+CRD_REVISION = "6"
 
 # Server-side apply field manager, and the app.kubernetes.io/managed-by value on every child.
 FIELD_MANAGER = "clipserve-operator"

@@ -169,6 +169,25 @@ class TokenizerInfo(Base):
     context_length: int
 
 
+class SpaceInfo(Base):
+    """The embedding space: vectors with equal digests can be compared (the X-Clip-Space
+    header of every embedding response)."""
+
+    digest: Annotated[
+        str,
+        msgspec.Meta(
+            description="sha256 over the architecture's config, QuickGELU, the weights' content, "
+            "the preprocessing and the tokenizer; `random:...` for random weights"
+        ),
+    ]
+    weights: Annotated[
+        str, msgspec.Meta(description="sha256:<hex> of the weights file, or `random (seed 0)`")
+    ]
+    revision: Annotated[
+        str | None, msgspec.Meta(description="the hub commit the weights came from, if any")
+    ]
+
+
 class ModelInfo(Base):
     spec: str
     architecture: str
@@ -205,6 +224,7 @@ class ModelInfo(Base):
         ),
     ]
     compiled: str
+    space: SpaceInfo
     batching: BatchingInfo
     default: bool = False
 

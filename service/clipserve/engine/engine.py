@@ -34,6 +34,7 @@ from clipserve.schemas import (
     ModelInfo,
     ModelsResponse,
     PreprocessInfo,
+    SpaceInfo,
     TokenizerInfo,
 )
 from clipserve.settings import Settings
@@ -260,6 +261,10 @@ class Engine:
         """The spec of the model a request names; UnknownModel (404) if none matches."""
         return self._model(name).spec.raw
 
+    def space(self, spec: str) -> str:
+        """The embedding-space digest of the served model `spec` (X-Clip-Space)."""
+        return self.models[spec].space.digest
+
     def gpu_memory(self) -> dict[str, int]:
         """Bytes torch has allocated on each CUDA device a model runs on."""
         return {
@@ -343,4 +348,5 @@ def _model_info(model: ClipModel) -> dict[str, Any]:
         **info,
         "preprocess": PreprocessInfo(**info["preprocess"]),
         "tokenizer": TokenizerInfo(**info["tokenizer"]),
+        "space": SpaceInfo(**info["space"]),
     }

@@ -30,7 +30,7 @@ from litestar.openapi.spec import OpenAPIResponse, Operation, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 
 from clipserve.errors import ClipServeError
-from clipserve.http.middleware import MODEL_HEADER
+from clipserve.http.middleware import MODEL_HEADER, SPACE_HEADER
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -133,10 +133,11 @@ def raw_rows(rows: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in little]
 
 
-def embedding_headers(model: str, kind: str, rows: np.ndarray) -> dict[str, str]:
+def embedding_headers(model: str, space: str, kind: str, rows: np.ndarray) -> dict[str, str]:
     """The headers every embeddings response carries, whatever its media type."""
     return {
         MODEL_HEADER: model,
+        SPACE_HEADER: space,
         TYPE_HEADER: kind,
         SHAPE_HEADER: ",".join(str(n) for n in rows.shape),
         "Vary": "Accept",
@@ -156,7 +157,7 @@ def binary_response(
 _NPY_DOC = (
     "One array of shape (n, d) in NumPy's .npy format, C order, dtype by embedding_type: "
     "<f4 (float), <f2 (float16), i1 (int8, binary), u1 (uint8, ubinary; binary types have "
-    f"d / 8 columns of packed sign bits). Headers: {MODEL_HEADER}, {TYPE_HEADER}, "
+    f"d / 8 columns of packed sign bits). Headers: {MODEL_HEADER}, {SPACE_HEADER}, {TYPE_HEADER}, "
     f"{SHAPE_HEADER} (rows,columns); on /v1/embeddings also {PROMPT_TOKENS_HEADER} and "
     f"{TOTAL_TOKENS_HEADER} (the JSON's usage)"
 )

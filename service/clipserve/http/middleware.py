@@ -32,6 +32,8 @@ from clipserve.metrics import Metrics
 from clipserve.tracing import Tracing
 
 MODEL_HEADER = "X-Clip-Model"
+# The digest of the embedding space (models/space.py) beside it, on responses made by a model.
+SPACE_HEADER = "X-Clip-Space"
 _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 # Route opt (litestar's own key): served without an API key (the pages, which ask for the key
 # themselves).

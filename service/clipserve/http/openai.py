@@ -42,7 +42,8 @@ async def embeddings(engine: Engine, request: EmbeddingsRequest, media_type: str
     check_dimensions(request.dimensions, out.model, out.vectors.shape[1])
     rows = embedding_types.convert(out.vectors.numpy(), request.embedding_type, "embedding_type")
     usage = Usage(prompt_tokens=out.tokens, total_tokens=out.tokens)
-    headers = media.embedding_headers(out.model, request.embedding_type, rows) | {
+    space = engine.space(out.model)
+    headers = media.embedding_headers(out.model, space, request.embedding_type, rows) | {
         media.PROMPT_TOKENS_HEADER: str(usage.prompt_tokens),
         media.TOTAL_TOKENS_HEADER: str(usage.total_tokens),
     }

@@ -25,7 +25,7 @@ from clipserve.http.cohere_schemas import EmbedResponse as CohereEmbedResponse
 from clipserve.http.cohere_schemas import RerankRequest as CohereRerankRequest
 from clipserve.http.cohere_schemas import RerankResponse as CohereRerankResponse
 from clipserve.http.lifecycle import Lifecycle
-from clipserve.http.middleware import MODEL_HEADER
+from clipserve.http.middleware import MODEL_HEADER, SPACE_HEADER
 from clipserve.metrics import Metrics
 from clipserve.schemas import (
     ClassifyRequest,
@@ -84,9 +84,9 @@ def _cohere_errors(*codes: int) -> dict[int, ResponseSpec]:
     }
 
 
-def _from(model: str, content: object) -> Response:
-    """A response that names the model which produced it."""
-    return Response(content, headers={MODEL_HEADER: model})
+def _from(engine: Engine, model: str, content: object) -> Response:
+    """A response that names the model which produced it and that model's embedding space."""
+    return Response(content, headers={MODEL_HEADER: model, SPACE_HEADER: engine.space(model)})
 
 
 @post(
@@ -107,7 +107,8 @@ async def encode(
     normalize = embedding_types.normalize_for(opts.embedding_type, opts.normalize)
     out = await engine.encode(opts.items, model=opts.model, normalize=normalize, where="items")
     rows = embedding_types.convert(out.vectors.numpy(), opts.embedding_type, "embedding_type")
-    headers = media.embedding_headers(out.model, opts.embedding_type, rows)
+    space = engine.space(out.model)
+    headers = media.embedding_headers(out.model, space, opts.embedding_type, rows)
     if media_type == media.JSON:
         base64 = opts.encoding == "base64"
         return Response[Any](embedding_types.serialized(rows, base64=base64), headers=headers)
@@ -123,6 +124,7 @@ async def rank(
     scores (sigmoid per pair for SigLIP-style models; see `objective`)."""
     out = await engine.rank(data.queries, data.candidates, model=data.model)
     return _from(
+        engine,
         out.model,
         RankResponse(
             probabilities=out.probabilities.tolist(),
@@ -141,6 +143,7 @@ async def classify(
     (softmax over the labels for CLIP, sigmoid per label for SigLIP), most likely first."""
     out = await engine.classify(data.images, data.labels, data.templates, model=data.model)
     return _from(
+        engine,
         out.model,
         ClassifyResponse(predictions=out.predictions, objective=out.objective),  # type: ignore[arg-type]
     )
@@ -248,7 +251,7 @@ async def cohere_embed(
 ) -> Response[CohereEmbedResponse]:
     """Cohere's v2 embed: `texts`, `images` or `inputs`, several `embedding_types` at once,
     `truncate`; L2-normalized (see the README, "Cohere clients")."""
-    return _from(*await cohere_compat.embed(engine, data))
+    return _from(engine, *await cohere_compat.embed(engine, data))
 
 
 @post(
@@ -262,7 +265,7 @@ async def cohere_rerank(
 ) -> Response[CohereRerankResponse]:
     """Cohere's v2 rerank: each document's `relevance_score` is the model's own score for the
     query (as /rank's `scores`), best first, `top_n` of them."""
-    return _from(*await cohere_compat.rerank(engine, data))
+    return _from(engine, *await cohere_compat.rerank(engine, data))
 
 
 # OpenAI's surface, under the prefix by which every error below it takes OpenAI's shape.
