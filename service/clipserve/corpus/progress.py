@@ -22,7 +22,7 @@ class Progress:
 
     @property
     def seconds(self) -> float:
-        """Since the first item could start."""
+        """Since this Progress was made (after the model loaded)."""
         return time.monotonic() - self._start
 
     @property
@@ -38,10 +38,6 @@ class Progress:
             return
         self._lines.write(json.dumps({"event": name, **fields}) + "\n")
         self._lines.flush()
-
-    def restart_clock(self) -> None:
-        """Rates count from here (after the model loaded)."""
-        self._start = time.monotonic()
 
     def item(self, failed: bool) -> None:
         """One more item done."""
