@@ -67,9 +67,10 @@ def parse_slice(flag: str | None, environ: dict[str, str] | os._Environ[str]) ->
 
 def open_corpus(store: Store, args: argparse.Namespace) -> Corpus:
     """What INPUT is: a folder of images or of .tar files, a .tar, or a list file."""
-    if store.kind().name == "NotFound":
+    kind = store.kind().name
+    if kind == "NotFound":
         raise Unreadable(f"{store.url}: no such file, folder or bucket prefix")
-    if store.kind().name == "Directory":
+    if kind == "Directory":
         files = store.files()
         tars = [f for f in files if extension(f) == "tar"]
         return webdataset(store, tars) if tars else folder_of_images(store, args.shard_size)
