@@ -54,6 +54,20 @@ def ceiling(bare: object, batch: int, workers: int) -> dict[str, float]:
     return best
 
 
+def cpu_per_item(bare: object, batch: int, workers: int, rounds: int = 3) -> float:
+    """CPU seconds (every thread) per image of the bare model's passes in the server's CPU
+    layout (`workers` single-threaded passes at once): on a shared machine CPU time per item
+    moves far less than items/s, which other work's share of the cores decides."""
+    import torch
+
+    fn = bare.forward("image", batch)  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(workers, initializer=lambda: torch.set_num_threads(1)) as pool:
+        list(pool.map(lambda _: fn(), range(workers)))  # warm-up
+        start = time.process_time()
+        list(pool.map(lambda _: fn(), range(workers * rounds)))
+        return (time.process_time() - start) / (workers * rounds * batch)
+
+
 def decode_rate(files: list[Path], geometry: object, threads: int) -> float:
     """Images/s of the server's decode + resize alone, on `threads` threads."""
     from clipserve.models.images import ImageLimits, prepare_image
@@ -139,12 +153,19 @@ def main() -> int:
         print(
             f"ceiling before: {before['sustained']:.1f} img/s sustained, {before['peak']:.1f} peak"
         )
+        bare_cpu = cpu_per_item(bare, batch, workers)
+        print(f"bare model: {1000 * bare_cpu:.1f} CPU-ms per image ({workers}x1 layout)")
         del bare  # the embed process gets the machine to itself
         done, wall = run_embed(folder, work / "out", args.model, args.dtype)
         print(
             f"clipserve embed: {done['items_per_s']:.1f} img/s after load "
             f"({done['items']} items, {done['failed']} failed); {wall:.1f} s wall, "
             f"{args.images / wall:.1f} img/s counting start-up"
+        )
+        embed_cpu = done["cpu_seconds"] / done["items"]
+        print(
+            f"clipserve embed: {1000 * embed_cpu:.1f} CPU-ms per image; bare / embed CPU per "
+            f"image: {bare_cpu / embed_cpu:.3f} (the share of embed's CPU in forward passes)"
         )
         bare = BareModel(args.model, dtype=args.dtype, max_batch=128)
         after = ceiling(bare, batch, workers)

@@ -19,11 +19,17 @@ class Progress:
         self._bar = sys.stderr.isatty() if bar is None else bar
         self._lines: IO[str] = sys.stdout
         self._start = self._drawn = time.monotonic()
+        self._cpu_start = time.process_time()
 
     @property
     def seconds(self) -> float:
         """Since this Progress was made (after the model loaded)."""
         return time.monotonic() - self._start
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (every thread) since this Progress was made."""
+        return time.process_time() - self._cpu_start
 
     @property
     def rate(self) -> float:

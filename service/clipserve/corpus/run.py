@@ -205,6 +205,7 @@ def _run(
         items=progress.items,
         failed=progress.failed,
         seconds=round(progress.seconds, 2),
+        cpu_seconds=round(progress.cpu_seconds, 2),
         items_per_s=round(progress.rate, 1),
     )
     return 0
