@@ -108,15 +108,19 @@ generate: dev ## rewrite every generated file from its source (scripts/generate/
 verify-generated: dev ## fail naming each generated file that is stale (make lint runs this)
 	$(PY) -m scripts.generate --check
 
+# METRICS=1: also the autoscaling metrics pipeline (Prometheus, prometheus-adapter, KEDA).
+METRICS ?=
+
 .PHONY: cluster
-cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node running the images (prints KUBECONFIG)
+cluster: dev ## start the local cluster: kwok GPU/CPU pools + a real node running the images, METRICS=1 adds Prometheus, prometheus-adapter, KEDA (prints KUBECONFIG)
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
 	bash scripts/build-netpol.sh
-	$(PY) -m tests.support.cluster up
+	$(if $(METRICS),bash scripts/build-metrics.sh)
+	$(PY) -m tests.support.cluster up $(if $(METRICS),--metrics)
 
 .PHONY: cluster-down
-cluster-down: ## stop the local cluster (the real node first, restoring the machine)
+cluster-down: ## stop the local cluster (Prometheus, then the real node, restoring the machine)
 	$(PY) -m tests.support.cluster down
 
 $(VENV)/.bench: service/pyproject.toml service/requirements.lock

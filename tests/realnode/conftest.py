@@ -18,7 +18,7 @@ from tests.support.cluster.harness import REPO, Cluster
 from tests.support.cluster.node_config import POOL_LABEL, TOLERATION
 from tests.support.cluster.node_images import import_chart_images
 from tests.support.cluster.node_join import joined
-from tests.support.cluster.realnode import RealNode
+from tests.support.cluster.realnode import RealNode, cache_root
 from tests.support.rendering import Helm
 
 OPERATOR_NS = "clipserve-real"
@@ -127,10 +127,11 @@ MEASURED = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture
-def measure(request: pytest.FixtureRequest, real_node: RealNode) -> Callable[[str, float], None]:
-    """Record a duration measured on the real node: shown after the run, kept in its folder."""
+def measure(request: pytest.FixtureRequest) -> Callable[[str, float], None]:
+    """Record a duration measured on the real node: shown after the run, kept in its folder
+    (not a fixture of the node: the walkthrough's node is started by `make cluster`)."""
     lines = request.config.stash.setdefault(MEASURED, [])
-    log = real_node.dirs.run.parent / "measurements.jsonl"
+    log = cache_root() / "measurements.jsonl"
 
     def record(what: str, seconds: float) -> None:
         lines.append(f"{what}: {seconds:.1f} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,13 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    result = run_bench(cfg)
+    try:
+        result = run_bench(cfg)
+    except KeyboardInterrupt:
+        # A load left running by hand (say, while watching a cluster scale) ends with Ctrl-C:
+        # say so in one line, not a traceback. A cut run's numbers would mislead: none are shown.
+        print("clipserve bench: interrupted; no results", file=sys.stderr)
+        return 130
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -163,8 +163,11 @@ def apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifest)
 
 
-def start_prometheus(cluster: Cluster, binary: Path, workdir: Path) -> Prometheus:
-    """Prometheus on the node IP, discovering pods through the API server; reachable in-cluster."""
+def start_prometheus(
+    cluster: Cluster, binary: Path, workdir: Path, *, tie_to_parent: bool = True
+) -> Prometheus:
+    """Prometheus on the node IP, discovering pods through the API server; reachable in-cluster
+    (`tie_to_parent=False`: it outlives this process, as for `make cluster METRICS=1`)."""
     keys = pki.Pki(cluster.state_dir / "pki")
     pki.issue(keys, "prometheus", PROMETHEUS_USER)
     apply(cluster, _prometheus_rbac())
@@ -180,7 +183,7 @@ def start_prometheus(cluster: Cluster, binary: Path, workdir: Path) -> Prometheu
         "--storage.tsdb.retention.time=2h",
     ]
     prom = Prometheus(
-        f"http://{NODE_IP}:{port}", spawn("prometheus", argv, workdir, tie_to_parent=True)
+        f"http://{NODE_IP}:{port}", spawn("prometheus", argv, workdir, tie_to_parent=tie_to_parent)
     )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not _ready(prom.url):
