@@ -55,7 +55,11 @@ def test_the_job_is_indexed_over_the_slots_own_pod_running_clipserve_embed(helm_
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert job["metadata"]["ownerReferences"][0]["kind"] == "ClipJob"
     spec_ = job["spec"]
-    assert (spec_["completionMode"], spec_["completions"], spec_["parallelism"]) == ("Indexed", 2, 2)
+    assert (spec_["completionMode"], spec_["completions"], spec_["parallelism"]) == (
+        "Indexed",
+        2,
+        2,
+    )
     assert spec_["backoffLimitPerIndex"] == 3
     assert spec_["podFailurePolicy"]["rules"][0]["action"] == "Ignore"
     pod = spec_["template"]["spec"]
@@ -75,8 +79,14 @@ def test_the_job_is_indexed_over_the_slots_own_pod_running_clipserve_embed(helm_
     assert mounts["embed-input"]["readOnly"] and not mounts["embed-output"]["readOnly"]
     assert mounts["cache"]["mountPath"] == "/cache"
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["embed-input"]["persistentVolumeClaim"] == {"claimName": "photos", "readOnly": True}
-    assert volumes["embed-output"]["persistentVolumeClaim"] == {"claimName": "vectors", "readOnly": False}
+    assert volumes["embed-input"]["persistentVolumeClaim"] == {
+        "claimName": "photos",
+        "readOnly": True,
+    }
+    assert volumes["embed-output"]["persistentVolumeClaim"] == {
+        "claimName": "vectors",
+        "readOnly": False,
+    }
     assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == "weights"
     # the slot's node pool and user, none of its serving parts
     assert pod["nodeSelector"] == {"pool": "gpu"}
@@ -111,7 +121,9 @@ def test_s3_credentials_reach_the_pods_as_secret_references_only(helm_bin: str) 
     assert "embed-output" not in json.dumps(job)
     other = {"url": "s3://photos", "endpoint": "http://other:9000", "secretName": "other"}
     with pytest.raises(InvalidSpec, match="different stores"):
-        embed_job(_clipjob(input={"s3": other}, output={"s3": s3}), _deployment(helm_bin, {"model": A}), A)
+        embed_job(
+            _clipjob(input={"s3": other}, output={"s3": s3}), _deployment(helm_bin, {"model": A}), A
+        )
 
 
 def _pod(index: int, name: str, phase: str, *, code: int | None = None, message: str = "") -> dict:
@@ -163,7 +175,13 @@ def _job(conditions: list[dict[str, Any]] | None = None, **status: Any) -> dict[
     }
 
 
-def _status(job: dict | None, pods: list[dict], logs: dict[str, str], previous: dict | None = None, **kw: Any) -> dict[str, Any]:
+def _status(
+    job: dict | None,
+    pods: list[dict],
+    logs: dict[str, str],
+    previous: dict | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     indexes, total = collect(pods, logs, "embed")
     return compute_status(
         generation=1, model=A, job=job, pods=pods, progress=progress_of(indexes, total),
@@ -177,7 +195,9 @@ def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 def test_a_running_job_shows_progress_rate_and_eta() -> None:
     log = _line(event="shard", shard=0, items=100, failed=2, items_per_s=25.0, total_shards=4)
-    status = _status(_job(active=2), [_pod(0, "p0", "Running"), _pod(1, "p1", "Running")], {"p0": log})
+    status = _status(
+        _job(active=2), [_pod(0, "p0", "Running"), _pod(1, "p1", "Running")], {"p0": log}
+    )
     assert status["phase"] == "Running"
     assert (status["shardsDone"], status["shardsTotal"], status["itemsDone"]) == (1, 4, 100)
     assert status["progress"] == "1/4 shards (25%)"
@@ -190,7 +210,12 @@ def test_a_running_job_shows_progress_rate_and_eta() -> None:
 def test_a_failed_job_quotes_its_pods_and_posts_a_warning() -> None:
     words = "loading model\nValueError: Model config for ViT-X-99 not found"
     pods = [_pod(0, "p0", "Failed", code=1, message=words), _pod(1, "p1", "Succeeded", code=0)]
-    failed = {"type": "Failed", "status": "True", "reason": "FailedIndexes", "message": "Job has failed indexes"}
+    failed = {
+        "type": "Failed",
+        "status": "True",
+        "reason": "FailedIndexes",
+        "message": "Job has failed indexes",
+    }
     status = _status(_job([failed], failedIndexes="0", completedIndexes="1"), pods, {})
     assert status["phase"] == "Failed"
     cond = _cond(status, "Failed")
@@ -202,12 +227,20 @@ def test_a_failed_job_quotes_its_pods_and_posts_a_warning() -> None:
 
 def test_a_complete_job_says_so_once_and_a_retried_pod_is_a_warning() -> None:
     retried = _status(_job(active=1), [_pod(0, "p0", "Failed", code=137, message="Killed")], {})
-    assert (_cond(retried, "Failed")["status"], _cond(retried, "Failed")["reason"]) == ("False", "Retrying")
+    assert (_cond(retried, "Failed")["status"], _cond(retried, "Failed")["reason"]) == (
+        "False",
+        "Retrying",
+    )
     assert transitions({}, retried)[0][:2] == ("Warning", "Retrying")
     done = {"type": "Complete", "status": "True", "reason": "CompletionsReached"}
     summary = _line(event="done", shards=2, items=200, failed=0)
-    pods = [_pod(0, "p0", "Succeeded", code=0, message=summary), _pod(1, "p1", "Succeeded", code=0, message=summary)]
-    status = _status(_job([done], completedIndexes="0-1", completionTime=NOW), pods, {}, previous=retried)
+    pods = [
+        _pod(0, "p0", "Succeeded", code=0, message=summary),
+        _pod(1, "p1", "Succeeded", code=0, message=summary),
+    ]
+    status = _status(
+        _job([done], completedIndexes="0-1", completionTime=NOW), pods, {}, previous=retried
+    )
     assert status["phase"] == "Succeeded" and status["completionTime"] == NOW
     assert (status["itemsDone"], status["slicesDone"], status["etaSeconds"]) == (400, 2, None)
     assert ("Normal", "Completed") in [t[:2] for t in transitions(retried, status)]

@@ -35,7 +35,9 @@ def test_manual_holds_until_promote_names_the_pending_model() -> None:
     assert not held.promote and held.reason == "AwaitingPromotion"
     stale = decide({**MANUAL, "swap": {"promotion": "Manual", "promote": A}}, "search", B, [])
     assert not stale.promote  # promoting an older model moves nothing
-    assert decide({**MANUAL, "swap": {"promotion": "Manual", "promote": B}}, "search", B, []).promote
+    assert decide(
+        {**MANUAL, "swap": {"promotion": "Manual", "promote": B}}, "search", B, []
+    ).promote
 
 
 def test_a_completed_clipjob_of_the_pending_model_promotes_and_nothing_else_does() -> None:
@@ -58,7 +60,9 @@ def test_a_failed_clipjob_never_promotes_and_says_why() -> None:
     cond = {"type": "PromotionHeld", "status": "True", "reason": failed.reason, "message": "x"}
     assert transitions({}, {"conditions": [cond]}) == [("Warning", "ClipJobFailed", "x")]
     # a retry that completes promotes after all
-    assert decide(MANUAL, "search", B, [_clipjob("re", "Failed"), _clipjob("re2", "Succeeded")]).promote
+    assert decide(
+        MANUAL, "search", B, [_clipjob("re", "Failed"), _clipjob("re2", "Succeeded")]
+    ).promote
 
 
 def test_the_pending_service_selects_only_the_pending_slot() -> None:
