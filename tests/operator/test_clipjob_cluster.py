@@ -222,10 +222,10 @@ def test_a_manual_swap_waits_beside_the_old_slot_until_promoted(
     assert "ClipJobFailed" in [e[1] for e in _events(cluster, ns, "ClipService", "search")]
 
     # a ClipJob over the pending slot that completes moves the Service (kwok completes its pod)
+    pending = {"clipService": "search", "slot": "pending"}
     _clipjob(
-        cluster, ns, "reembed-2",
-        {"modelFrom": {"clipService": "search", "slot": "pending"}, "promotes": {"clipService": "search"}},
-    )  # fmt: skip
+        cluster, ns, "reembed-2", {"modelFrom": pending, "promotes": {"clipService": "search"}}
+    )
     done = wait_for("Succeeded", lambda: _phase(cluster, ns, "reembed-2", "Succeeded"))
     assert done["model"] == B
     obj = wait_for("promoted", lambda: fully_ready(cluster, ns, "search"))
