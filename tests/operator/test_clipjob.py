@@ -66,7 +66,7 @@ def test_the_job_is_indexed_over_the_slots_own_pod_running_clipserve_embed(helm_
     [embed] = pod["containers"]
     assert embed["command"] == [
         "clipserve", "embed", "--model", A, "/input/2024", "--output", "/output/run-1",
-        "--shard-size", "512",
+        "--progress", "lines", "--shard-size", "512",
     ]  # fmt: skip
     assert embed["image"] == server["image"]
     assert embed["resources"] == server["resources"]  # the GPU goes with it
@@ -111,7 +111,7 @@ def test_s3_credentials_reach_the_pods_as_secret_references_only(helm_bin: str) 
     s3 = {"url": "s3://vectors/run-1", "endpoint": "http://minio:9000", "secretName": "store"}
     job = embed_job(_clipjob(output={"s3": s3}), _deployment(helm_bin, {"model": A}), A)
     [embed] = job["spec"]["template"]["spec"]["containers"]
-    assert embed["command"][-2:] == ["--output", "s3://vectors/run-1"]
+    assert embed["command"][-4:-2] == ["--output", "s3://vectors/run-1"]
     env = {e["name"]: e for e in embed["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
@@ -142,27 +142,32 @@ def _line(**event: Any) -> str:
     return json.dumps(event)
 
 
-def test_shard_events_are_read_from_logs_once_per_shard_and_summaries_win() -> None:
-    log0 = "\n".join(
-        [
-            "warning: something unrelated",
-            _line(event="shard", shard=0, items=100, failed=1, items_per_s=50.0, total_shards=6),
-            _line(event="shard", shard=2, items=100, failed=0, items_per_s=60.0),
-            "{not json",
-        ]
-    )
-    summary = _line(event="done", shards=3, items=290, failed=3)
+def test_shard_lines_count_once_per_shard_and_a_summary_completes_its_slice() -> None:
+    start = _line(event="start", total_shards=6, slice="0/2", todo=3, skipped=0)
+    shard0 = _line(event="shard", shard=0, items=100, failed=1, items_per_s=50.0)
+    log0 = "\n".join([start, "warning: unrelated", shard0, "{not json", shard0])
+    log0 += "\n" + _line(event="shard", shard=2, items=100, failed=0, items_per_s=60.0)
+    # index 1: its first pod was deleted after shard 1 (its line was read); the next pod
+    # skipped it, published shards 3 and 5 (one line never read) and summed up
+    first = _line(event="shard", shard=1, items=100, failed=0, items_per_s=40.0)
+    second = _line(event="shard", shard=3, items=100, failed=1, items_per_s=40.0)
+    summary = _line(event="done", shards=2, skipped=1, items=190, failed=2)
     pods = [
         _pod(0, "a-0-x", "Running"),
-        # index 1: the first pod was deleted midway; its successor resumed and summed up
         _pod(1, "a-1-y", "Failed", code=137, message=""),
-        _pod(1, "a-1-zz", "Succeeded", code=0, message=summary),
+        _pod(1, "a-1-zz", "Succeeded", code=0),
     ]
-    indexes, total = collect(pods, {"a-0-x": log0 + "\n" + log0}, "embed")
+    logs = {"a-0-x": log0, "a-1-y": first, "a-1-zz": f"{start}\n{second}\n{summary}"}
+    indexes, total = collect(pods, logs, "embed")
     progress = progress_of(indexes, total)
     assert (progress.shards_done, progress.shards_total) == (5, 6)
-    assert (progress.items_done, progress.items_failed) == (490, 4)
+    # 200 (index 0) + 100 (the deleted pod's shard) + 190 (the summary: 100 seen + 90 not)
+    assert (progress.items_done, progress.items_failed) == (490, 3)
     assert progress.items_per_s == 60.0  # the running pod's last shard
+    # the summary may come as the termination message instead of the log
+    pods[2]["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = summary
+    indexes, _ = collect(pods, {**logs, "a-1-zz": ""}, "embed")
+    assert indexes[1].totals() == (3, 290, 2)
     assert events("plain line\n" + _line(event="done")) == [{"event": "done"}]
     assert parse_indexes("0-2,5") == {0, 1, 2, 5} and parse_indexes(None) == set()
 
@@ -233,7 +238,7 @@ def test_a_complete_job_says_so_once_and_a_retried_pod_is_a_warning() -> None:
     )
     assert transitions({}, retried)[0][:2] == ("Warning", "Retrying")
     done = {"type": "Complete", "status": "True", "reason": "CompletionsReached"}
-    summary = _line(event="done", shards=2, items=200, failed=0)
+    summary = _line(event="done", shards=2, skipped=0, items=200, failed=0)
     pods = [
         _pod(0, "p0", "Succeeded", code=0, message=summary),
         _pod(1, "p1", "Succeeded", code=0, message=summary),

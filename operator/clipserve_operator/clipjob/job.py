@@ -89,6 +89,7 @@ def _store_env(spec: Mapping[str, Any]) -> list[Obj]:
 def embed_command(spec: Mapping[str, Any], model: str, source: str, target: str) -> list[str]:
     """`clipserve embed` for one pod (its slice comes from the environment)."""
     command = ["clipserve", "embed", "--model", model, source, "--output", target]
+    command += ["--progress", "lines"]  # the JSON lines the operator reads
     columns = spec.get("input") or {}
     for key, flag in (("idColumn", "--id-column"), ("textColumn", "--text-column")):
         if columns.get(key):

@@ -1,11 +1,13 @@
 """How far a ClipJob is, from what its pods print and leave behind (pure).
 
 Sources, least privileged first: the Job's own status (which indexes completed or failed); a
-finished pod's termination message, which the kubelet keeps in the pod status (`clipserve
-embed` writes its slice's summary there, counting the shards earlier pods of the index
-published); and a running pod's log, one JSON line per published shard (`pods/log` get, which
-the operator already holds for the prefetch Jobs). A pod deleted before it finished leaves
-neither: its shards count again once the index's next pod finishes and reports its summary.
+finished pod's termination message, which the kubelet keeps in the pod status; and the pods'
+logs: `clipserve embed --progress lines` prints a `start` line (the run's total_shards), one
+line per published shard and a `done` summary of its slice (shards it published, and `skipped`:
+published before it), read with `pods/log` get, which the operator already holds for the
+prefetch Jobs. The shard count is exact once an index's pod finished (its summary); items
+count from the shard lines seen, so a pod deleted before its log was read leaves its shards'
+items uncounted (its shards still count, as the next pod's `skipped`).
 """
 
 from __future__ import annotations
@@ -34,15 +36,23 @@ class IndexProgress:
 
     shards: dict[int, Shard] = field(default_factory=dict)
     summary: Mapping[str, Any] | None = None  # the `done` event of its pod that succeeded
+    summary_pod: str = ""
+    by_pod: dict[str, set[int]] = field(default_factory=dict)  # shards each pod reported
     rate: float = 0.0  # items/s of its running pod's last shard
 
     def totals(self) -> tuple[int, int, int]:
-        """(shards, items, failed items): the summary once there is one, else the log's sum."""
-        if self.summary is not None:
-            s = self.summary
-            return int(s.get("shards", 0)), int(s.get("items", 0)), int(s.get("failed", 0))
+        """(shards, items, failed items). The shard lines seen, by shard; once the index's pod
+        succeeded, its summary says how many shards the slice holds (`shards` it published and
+        `skipped`, published before it) and adds what it published that no line was seen of."""
         items = sum(s.items for s in self.shards.values())
-        return len(self.shards), items, sum(s.failed for s in self.shards.values())
+        failed = sum(s.failed for s in self.shards.values())
+        if self.summary is None:
+            return len(self.shards), items, failed
+        s = self.summary
+        seen = [self.shards[k] for k in self.by_pod.get(self.summary_pod, ())]
+        items += max(0, int(s.get("items", 0)) - sum(x.items for x in seen))
+        failed += max(0, int(s.get("failed", 0)) - sum(x.failed for x in seen))
+        return int(s.get("shards", 0)) + int(s.get("skipped", 0)), items, failed
 
 
 def events(text: str) -> list[dict[str, Any]]:
@@ -104,31 +114,34 @@ class Progress:
 def collect(
     pods: Iterable[Obj], logs: Mapping[str, str], container: str
 ) -> tuple[dict[int, IndexProgress], int]:
-    """Per index what its pods published ({pod name: log} for the running ones), and the run's
-    shard total if any event named it."""
+    """Per index what its pods published ({pod name: log} for those whose log was read), and
+    the run's shard total once a pod has said it (its `start` line)."""
     indexes: dict[int, IndexProgress] = {}
     total = 0
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
         index = pod_index(pod)
         if index is None:
             continue
+        name = pod["metadata"]["name"]
         progress = indexes.setdefault(index, IndexProgress())
         done = terminated(pod, container)
-        found = events(logs.get(pod["metadata"]["name"], ""))
+        found = events(logs.get(name, ""))
         if done.get("exitCode") == 0:
             found += events(str(done.get("message") or ""))
         running = (pod.get("status") or {}).get("phase") == "Running"
         for event in found:
             total = max(total, int(event.get("total_shards") or 0))
             if event["event"] == "shard" and "shard" in event:
-                progress.shards[int(event["shard"])] = Shard(
+                shard = int(event["shard"])
+                progress.shards[shard] = Shard(
                     int(event.get("items", 0)), int(event.get("failed", 0))
                 )
+                progress.by_pod.setdefault(name, set()).add(shard)
                 if running:
                     progress.rate = float(event.get("items_per_s") or 0.0)
             elif event["event"] == "done" and done.get("exitCode") == 0:
-                progress.summary = event
-        if not running:
+                progress.summary, progress.summary_pod = event, name
+        if not running and progress.summary is not None:
             progress.rate = 0.0
     return indexes, total
 

@@ -115,11 +115,14 @@ async def _existing(ctx: Context, clipjob: Obj) -> Obj:
     return found
 
 
-async def _logs(ctx: Context, namespace: str, pods: list[Obj]) -> dict[str, str]:
-    """The running pods' logs: their shard events."""
+async def _logs(ctx: Context, namespace: str, pods: list[Obj], finished: bool) -> dict[str, str]:
+    """The pods' logs (their shard events and summary): the running ones', and until the
+    ClipJob has finished (`finished`), the finished ones' too (read in the pass that sees them
+    finish; kept in the status from then on)."""
     out = {}
     for pod in pods:
-        if (pod.get("status") or {}).get("phase") == "Running":
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Running" or (not finished and phase in ("Succeeded", "Failed")):
             name = pod["metadata"]["name"]
             out[name] = await ctx.client.log_tail(namespace, name, CONTAINER, LOG_LINES)
     return out
@@ -151,7 +154,8 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
             waiting = f"{failure.reason}: {failure}"
     model = ((job or {}).get("metadata") or {}).get("annotations", {}).get(MODEL_ANNOTATION, "")
     pods = await ctx.client.list("v1", "Pod", namespace, f"{CLIPJOB_LABEL}={name}") if job else []
-    indexes, total = collect(pods, await _logs(ctx, namespace, pods), CONTAINER)
+    finished = before.get("phase") in (SUCCEEDED, FAILED)
+    indexes, total = collect(pods, await _logs(ctx, namespace, pods, finished), CONTAINER)
     status = compute_status(
         generation=meta["generation"],
         model=model or before.get("model") or "",
@@ -162,6 +166,8 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
         now=now(),
         waiting=waiting,
     )
+    if finished:
+        return  # what it published was counted when it finished; its pods may be gone since
     if status != {k: before.get(k) for k in status}:
         await patch_status(
             ctx.client,

@@ -123,7 +123,8 @@ def compute_status(
             )
     start = job_status.get("startTime") or ""
     eta = eta_seconds(progress, start, now) if phase == RUNNING else None
-    total = progress.shards_total
+    # once every slice is done, what they published is the whole (no start line may be seen)
+    total = progress.shards_total or (progress.shards_done if complete else 0)
     shown = f"{progress.shards_done}/{total or '?'} shards"
     if total:
         shown += f" ({100 * progress.shards_done // total}%)"
