@@ -31,15 +31,18 @@ def list_file(store: Store, rel: str, columns: Columns, shard_size: int) -> Corp
     shown = store.shown(rel)
     try:
         data = store.read(rel) if extension(rel) != "parquet" else b""
-        ids, values, modality, column = _rows(store, rel, data, columns, shown)
+        ids, values, modality, column, id_column = _rows(store, rel, data, columns, shown)
     except OSError as exc:
         raise Unreadable(f"{shown}: {exc}") from exc
     folder = rel.rpartition("/")[0]
 
     def items(k: int) -> Iterator[Item]:
         part = slice(k * shard_size, (k + 1) * shard_size)
-        for id_, value in zip(ids[part], values[part], strict=True):
-            yield _item(store, folder, id_, value, modality)
+        for row, (id_, value) in enumerate(zip(ids[part], values[part], strict=True)):
+            if id_ is None:  # a row without an id (or a line that is not JSON) still has a row
+                yield Item("", error=f"row {k * shard_size + row + 1}: no {id_column!r}")
+            else:
+                yield _item(store, folder, id_, value, modality)
 
     description = {"kind": "list", "url": store.canonical(rel), "rows": len(ids), modality: column}
     return Corpus(description, -(-len(ids) // shard_size), len(ids), items)
@@ -47,13 +50,13 @@ def list_file(store: Store, rel: str, columns: Columns, shard_size: int) -> Corp
 
 def _rows(
     store: Store, rel: str, data: bytes, c: Columns, shown: str
-) -> tuple[list[str], list[Any], str, str]:
-    """(ids, values, "text" or "image", the value's column) of a list file."""
+) -> tuple[list[str | None], list[Any], str, str, str]:
+    """(ids, values, "text" or "image", the value's column, the id column) of a list file."""
     ext = extension(rel)
     if ext == "txt":
         lines = data.decode("utf-8", "replace").splitlines()
         modality = "image" if c.lines == "images" else "text"
-        return [str(i) for i in range(1, len(lines) + 1)], lines, modality, "line"
+        return [str(i) for i in range(1, len(lines) + 1)], lines, modality, "line", "line"
     if ext == "parquet":
         with store.open(rel) as fh:
             table = pq.read_table(fh)
@@ -77,11 +80,12 @@ def _rows(
     if c.id is not None and c.id not in names:
         raise Unreadable(f"{shown}: no id column {c.id!r} (columns: {', '.join(names)})")
     id_column = c.id or ("id" if "id" in names else None)
+    ids: list[str | None]
     if id_column is None:
         ids = [str(i) for i in range(1, count + 1)]
     else:
-        ids = ["" if v is None else str(v) for v in records[id_column]]
-    return ids, records[column], modality, column
+        ids = [None if v is None else str(v) for v in records[id_column]]
+    return ids, records[column], modality, column, id_column or "row number"
 
 
 def _value_column(names: list[str], c: Columns, shown: str) -> tuple[str, str]:

@@ -129,9 +129,12 @@ def _embed(args: argparse.Namespace, settings: Settings) -> int:
         raise Usage(f"--model: give one model, not {len(settings.model)}")
     if args.shard_size < 1:
         raise Usage(f"--shard-size: {args.shard_size} is not a positive number")
-    corpus = open_corpus(open_store(args.input, endpoint=args.s3_endpoint), args)
+    in_store = open_store(args.input, endpoint=args.s3_endpoint)
+    in_store.check_bucket()
+    corpus = open_corpus(in_store, args)
     out_store = open_store(args.output, endpoint=args.s3_endpoint)
-    out_store.names(MANIFESTS)  # wrong credentials or no such bucket: now, not after loading
+    out_store.check_bucket()  # wrong credentials or no such bucket: now, not after loading
+    out_store.names(MANIFESTS)
 
     # No embedding cache (a corpus is read once); a queue that holds what is in flight.
     in_flight = max(256, 4 * (settings.max_batch_size or 128))

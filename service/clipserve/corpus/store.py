@@ -43,6 +43,18 @@ class Store:
         """`rel` as an absolute local path or s3:// URL: the same however the user wrote it."""
         return self.full(rel) if self.local else S3 + self.full(rel)
 
+    def check_bucket(self) -> None:
+        """Fail now, naming it, when an S3 store's bucket does not exist or refuses us."""
+        if self.local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            found = self.fs.get_file_info(bucket).type
+        except OSError as exc:
+            raise Unreadable(f"{self.url}: {_why(exc)}") from exc
+        if found == pafs.FileType.NotFound:
+            raise Unreadable(f"{self.url}: no such bucket {bucket!r}")
+
     def kind(self, rel: str = "") -> pafs.FileType:
         """What is at `rel` (NotFound when nothing)."""
         try:
