@@ -74,7 +74,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("input", metavar="INPUT", help="folder, list file, .tar, or s3://bucket/prefix")
     p.add_argument(
-        "--output", required=True, metavar="DIR_OR_S3URL", help="output folder or s3://bucket/prefix"
+        "--output",
+        required=True,
+        metavar="DIR_OR_S3URL",
+        help="output folder or s3://bucket/prefix",
     )
     p.add_argument(
         "--shard-size",

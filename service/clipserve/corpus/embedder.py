@@ -65,8 +65,7 @@ class Embedder:
                     done, running = await asyncio.wait(running, return_when="FIRST_COMPLETED")
                     for task in done:
                         task.result()  # raises the shard's failure
-            for task in asyncio.as_completed(running):
-                await task
+            await asyncio.gather(*running)
         finally:
             for task in running:
                 task.cancel()

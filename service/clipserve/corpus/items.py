@@ -92,7 +92,9 @@ def webdataset(store: Store, tars: list[str]) -> Corpus:
         with store.open(tars[k]) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             yield from samples(tar)
 
-    return Corpus({"kind": "webdataset", "url": store.canonical(), "tars": tars}, len(tars), None, items)
+    return Corpus(
+        {"kind": "webdataset", "url": store.canonical(), "tars": tars}, len(tars), None, items
+    )
 
 
 def samples(tar: tarfile.TarFile) -> Iterator[Item]:

@@ -80,9 +80,7 @@ def open_corpus(store: Store, args: argparse.Namespace) -> Corpus:
     if extension(name) in LIST_EXTENSIONS:
         columns = Columns(args.id_column, args.text_column, args.image_column, args.lines)
         return list_file(parent, name, columns, args.shard_size)
-    raise Unreadable(
-        f"{store.url}: not a folder, .tar or list file (.txt, .jsonl, .csv, .parquet)"
-    )
+    raise Unreadable(f"{store.url}: not a folder, .tar or list file (.txt, .jsonl, .csv, .parquet)")
 
 
 def run_info(model: ClipModel, corpus: Corpus, args: argparse.Namespace) -> dict[str, Any]:
@@ -186,9 +184,7 @@ def _run(
         todo=len(todo),
         skipped=len(mine) - len(todo),
     )
-    embedder = Embedder(
-        engine, output, progress, normalize=args.normalize, in_flight=in_flight
-    )
+    embedder = Embedder(engine, output, progress, normalize=args.normalize, in_flight=in_flight)
 
     async def main() -> None:
         engine.single_threaded_here()  # this loop's thread, as the server's

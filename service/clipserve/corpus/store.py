@@ -134,7 +134,10 @@ def s3_filesystem(endpoint: str | None) -> pafs.S3FileSystem:
     kwargs: dict[str, object] = {"allow_bucket_creation": False, "allow_bucket_deletion": False}
     if endpoint:
         scheme, sep, host = endpoint.partition("://")
-        kwargs |= {"endpoint_override": host if sep else endpoint, "scheme": scheme if sep else "https"}
+        kwargs |= {
+            "endpoint_override": host if sep else endpoint,
+            "scheme": scheme if sep else "https",
+        }
         # an S3-compatible store ignores the region, but the SDK must not go looking for one
         region = region or "us-east-1"
     if region:
@@ -145,7 +148,7 @@ def s3_filesystem(endpoint: str | None) -> pafs.S3FileSystem:
             "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
             "session_token": os.environ.get("AWS_SESSION_TOKEN") or None,
         }
-    return pafs.S3FileSystem(**kwargs)  # type: ignore[arg-type]
+    return pafs.S3FileSystem(**kwargs)
 
 
 def _why(exc: OSError) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +107,7 @@ class Ran:
         return next(e for e in self.events if e["event"] == name)
 
 
-def embed(*args: str, capfd: pytest.CaptureFixture[str] | None = None) -> Ran:
+def embed(*args: str) -> Ran:
     """`clipserve embed ARGS` with the tiny model, in this process (no torch import per run)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -119,12 +118,16 @@ def embed(*args: str, capfd: pytest.CaptureFixture[str] | None = None) -> Ran:
 
 def embed_command(*args: str) -> list[str]:
     """`clipserve embed ARGS` as a command line for a process of its own."""
-    return [sys.executable, "-m", "clipserve.cli", "embed", *args, *MODEL_ARGS, "--progress", "lines"]
-
-
-def run_process(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`clipserve embed ARGS` as its own process, to the end."""
-    return subprocess.run(embed_command(*args), capture_output=True, text=True, timeout=timeout)
+    return [
+        sys.executable,
+        "-m",
+        "clipserve.cli",
+        "embed",
+        *args,
+        *MODEL_ARGS,
+        "--progress",
+        "lines",
+    ]
 
 
 def read_output(folder: Path) -> dict[str, Any]:

@@ -52,7 +52,10 @@ def test_shards_manifests_and_run_json_follow_the_contract(folder_run: tuple[Ran
     assert sum(m["failed"] for m in got["manifests"].values()) == 10
     run = got["run"]
     assert (run["model"], run["dimension"], run["total_shards"], run["total_items"]) == (
-        "Tiny-ViT-T:random", 32, 5, 310
+        "Tiny-ViT-T:random",
+        32,
+        5,
+        310,
     )
     assert (run["dtype"], run["output_dtype"], run["normalization"]) == ("fp32", "float32", "l2")
     table = pq.read_table(out / "shards" / "shard-00000.parquet")
