@@ -59,12 +59,13 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
 
 .PHONY: tools
-tools: ## fetch/build the real test parts: helm, control plane, real node, metrics pipeline, prometheus, chromium, podman (cached)
+tools: ## fetch/build the real test parts: helm, control plane, real node, metrics pipeline, prometheus, chromium, podman, s3proxy (cached)
 	bash scripts/install-helm.sh
 	bash scripts/install-podman.sh
 	bash scripts/install-crd-validators.sh
 	bash scripts/install-prometheus.sh
 	bash scripts/install-browser.sh
+	bash scripts/install-s3proxy.sh
 	bash scripts/build-k8s.sh
 	bash scripts/build-node.sh
 	bash scripts/build-netpol.sh

@@ -76,10 +76,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 # The service's rooms, each allowed to import only the rooms below it: the HTTP edge calls the
-# engine, the engine runs models, models and the engine take bytes from sources. Shared modules
+# engine, the engine runs models, models and the engine take bytes from sources; `clipserve
+# embed` (corpus) stands beside the HTTP edge, on the engine, and neither imports the other.
+# Shared modules
 # (errors, schemas, metrics, settings, redact) import no room; the programs on top (cli, gate,
 # bench) may import any.
-ROOMS = {"sources": 0, "models": 1, "engine": 2, "http": 3}
+ROOMS = {"sources": 0, "models": 1, "engine": 2, "corpus": 3, "http": 3}
 SHARED = {"errors", "schemas", "metrics", "settings", "redact"}
 
 
@@ -98,6 +100,8 @@ def _against_the_rooms(graph: dict[str, set[str]]) -> list[str]:
                 wrong.append(f"{name} (shared) -> {target}")
             elif here and there and ROOMS[there] > ROOMS[here]:
                 wrong.append(f"{name} -> {target} (up a room)")
+            elif here and there and here != there and ROOMS[there] == ROOMS[here]:
+                wrong.append(f"{name} -> {target} (a room beside it)")
             elif here and not there and target.split(".")[-1] not in SHARED | {"clipserve"}:
                 wrong.append(f"{name} -> {target} (a program on top)")
     return wrong
@@ -115,8 +119,10 @@ def test_the_room_check_finds_an_upward_import():
         "clipserve.models.clip": {"clipserve.engine.cache"},
         "clipserve.errors": {"clipserve.http.app"},
         "clipserve.engine.cache": {"clipserve.cli", "clipserve.metrics"},
+        "clipserve.corpus.run": {"clipserve.http.app", "clipserve.engine.engine"},
     }
     assert _against_the_rooms(graph) == [
+        "clipserve.corpus.run -> clipserve.http.app (a room beside it)",
         "clipserve.engine.cache -> clipserve.cli (a program on top)",
         "clipserve.errors (shared) -> clipserve.http.app",
         "clipserve.models.clip -> clipserve.engine.cache (up a room)",

@@ -1,4 +1,4 @@
-"""`clipserve serve | download | models | encode | device | bench | gate`."""
+"""`clipserve serve | download | models | encode | embed | device | bench | gate`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import uvicorn
 
 from clipserve import __version__, gate
 from clipserve.bench import cli as bench
+from clipserve.corpus import command as embed
 from clipserve.http.lifecycle import Lifecycle
 from clipserve.redact import redact, redact_logs
 from clipserve.settings import Settings, add_arguments, from_args
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--report-to", type=Path, metavar="PATH", help="also write it to this file")
     add_arguments(dev)
+    embed.add_parser(sub)
     bench.add_parser(sub)
     gate.add_parser(sub)
     return parser
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(args)
     if args.command == "gate":
         return gate.main(args)
+    if args.command == "embed":
+        return embed.main(args)
     settings = from_args(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
