@@ -61,7 +61,9 @@ def test_the_job_is_indexed_over_the_slots_own_pod_running_clipserve_embed(helm_
         2,
     )
     assert spec_["backoffLimitPerIndex"] == 3
-    assert spec_["podFailurePolicy"]["rules"][0]["action"] == "Ignore"
+    ignore, fail = spec_["podFailurePolicy"]["rules"]
+    assert ignore["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    assert (fail["action"], fail["onExitCodes"]["values"]) == ("FailIndex", [2])
     pod = spec_["template"]["spec"]
     [embed] = pod["containers"]
     assert embed["command"] == [

@@ -32,6 +32,7 @@ _SERVER_ONLY = ("ports", "readinessProbe", "livenessProbe", "startupProbe", "lif
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_KEYS = ("AWS_SESSION_TOKEN",)
 DEFAULT_BACKOFF_PER_INDEX = 3
+UNREADABLE_EXIT = 2  # `clipserve embed`'s exit code for input it cannot read (docs/corpus.md)
 
 
 def job_name(name: str) -> str:
@@ -168,6 +169,16 @@ def embed_job(clipjob: Mapping[str, Any], deployment: Mapping[str, Any], model: 
             "rules": [
                 # Preemption, eviction, a drained node: not the pod's fault, no retry used up.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # Exit 2: input that cannot be read at all, or a run.json of another run
+                # (docs/corpus.md); a retry would say the same.
+                {
+                    "action": "FailIndex",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [UNREADABLE_EXIT],
+                    },
+                },
             ]
         },
         "template": {
