@@ -20,6 +20,7 @@ from tests.support.cluster.node_images import import_chart_images
 from tests.support.cluster.node_join import joined
 from tests.support.cluster.realnode import RealNode
 from tests.support.rendering import Helm
+from tests.support.volumes import Volume
 
 OPERATOR_NS = "clipserve-real"
 # Not the in-process tests' release name: both install cluster-wide RBAC named after it.
@@ -148,3 +149,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("measured on the real node")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def volume(cluster: Cluster, ns: str) -> Iterator[Callable[..., Volume]]:
+    """Make volumes for this test (named after its namespace); removed afterwards."""
+    made: list[Volume] = []
+
+    def make(size_mb: int | None = None) -> Volume:
+        made.append(Volume(cluster, f"{ns}-{len(made)}", size_mb))
+        return made[-1]
+
+    yield make
+    for v in made:
+        v.remove()
