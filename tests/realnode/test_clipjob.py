@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.realnode.conftest import A, B, assert_all_served, pinned_values, ready_with
+from tests.realnode.conftest import LOAD_S, A, B, assert_all_served, pinned_values, ready_with
 from tests.support.clipservices import clip, condition, get, items, patch
 from tests.support.cluster.harness import Cluster
 from tests.support.cluster.probe import LoadRun
@@ -31,7 +31,6 @@ pytestmark = [
     pytest.mark.timeout(3600),
 ]
 
-LOAD_S = 600  # bounds a wait on a shared 2-core machine; measures nothing
 JOB_LABEL = "clipserve.io/clipjob"
 TEXT = json.dumps([{"text": "a photo of a dog"}])
 SMALL = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
