@@ -60,6 +60,40 @@ def _job_condition(job: Obj | None, type_: str) -> Obj:
     return {}
 
 
+def _phase(job: Obj | None, pods: list[Obj]) -> str:
+    if _job_condition(job, "Failed"):
+        return FAILED
+    if _job_condition(job, "Complete"):
+        return SUCCEEDED
+    active = ((job or {}).get("status") or {}).get("active")
+    if active and any((p.get("status") or {}).get("phase") == RUNNING for p in pods):
+        return RUNNING
+    return PENDING
+
+
+def _conditions(
+    job: Obj | None, pods: list[Obj], phase: str, done: str, generation: int
+) -> list[dict[str, Any]]:
+    """Complete (`done` says how far), Failed with the pods' words, PodsReady while they
+    cannot start."""
+    complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
+    words = pods_words(pods)
+    reason = "AllShardsEmbedded" if complete else phase
+    conds = [condition("Complete", bool(complete), reason, done, generation)]
+    if failed:
+        why = "; ".join(words) or failed.get("message") or failed.get("reason", "")
+        conds.append(condition("Failed", True, failed.get("reason") or "Failed", why, generation))
+    elif words:  # a pod failed and its index is retried (backoffLimitPerIndex)
+        conds.append(condition("Failed", False, "Retrying", "; ".join(words), generation))
+    else:
+        conds.append(condition("Failed", False, "NoFailure", "no pod failed", generation))
+    problems = pod_problems(pods, "") if phase == PENDING and job is not None else []
+    if problems:
+        message = "; ".join(m for _, m in problems)
+        conds.append(condition("PodsReady", False, problems[0][0], message, generation))
+    return conds
+
+
 def compute_status(
     *,
     generation: int,
@@ -73,61 +107,25 @@ def compute_status(
 ) -> dict[str, Any]:
     """The ClipJob's status; `waiting` says why no Job exists yet (its model source)."""
     pods = list(pods)
-    previous = previous or {}
     job_status = (job or {}).get("status") or {}
-    complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
-    words = pods_words(pods)
+    phase = _phase(job, pods)
     completions = int(((job or {}).get("spec") or {}).get("completions") or 0)
-    done_indexes = len(parse_indexes(job_status.get("completedIndexes")))
-    summary = f"{progress.items_done} items ({progress.items_failed} failed) in " + (
-        f"{progress.shards_done} shards"
-        + (f" of {progress.shards_total}" if progress.shards_total else "")
-    )
-    if failed:
-        phase = FAILED
-    elif complete:
-        phase = SUCCEEDED
-    elif job_status.get("active") and any(
-        (p.get("status") or {}).get("phase") == RUNNING for p in pods
-    ):
-        phase = RUNNING
-    else:
-        phase = PENDING
-    conds = [
-        condition(
-            "Complete",
-            bool(complete),
-            "AllShardsEmbedded" if complete else phase,
-            f"{summary}; {done_indexes}/{completions} slices done" if job else waiting,
-            generation,
+    slices_done = len(parse_indexes(job_status.get("completedIndexes")))
+    # once every slice is done, what they published is the whole (no start line may be seen)
+    total = progress.shards_total or (progress.shards_done if phase == SUCCEEDED else 0)
+    shards = f"{progress.shards_done}/{total or '?'} shards"
+    if total:
+        shards += f" ({100 * progress.shards_done // total}%)"
+    done = waiting
+    if job:
+        done = (
+            f"{progress.items_done} items ({progress.items_failed} failed) in {shards}; "
+            f"{slices_done}/{completions} slices done"
         )
-    ]
-    if failed:
-        why = "; ".join(words) or failed.get("message") or failed.get("reason", "")
-        conds.append(condition("Failed", True, failed.get("reason") or "Failed", why, generation))
-    elif words:  # a pod failed and its index is retried (backoffLimitPerIndex)
-        conds.append(condition("Failed", False, "Retrying", "; ".join(words), generation))
-    else:
-        conds.append(condition("Failed", False, "NoFailure", "no pod failed", generation))
-    if phase == PENDING and job is not None:
-        problems = pod_problems(pods, "")
-        if problems:
-            conds.append(
-                condition(
-                    "PodsReady",
-                    False,
-                    problems[0][0],
-                    "; ".join(m for _, m in problems),
-                    generation,
-                )
-            )
     start = job_status.get("startTime") or ""
     eta = eta_seconds(progress, start, now) if phase == RUNNING else None
-    # once every slice is done, what they published is the whole (no start line may be seen)
-    total = progress.shards_total or (progress.shards_done if complete else 0)
-    shown = f"{progress.shards_done}/{total or '?'} shards"
-    if total:
-        shown += f" ({100 * progress.shards_done // total}%)"
+    failed = _job_condition(job, "Failed")
+    conds = _conditions(job, pods, phase, done, generation)
     return {
         "observedGeneration": generation,
         "phase": phase,
@@ -135,19 +133,18 @@ def compute_status(
         "job": ((job or {}).get("metadata") or {}).get("name", ""),
         "shardsDone": progress.shards_done,
         "shardsTotal": total,
-        "slicesDone": done_indexes,
+        "slicesDone": slices_done,
         "slices": completions,
         "itemsDone": progress.items_done,
         "itemsFailed": progress.items_failed,
         "itemsPerSecond": round(progress.items_per_s, 1),
         "etaSeconds": eta,
-        "progress": shown if job else phase,
+        "progress": shards if job else phase,
         "rate": f"{progress.items_per_s:.1f} items/s"
         + (f", ETA {duration(eta)}" if eta is not None else ""),
         "startTime": start or None,
-        "completionTime": job_status.get("completionTime")
-        or (failed.get("lastTransitionTime") if failed else None),
-        "conditions": merge_conditions(previous.get("conditions") or [], conds, now),
+        "completionTime": job_status.get("completionTime") or failed.get("lastTransitionTime"),
+        "conditions": merge_conditions((previous or {}).get("conditions") or [], conds, now),
     }
 
 
