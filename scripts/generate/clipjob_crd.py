@@ -119,6 +119,12 @@ def _spec(service: dict[str, Any]) -> dict[str, Any]:
         "required": ["input", "output"],
         "x-kubernetes-validations": [
             *_one_of(["model", "modelFrom"], "spec"),
+            # the ClipService's own rule for the fields it shares
+            *[
+                r
+                for r in service.get("x-kubernetes-validations") or []
+                if "existingClaim" in r["rule"]
+            ],
             {
                 "rule": "self == oldSelf",
                 "message": "a ClipJob's spec cannot change; create another",
