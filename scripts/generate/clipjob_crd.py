@@ -226,6 +226,22 @@ def _status(service: dict[str, Any]) -> dict[str, Any]:
             "itemsDone": _int("Items in published shards, failed ones included."),
             "itemsFailed": _int("Items with no vector (their error column says why)."),
             "itemsPerSecond": {"type": "number", "description": "Items/s of the running pods."},
+            "sliceProgress": {
+                "type": "array",
+                "description": (
+                    "Each slice (Job index) as far as its pods have reported: published shards, "
+                    "items and failed items; never less than reported before."
+                ),
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": _int("The Job's completion index."),
+                        "shards": _int("Shards of this slice published."),
+                        "items": _int("Items in them."),
+                        "failed": _int("Items with no vector."),
+                    },
+                },
+            },
             "etaSeconds": _int("Seconds left at the pace so far."),
             "progress": {**text, "description": "shardsDone/shardsTotal, for kubectl get."},
             "rate": {**text, "description": "Items/s and ETA, for kubectl get."},

@@ -265,3 +265,23 @@ def test_eta_needs_a_total_and_a_first_shard() -> None:
     assert eta_seconds(Progress(0, 10, 0, 0, 0.0), "2026-01-01T00:00:00Z", NOW) is None
     assert eta_seconds(Progress(5, 0, 0, 0, 0.0), "2026-01-01T00:00:00Z", NOW) is None
     assert eta_seconds(Progress(5, 10, 0, 0, 0.0), "2026-01-01T00:00:00Z", NOW) == 600
+
+
+def test_a_slice_never_counts_less_than_it_was_seen_to_have_published() -> None:
+    from clipserve_operator.clipjob.progress import slices
+
+    shard = _line(event="shard", shard=0, items=100, failed=1, items_per_s=5.0)
+    pods = [_pod(0, "p0", "Succeeded", code=0), _pod(1, "p1", "Succeeded", code=0)]
+    first = slices(
+        collect(pods, {"p0": shard, "p1": shard.replace('"shard": 0', '"shard": 1')}, "embed")[0]
+    )
+    assert first == [
+        {"index": 0, "shards": 1, "items": 100, "failed": 1},
+        {"index": 1, "shards": 1, "items": 100, "failed": 1},
+    ]
+    # a later reading lost p1's log (the kubelet out of reach, the pod gone): kept from before
+    indexes, total = collect(pods, {"p0": shard}, "embed")
+    assert slices(indexes, first) == first
+    assert progress_of(indexes, total, first).items_done == 200
+    status = _status(_job(active=1), pods, {"p0": shard}, slice_progress=slices(indexes, first))
+    assert status["sliceProgress"] == first

@@ -159,7 +159,7 @@ def test_a_pod_deleted_midway_is_retried_and_nothing_is_written_twice(
     measure("clipjob: pod deleted -> job Succeeded", time.time() - deleted)
     ids = _ids(target)
     assert len(ids) == len(set(ids)) == 120, "an item written twice or missing"
-    assert (status["shardsDone"], status["slicesDone"]) == (30, 2)
+    assert (status["shardsDone"], status["slicesDone"]) == (30, 2), status
     job = get(cluster, "job", "corpus-embed", ns) or {}
     assert job["status"].get("failed", 0) + job["status"].get("succeeded", 0) >= 3  # a retry ran
 

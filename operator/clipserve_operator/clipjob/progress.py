@@ -146,11 +146,29 @@ def collect(
     return indexes, total
 
 
-def progress_of(indexes: Mapping[int, IndexProgress], total: int) -> Progress:
-    """The sums over indexes."""
-    shards = items = failed = 0
-    for index in indexes.values():
-        s, i, f = index.totals()
-        shards, items, failed = shards + s, items + i, failed + f
+def slices(
+    indexes: Mapping[int, IndexProgress], previous: Iterable[Mapping[str, Any]] = ()
+) -> list[dict[str, int]]:
+    """Each slice's (index's) counts for status.sliceProgress: what its pods say now, or what
+    was seen before when that was more (a slice's published shards never decrease, but a pod
+    deleted, a log rotated or a kubelet out of reach take lines out of a later reading)."""
+    out = {int(p["index"]): (int(p["shards"]), int(p["items"]), int(p["failed"])) for p in previous}
+    for index, progress in indexes.items():
+        out[index] = max(out.get(index, (0, 0, 0)), progress.totals())
+    return [
+        {"index": k, "shards": s, "items": i, "failed": f} for k, (s, i, f) in sorted(out.items())
+    ]
+
+
+def progress_of(
+    indexes: Mapping[int, IndexProgress],
+    total: int,
+    previous: Iterable[Mapping[str, Any]] = (),
+) -> Progress:
+    """The sums over slices (status.sliceProgress `previous` filling what a reading lost)."""
+    per_slice = slices(indexes, previous)
+    shards = sum(p["shards"] for p in per_slice)
+    items = sum(p["items"] for p in per_slice)
+    failed = sum(p["failed"] for p in per_slice)
     rate = sum(index.rate for index in indexes.values())
     return Progress(shards, max(total, shards) if total else 0, items, failed, rate)

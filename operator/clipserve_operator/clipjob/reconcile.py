@@ -29,7 +29,7 @@ from ..errors import ApiError, InvalidSpec, TransientError, as_reconcile_error
 from ..reconcile import Context, deployment_name, now
 from ..render import chart_values, helm_template
 from .job import CONTAINER, embed_job, job_name
-from .progress import collect, progress_of
+from .progress import collect, progress_of, slices
 from .status import FAILED, SUCCEEDED, compute_status, transitions
 
 logger = logging.getLogger("clipserve_operator")
@@ -161,7 +161,8 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
         model=model or before.get("model") or "",
         job=job,
         pods=pods,
-        progress=progress_of(indexes, total),
+        progress=progress_of(indexes, total, before.get("sliceProgress") or ()),
+        slice_progress=slices(indexes, before.get("sliceProgress") or ()),
         previous=before,
         now=now(),
         waiting=waiting,

@@ -104,8 +104,10 @@ def compute_status(
     previous: Mapping[str, Any] | None,
     now: str,
     waiting: str = "",
+    slice_progress: list[dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """The ClipJob's status; `waiting` says why no Job exists yet (its model source)."""
+    """The ClipJob's status; `waiting` says why no Job exists yet (its model source),
+    `slice_progress` each slice's counts (progress.slices)."""
     pods = list(pods)
     job_status = (job or {}).get("status") or {}
     phase = _phase(job, pods)
@@ -138,6 +140,7 @@ def compute_status(
         "itemsDone": progress.items_done,
         "itemsFailed": progress.items_failed,
         "itemsPerSecond": round(progress.items_per_s, 1),
+        "sliceProgress": slice_progress or [],
         "etaSeconds": eta,
         "progress": shards if job else phase,
         "rate": f"{progress.items_per_s:.1f} items/s"
