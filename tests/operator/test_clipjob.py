@@ -285,3 +285,12 @@ def test_a_slice_never_counts_less_than_it_was_seen_to_have_published() -> None:
     assert progress_of(indexes, total, first).items_done == 200
     status = _status(_job(active=1), pods, {"p0": shard}, slice_progress=slices(indexes, first))
     assert status["sliceProgress"] == first
+
+
+def test_a_summary_with_the_skipped_shards_items_is_exact() -> None:
+    summary = _line(
+        event="done", shards=2, skipped=3, items=8, failed=1, skipped_items=12, skipped_failed=2
+    )
+    pods = [_pod(0, "p0", "Succeeded", code=0, message=summary)]
+    indexes, _ = collect(pods, {}, "embed")
+    assert indexes[0].totals() == (5, 20, 3)

@@ -7,7 +7,9 @@ line per published shard and a `done` summary of its slice (shards it published,
 published before it), read with `pods/log` get, which the operator already holds for the
 prefetch Jobs. The shard count is exact once an index's pod finished (its summary); items
 count from the shard lines seen, so a pod deleted before its log was read leaves its shards'
-items uncounted (its shards still count, as the next pod's `skipped`).
+items uncounted (its shards still count, as the next pod's `skipped`), unless the `done` line
+carries `skipped_items` / `skipped_failed` (the skipped shards' manifests), which make a finished
+slice's counts exact.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class IndexProgress:
         if self.summary is None:
             return len(self.shards), items, failed
         s = self.summary
+        if "skipped_items" in s:  # the slice's own totals, skipped shards' from their manifests
+            items = int(s.get("items", 0)) + int(s["skipped_items"])
+            failed = int(s.get("failed", 0)) + int(s.get("skipped_failed", 0))
+            return int(s.get("shards", 0)) + int(s.get("skipped", 0)), items, failed
         seen = [self.shards[k] for k in self.by_pod.get(self.summary_pod, ())]
         items += max(0, int(s.get("items", 0)) - sum(x.items for x in seen))
         failed += max(0, int(s.get("failed", 0)) - sum(x.failed for x in seen))
