@@ -59,7 +59,7 @@ serve: $(VENV)/.runtime ## install and serve MODEL (default ViT-B-32:openai) on 
 	$(VENV)/bin/clipserve serve --model '$(MODEL)' --host 0.0.0.0 --port $(PORT)
 
 .PHONY: tools
-tools: ## fetch/build the real test parts: helm, control plane, real node, metrics pipeline, prometheus, chromium, podman, s3proxy (cached)
+tools: ## fetch/build the real test parts: helm, control plane, real node, metrics pipeline, OpenTelemetry Collector, prometheus, chromium, podman, s3proxy (cached)
 	bash scripts/install-helm.sh
 	bash scripts/install-podman.sh
 	bash scripts/install-crd-validators.sh
@@ -70,6 +70,7 @@ tools: ## fetch/build the real test parts: helm, control plane, real node, metri
 	bash scripts/build-node.sh
 	bash scripts/build-netpol.sh
 	bash scripts/build-metrics.sh
+	bash scripts/build-otelcol.sh
 
 .PHONY: images
 images: ## build the clipserve and clipserve-operator images with podman (cached by content)

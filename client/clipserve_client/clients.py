@@ -17,6 +17,7 @@ import numpy as np
 from clipserve_client.items import ImageSource, Item, as_item, image, images_of, text, texts_of
 from clipserve_client.results import (
     EMBEDDING_DTYPES,
+    NPY,
     APIError,
     ClientError,
     ModelChanged,
@@ -30,6 +31,10 @@ from clipserve_client.results import (
 )
 
 MODEL_HEADER = "X-Clip-Model"
+JSON = "application/json"
+# encode's arrays come as one .npy body: no JSON numbers to format or parse. A server that
+# answers JSON all the same (one from before .npy responses) is read from its JSON.
+ARRAYS = f"{NPY}, {JSON};q=0.5"
 # float32 numbers, float16, int8/uint8 scaled from the normalized vector, or sign bits packed
 # 8 per byte (see the README's "Embedding types")
 EmbeddingType = Literal["float", "float16", "int8", "uint8", "binary", "ubinary"]
@@ -134,8 +139,10 @@ class _Core:
         chosen = model if model is not None else self.model
         return {"model": chosen} if chosen is not None else {}
 
-    def _accept(self, response: httpx.Response, model: str | None, *, track: bool) -> Any:
-        """The JSON body of a success; APIError otherwise; ModelChanged if the model moved."""
+    def _checked(
+        self, response: httpx.Response, model: str | None, *, track: bool
+    ) -> httpx.Response:
+        """A success, as it came; APIError otherwise; ModelChanged if the model moved."""
         if response.status_code >= 400:
             raise APIError(response.status_code, detail_of(response))
         served = response.headers.get(MODEL_HEADER)
@@ -147,7 +154,7 @@ class _Core:
                     raise ModelChanged(key, previous, served)
                 warnings.warn(str(ModelChanged(key, previous, served)), stacklevel=4)
             self._seen[key] = served
-        return response.json()
+        return response
 
     def _retry_delay(self, response: httpx.Response | None, attempt: int) -> float | None:
         """Seconds to wait before trying again, or None to stop: a 503 waits its Retry-After,
@@ -195,7 +202,8 @@ class Client(_Core):
         or `embedding_type`'s dtype (float16, int8, uint8; binary int8 and ubinary uint8 of
         dim / 8 packed sign bits). `normalize` defaults to no, but to yes for int8 and uint8."""
         body = self._encode_body(texts, images, normalize, model, embedding_type)
-        return embeddings_of(self._post("/encode", body, model), embedding_type)
+        response = self._request("POST", "/encode", body, model, ARRAYS)
+        return embeddings_of(response, embedding_type)
 
     def rank(
         self,
@@ -221,15 +229,17 @@ class Client(_Core):
 
     def models(self) -> dict[str, Any]:
         """The server's /models."""
-        return self._request("GET", "/models", None, None)
+        return self._request("GET", "/models", None, None).json()
 
     def _post(self, path: str, body: dict[str, Any], model: str | None) -> Any:
-        return self._request("POST", path, body, model)
+        return self._request("POST", path, body, model).json()
 
-    def _request(self, method: str, path: str, body: Any, model: str | None) -> Any:
+    def _request(
+        self, method: str, path: str, body: Any, model: str | None, accept: str = JSON
+    ) -> httpx.Response:
         for attempt in itertools.count():
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.request(method, path, json=body, headers={"Accept": accept})
             except httpx.TimeoutException as exc:
                 raise RequestTimeout(f"{method} {path}: no answer in time ({exc})") from exc
             except httpx.ConnectError as exc:
@@ -239,7 +249,7 @@ class Client(_Core):
             else:
                 delay = self._retry_delay(response, attempt)
                 if delay is None:
-                    return self._accept(response, model, track=path != "/models")
+                    return self._checked(response, model, track=path != "/models")
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -275,7 +285,8 @@ class AsyncClient(_Core):
         or `embedding_type`'s dtype (float16, int8, uint8; binary int8 and ubinary uint8 of
         dim / 8 packed sign bits). `normalize` defaults to no, but to yes for int8 and uint8."""
         body = self._encode_body(texts, images, normalize, model, embedding_type)
-        return embeddings_of(await self._post("/encode", body, model), embedding_type)
+        response = await self._request("POST", "/encode", body, model, ARRAYS)
+        return embeddings_of(response, embedding_type)
 
     async def rank(
         self,
@@ -302,15 +313,19 @@ class AsyncClient(_Core):
 
     async def models(self) -> dict[str, Any]:
         """The server's /models."""
-        return await self._request("GET", "/models", None, None)
+        return (await self._request("GET", "/models", None, None)).json()
 
     async def _post(self, path: str, body: dict[str, Any], model: str | None) -> Any:
-        return await self._request("POST", path, body, model)
+        return (await self._request("POST", path, body, model)).json()
 
-    async def _request(self, method: str, path: str, body: Any, model: str | None) -> Any:
+    async def _request(
+        self, method: str, path: str, body: Any, model: str | None, accept: str = JSON
+    ) -> httpx.Response:
         for attempt in itertools.count():
             try:
-                response = await self._http.request(method, path, json=body)
+                response = await self._http.request(
+                    method, path, json=body, headers={"Accept": accept}
+                )
             except httpx.TimeoutException as exc:
                 raise RequestTimeout(f"{method} {path}: no answer in time ({exc})") from exc
             except httpx.ConnectError as exc:
@@ -320,6 +335,6 @@ class AsyncClient(_Core):
             else:
                 delay = self._retry_delay(response, attempt)
                 if delay is None:
-                    return self._accept(response, model, track=path != "/models")
+                    return self._checked(response, model, track=path != "/models")
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from typing import Any, NamedTuple
 
 import httpx
@@ -82,14 +83,31 @@ EMBEDDING_DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
-def embeddings_of(body: Any, embedding_type: str = "float") -> np.ndarray:
-    """JSON numbers as float32, or base64 rows (one string each) as the type's dtype."""
+NPY = "application/x-npy"
+
+
+def embeddings_of(response: httpx.Response, embedding_type: str = "float") -> np.ndarray:
+    """A .npy body as the array it holds; or JSON: numbers as float32, or base64 rows (one
+    string each) as the type's dtype."""
+    dtype = EMBEDDING_DTYPES[embedding_type]
+    if response.headers.get("content-type", "").split(";")[0].strip() == NPY:
+        array = np.load(io.BytesIO(response.content), allow_pickle=False)
+        if array.dtype != dtype or array.ndim != 2:
+            raise ClientError(
+                f"the server sent a {array.dtype} array of shape {array.shape} for "
+                f"embedding_type {embedding_type!r}; expected {dtype} rows"
+            )
+    else:
+        array = _json_rows(response.json(), embedding_type)
+    # native byte order out, so the array behaves as any other (float16 on a big-endian host)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _json_rows(body: Any, embedding_type: str) -> np.ndarray:
     if embedding_type == "float":
         return np.asarray(body, dtype=np.float32)
-    dtype = EMBEDDING_DTYPES[embedding_type]
     raw = b"".join(base64.b64decode(row) for row in body)
-    # native byte order out, so the array behaves as any other (float16 on a big-endian host)
-    return np.frombuffer(raw, dtype=dtype).reshape(len(body), -1).astype(dtype.newbyteorder("="))
+    return np.frombuffer(raw, dtype=EMBEDDING_DTYPES[embedding_type]).reshape(len(body), -1)
 
 
 def ranking_of(body: dict[str, Any]) -> Ranking:

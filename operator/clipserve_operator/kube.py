@@ -122,6 +122,16 @@ class KubeClient:
             return ""  # a pod not started or gone, a kubelet out of reach: no progress to show
         return resp.text if resp.status_code == 200 else ""
 
+    async def log_head(
+        self, namespace: str, pod: str, container: str, limit: int, timeout_s: float
+    ) -> str:
+        """The first `limit` bytes of a container's log; "" when it has none (a pod gone).
+        ApiError when it cannot be read within `timeout_s` (a kubelet out of reach, no RBAC)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        params = {"container": container, "limitBytes": limit}
+        resp = await self._send("GET", path, params=params, timeout_s=timeout_s)
+        return resp.text if resp.status_code == 200 else ""
+
     async def _send(
         self,
         method: str,
@@ -131,13 +141,21 @@ class KubeClient:
         json: Any = None,
         content: bytes | None = None,
         content_type: str | None = None,
+        timeout_s: float | None = None,
     ) -> httpx.Response:
         """The call, logged in again once after a 401; ApiError for statuses >= 400 but 404."""
         headers = {"Content-Type": content_type} if content_type else None
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
         for attempt in range(2):
             try:
                 resp = await self._http.request(
-                    method, path, params=params, json=json, content=content, headers=headers
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    content=content,
+                    headers=headers,
+                    timeout=timeout,
                 )
             except httpx.HTTPError as exc:
                 raise ApiError(0, f"{method} {path}: {exc!r}", method, path) from exc

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -40,6 +41,7 @@ from .render import (
     render_state,
 )
 from .settings import Settings
+from .spaces import Readings, read_spaces
 from .status import Observed, compute_status, degraded_status, transitions
 from .swap import BLUE_GREEN, SwapState, next_state, rolled_out
 from .values_policy import check_values
@@ -84,6 +86,8 @@ class Context:
     requeue: Callable[[str, str, float], None] | None = None
     # The same for ClipJobs (their own work queue): a running one's progress is in its logs.
     requeue_jobs: Callable[[str, str, float], None] | None = None
+    # Each ClipService's server pods' embedding spaces (spaces.py): a pod's log is read once.
+    spaces: dict[tuple[str, str], Readings] = field(default_factory=dict)
 
 
 def deployment_name(name: str, slot: str) -> str:
@@ -295,8 +299,13 @@ async def _report(
     no API, only Degraded is updated)."""
     meta, before = owner["metadata"], owner.get("status") or {}
     namespace, name, stamp = meta["namespace"], meta["name"], now()
+    before_reads = ctx.spaces.get((namespace, name), Readings())
+    reads = await read_spaces(
+        ctx.client, namespace, children.pods, SLOT_LABEL, before_reads, time.monotonic()
+    )
+    ctx.spaces[(namespace, name)] = reads
     try:
-        observed = _observe(owner, state, children)
+        observed = replace(_observe(owner, state, children), spaces=reads.spaces)
     except Exception as exc:
         failure = failure or _reportable(exc, ctx.settings.retry_delay_s)
         status = degraded_status(before, failure.reason, str(failure), meta["generation"], stamp)
@@ -343,6 +352,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     # last, and a copy behind that write would promote a finished swap again.
     owner = await ctx.client.get(API_VERSION, KIND, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
+        ctx.spaces.pop((namespace, name), None)
         return  # the garbage collector removes the children
     # One view of the children for the whole pass; any change after this moment triggers
     # another pass (handlers.py), which sees it.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .autoscaler import autoscaler_status
 from .constants import DEVICE_CONTAINER, Obj
 from .promotion import Decision
 from .redact import redact
+from .spaces import slot_space
 from .swap import SwapState
 from .weights import COMPONENT, COMPONENT_LABEL, Weights, condition_fields
 
@@ -38,6 +39,7 @@ class Observed:
     autoscaler: Obj | None = None  # the HPA scaling the active slot (autoscaling on)
     error: str = ""  # a failed reconcile step, shown as Degraded with error_reason
     error_reason: str = "ReconcileFailed"
+    spaces: Mapping[str, str] = field(default_factory=dict)  # pod uid -> its embedding space
 
 
 def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -279,6 +281,10 @@ def compute_status(
         # None removes it (a merge patch) once no Manual swap is held.
         "pendingEndpoint": pending_endpoint or None,
         "device": serving_device(observed.pods, slot_label, state.active_slot),
+        "activeSpace": slot_space(observed.pods, observed.spaces, slot_label, state.active_slot),
+        "pendingSpace": slot_space(observed.pods, observed.spaces, slot_label, state.pending_slot)
+        if state.blue_green
+        else "",
         # None removes it (a merge patch) once autoscaling is off.
         "autoscaler": autoscaler_status(observed.autoscaler, observed.active),
         "conditions": merge_conditions(previous.get("conditions") or [], conds, now),

@@ -21,7 +21,8 @@ from .errors import ValuesNotAllowed
 # fields set the last four), which pods and traffic the objects select or expose (nameOverride,
 # podLabels, podAnnotations, service.type and annotations, ingress, deployment.annotations),
 # where KEDA sends its credentials and what it asks with them (keda.prometheus.serverAddress,
-# authenticationRef, query), the SSRF guard's exceptions (fetchAllow), and what the operator
+# authenticationRef, query), the SSRF guard's exceptions (fetchAllow), a Secret handed to the
+# pod as the trace exporter's headers (tracing.headersSecret), and what the operator
 # sets itself (fullnameOverride, model, slot, service.slot, deployment.enabled, service.enabled).
 SAFE_VALUES: tuple[str, ...] = (
     "replicaCount",
@@ -66,6 +67,11 @@ SAFE_VALUES: tuple[str, ...] = (
     "serviceMonitor.labels",
     "networkPolicy",
     "dashboards",
+    # where the server's own spans go and how many: the author's requests, no credential
+    "tracing.endpoint",
+    "tracing.sampler",
+    "tracing.samplerArg",
+    "tracing.serviceName",
 )
 
 # A trie of allowed paths: True allows the whole subtree.

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import clipserve.settings
+import clipserve.tracing_config
 import clipserve_operator.settings
 import yaml
 
@@ -86,6 +87,12 @@ SERVICE_SETTINGS = Artefact(
     clipserve.settings.markdown_table,
     region="settings-table",
 )
+TRACING_VARIABLES = Artefact(
+    "README.md",
+    "service/clipserve/tracing_config.py",
+    clipserve.tracing_config.markdown_table,
+    region="tracing-table",
+)
 OPERATOR_SETTINGS = Artefact(
     "README.md",
     "operator/clipserve_operator/settings.py",
@@ -98,4 +105,4 @@ CHART_VALUES = Artefact(
     values_table,
     region="values",
 )
-ARTEFACTS = [SERVICE_SETTINGS, OPERATOR_SETTINGS, CHART_VALUES]
+ARTEFACTS = [SERVICE_SETTINGS, TRACING_VARIABLES, OPERATOR_SETTINGS, CHART_VALUES]

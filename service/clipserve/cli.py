@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the HTTP API (port 3000)",
         description="Serve /encode, /rank, /v1/embeddings, /models, "
         "/healthz, /readyz and /metrics.",
+        epilog="Tracing: OpenTelemetry's own variables turn it on (OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "with OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME...; README, Tracing); unset, it is off.",
     )
     add_arguments(serve_p)
     sub.add_parser("models", help="list every ARCH:TAG open_clip can download")

@@ -2,9 +2,9 @@
 
 Every error carries a message meant for the client: it names the field or item and the problem.
 An error response has clipserve's shape, `{"status_code", "detail"}` (schemas.ErrorBody), except
-under /v1/, where OpenAI's SDKs parse OpenAI's shape. The server (http/exceptions.py maps
-litestar's own exceptions to these) and the gate render both through `error_body`. Nothing here
-imports litestar or torch: the gate starts without either.
+under /v1/, where OpenAI's SDKs parse OpenAI's shape, and under /v2/, Cohere's `{"message"}`.
+The server (http/exceptions.py maps litestar's own exceptions to these) and the gate render them
+all through `error_body`. Nothing here imports litestar or torch: the gate starts without either.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import NamedTuple
 
 import msgspec
 
-from clipserve.schemas import ErrorBody, OpenAIError, OpenAIErrorBody
+from clipserve.schemas import CohereErrorBody, ErrorBody, OpenAIError, OpenAIErrorBody
 
 OPENAI_PREFIX = "/v1/"  # the routes that answer in OpenAI's shapes
+COHERE_PREFIX = "/v2/"  # and in Cohere's
 # A clipserve message starts with the field it is about: "input[2]: ...", "model: ...".
 _FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 _JSON_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
@@ -92,8 +93,12 @@ class HTTPError(NamedTuple):
     headers: dict[str, str] | None = None
 
 
-def error_body(path: str, status: int, detail: str) -> ErrorBody | OpenAIErrorBody:
+def error_body(
+    path: str, status: int, detail: str
+) -> ErrorBody | OpenAIErrorBody | CohereErrorBody:
     """The body of an error response to a request for `path`, in the shape its client parses."""
+    if path.startswith(COHERE_PREFIX):
+        return CohereErrorBody(message=detail)  # Cohere's SDKs keep the status beside it
     if not path.startswith(OPENAI_PREFIX):
         return ErrorBody(status_code=status, detail=detail)
     # OpenAI's: `param` is the field the message names

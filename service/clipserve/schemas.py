@@ -169,6 +169,25 @@ class TokenizerInfo(Base):
     context_length: int
 
 
+class SpaceInfo(Base):
+    """The embedding space: vectors with equal digests can be compared (the X-Clip-Space
+    header of every embedding response)."""
+
+    digest: Annotated[
+        str,
+        msgspec.Meta(
+            description="sha256 over the architecture's config, QuickGELU, the weights' content, "
+            "the preprocessing and the tokenizer; `random:...` for random weights"
+        ),
+    ]
+    weights: Annotated[
+        str, msgspec.Meta(description="sha256:<hex> of the weights file, or `random (seed 0)`")
+    ]
+    revision: Annotated[
+        str | None, msgspec.Meta(description="the hub commit the weights came from, if any")
+    ]
+
+
 class ModelInfo(Base):
     spec: str
     architecture: str
@@ -205,6 +224,7 @@ class ModelInfo(Base):
         ),
     ]
     compiled: str
+    space: SpaceInfo
     batching: BatchingInfo
     default: bool = False
 
@@ -319,6 +339,25 @@ class EmbeddingsResponse(msgspec.Struct):
     object: str = "list"
 
 
+class RawEmbeddingData(Base):
+    """EmbeddingData in a msgpack response: the embedding as a bin of its raw bytes."""
+
+    embedding: bytes
+    index: int
+    object: str = "embedding"
+
+
+class RawEmbeddingsResponse(msgspec.Struct):
+    """EmbeddingsResponse in msgpack (Accept: application/msgpack): the same object, each
+    embedding the little-endian bytes that base64 would carry (a separate Struct because msgspec
+    types cannot hold str and bytes in one union)."""
+
+    data: list[RawEmbeddingData]
+    model: str
+    usage: Usage
+    object: str = "list"
+
+
 class OpenAIModel(msgspec.Struct):
     id: str
     created: int
@@ -342,6 +381,12 @@ class OpenAIErrorBody(msgspec.Struct):
     """The error shape OpenAI's clients parse (their exceptions carry `message`)."""
 
     error: OpenAIError
+
+
+class CohereErrorBody(msgspec.Struct):
+    """The error shape Cohere's API answers in (its SDKs' exceptions carry the body)."""
+
+    message: str
 
 
 class Health(Base):

@@ -32,6 +32,7 @@ EXPECTED_KINDS = {
     "scale-to-zero-network": {"Deployment", "Service", "ScaledObject", "NetworkPolicy", "Ingress"},
     "slot-blue": {"Deployment", "Service", "PodDisruptionBudget"},
     "slot-green": {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
+    "tracing": {"Deployment", "Service"},
 }
 
 COMMON_LABELS = (

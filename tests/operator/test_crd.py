@@ -74,7 +74,9 @@ def test_scale_subresource_printer_columns_and_short_name() -> None:
     }
     assert "status" in version["subresources"]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Model", "Ready", "Replicas", "Device", "Endpoint", "Age"]
+    assert names == ["Model", "Ready", "Replicas", "Device", "Space", "Endpoint", "Age"]
+    wide = {c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")}
+    assert wide == {"Space"}  # a 71-character digest: `kubectl get clip -o wide`
 
 
 @pytest.mark.helm

@@ -164,3 +164,18 @@ def test_the_endpoint_is_the_gate_when_keda_may_scale_to_zero(helm_bin: str) -> 
     )
     plain = render_state(render, "search", _spec(), SwapState("blue", B))
     assert endpoint(plain, "ml", "cluster.local") == "http://search.ml.svc.cluster.local:3000"
+
+
+@pytest.mark.helm
+def test_a_clipservice_traces_to_the_collector_its_values_name(helm_bin: str) -> None:
+    render = partial(helm_template, helm_bin, CHART, "search", "ml")
+    traced = _spec(values={"tracing": {"endpoint": "http://otel.obs:4318", "samplerArg": "0.1"}})
+    objects = render_state(render, "search", traced, SwapState("blue", B))
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.obs:4318"
+    assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    assert env["OTEL_SERVICE_NAME"] == "search"  # the ClipService; the pod names its slot

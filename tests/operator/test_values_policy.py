@@ -40,6 +40,7 @@ PROM = "keda.prometheus"
         ({"apiKey": {"secretName": ""}}, "apiKey"),
         ({"modelCache": {"type": "existingClaim", "existingClaim": "db-data"}}, "modelCache"),
         ({"fetchAllow": ["169.254.169.254/32"]}, "fetchAllow"),
+        ({"tracing": {"headersSecret": "db"}}, "tracing.headersSecret"),
         ({"deployment": {"enabled": False}}, "deployment.enabled"),
         ({"keda": None}, "keda"),  # would replace the map whole
     ],
@@ -71,6 +72,7 @@ def test_sizing_tuning_and_autoscaler_thresholds_pass() -> None:
             "gate": {"retryAfterSeconds": 5},
         },
         "networkPolicy": {"enabled": True, "from": [{"podSelector": {}}]},
+        "tracing": {"endpoint": "http://otel-collector.obs:4318", "sampler": "always_on"},
     }
     assert refused_values(values) == []
     check_values({"values": values})

@@ -76,6 +76,8 @@ def test_playground_ranks_labels_for_an_uploaded_image(
     with server.client() as c:
         has_classify = "/classify" in c.get("/schema/openapi.json").json()["paths"]
     assert mode == ("labels via /classify" if has_classify else "labels via /rank")
+    # no broken-image box before an image is chosen, the image once it is
+    assert not browser.find_element(By.ID, "classify-preview").is_displayed()
     upload(browser, "classify-file", images[0])
     assert browser.find_element(By.ID, "classify-preview").is_displayed()
     browser.find_element(By.CSS_SELECTOR, "#classify-form button[type=submit]").click()

@@ -83,6 +83,17 @@ def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(
     # (Whole seconds on both sides, and the line is logged just after /readyz turns 200: 1 s
     # of slack, against a model load of many seconds.)
     assert ready_at >= epoch_seconds(warm.group(1).replace(" ", "T") + "Z") - 1
+    # The SPACE column: the digest the server logged, read by the operator from the pod's log
+    # through the apiserver and the real kubelet.
+    space = re.search(r": embedding space (random:[0-9a-f]{64}) ", log)
+    assert space, log[-2000:]
+    digest = space.group(1)
+
+    def active_space() -> str:
+        status = (get(cluster, "clipservice", "search", ns) or {}).get("status") or {}
+        return str(status.get("activeSpace", ""))
+
+    eventually(lambda: active_space() == digest, "status.activeSpace from the pod's log")
     url = obj["status"]["endpoint"]
     assert url == f"http://search.{ns}.svc.cluster.local:3000"
     out = real_node.exec(ns, client, "/probe", "post", f"{url}/encode", TEXT)

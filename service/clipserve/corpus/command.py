@@ -58,6 +58,7 @@ SHARED_SETTINGS = (
     "fetch_allow",
     "fetch_concurrency",
     "preprocess_threads",
+    "compute_workers",
     "compute_threads",
     "compile",
     "log_level",

@@ -19,11 +19,17 @@ class Progress:
         self._bar = sys.stderr.isatty() if bar is None else bar
         self._lines: IO[str] = sys.stdout
         self._start = self._drawn = time.monotonic()
+        self._cpu_start = time.process_time()
 
     @property
     def seconds(self) -> float:
-        """Since the first item could start."""
+        """Since this Progress was made (after the model loaded)."""
         return time.monotonic() - self._start
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (every thread) since this Progress was made."""
+        return time.process_time() - self._cpu_start
 
     @property
     def rate(self) -> float:
@@ -38,10 +44,6 @@ class Progress:
             return
         self._lines.write(json.dumps({"event": name, **fields}) + "\n")
         self._lines.flush()
-
-    def restart_clock(self) -> None:
-        """Rates count from here (after the model loaded)."""
-        self._start = time.monotonic()
 
     def item(self, failed: bool) -> None:
         """One more item done."""

@@ -67,9 +67,10 @@ def parse_slice(flag: str | None, environ: dict[str, str] | os._Environ[str]) ->
 
 def open_corpus(store: Store, args: argparse.Namespace) -> Corpus:
     """What INPUT is: a folder of images or of .tar files, a .tar, or a list file."""
-    if store.kind().name == "NotFound":
+    kind = store.kind().name
+    if kind == "NotFound":
         raise Unreadable(f"{store.url}: no such file, folder or bucket prefix")
-    if store.kind().name == "Directory":
+    if kind == "Directory":
         files = store.files()
         tars = [f for f in files if extension(f) == "tar"]
         return webdataset(store, tars) if tars else folder_of_images(store, args.shard_size)
@@ -204,6 +205,7 @@ def _run(
         items=progress.items,
         failed=progress.failed,
         seconds=round(progress.seconds, 2),
+        cpu_seconds=round(progress.cpu_seconds, 2),
         items_per_s=round(progress.rate, 1),
     )
     return 0

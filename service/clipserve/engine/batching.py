@@ -38,6 +38,7 @@ from clipserve.engine.batch_policy import (
 from clipserve.engine.faults import DeviceWatch
 from clipserve.errors import ClipServeError, Overloaded
 from clipserve.metrics import FAILURE_REASONS, Metrics
+from clipserve.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class _Pending:
     payload: Any
     future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.monotonic)
+    trace: object | None = None  # its request's context, for the batch span (None: off)
 
 
 # An item and what it gets: its result, or the error to raise in its request.
@@ -76,6 +78,7 @@ class ModelBatcher:
         threads: int = 1,
         quiet_s: float = QUIET_S,
         fail_after: int = 0,
+        tracing: Tracing = OFF,
     ) -> None:
         self.name = name
         self.limits = Limits(max_batch_size, max_wait_s, quiet_s)
@@ -92,6 +95,7 @@ class ModelBatcher:
         self._failure: str | None = None  # why the model is out of service
         self._watch = DeviceWatch(name, workers, fail_after, lambda m, p: encoders[m]([p]))
         self._metrics = metrics
+        self._tracing = tracing
         for modality in encoders:
             # Exported from the start: an autoscaler reading an idle pod sees 0, not "no metric".
             metrics.queue_depth.labels(name, modality).set(0)
@@ -132,7 +136,8 @@ class ModelBatcher:
     async def submit(self, modality: str, payloads: Sequence[Any]) -> list[Any]:
         """Queue items and wait for their results; Overloaded if the queue is full."""
         loop = asyncio.get_running_loop()
-        pending = [_Pending(p, loop.create_future()) for p in payloads]
+        trace = self._tracing.capture()
+        pending = [_Pending(p, loop.create_future(), trace=trace) for p in payloads]
         with self._cond:
             if self._failure is not None:
                 raise Overloaded(f"model {self.name} is out of service: {self._failure}")
@@ -178,7 +183,8 @@ class ModelBatcher:
                     torch.set_num_threads(want)  # this thread's OpenMP/MKL setting
                     threads = want
                 try:
-                    outcomes = self._compute(*job)
+                    with self._tracing.batch("batch", job[1], self._span_attributes(*job)):
+                        outcomes = self._compute(*job)
                 finally:
                     with self._cond:
                         self._busy[worker] = False
@@ -215,6 +221,13 @@ class ModelBatcher:
                     self._busy[worker] = True
                     self._cond.notify_all()  # the next worker's turn, if work is left
                     return modality, batch
+
+    def _span_attributes(self, modality: str, batch: list[_Pending]) -> dict[str, object]:
+        return {
+            "clipserve.model": self.name,
+            "clipserve.modality": modality,
+            "clipserve.batch_size": len(batch),
+        }
 
     def _state(self, worker: int) -> State:
         """The policy's view, after dropping cancelled items at the queues' heads (lock held)."""

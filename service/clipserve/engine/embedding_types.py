@@ -66,10 +66,14 @@ def as_base64(rows: np.ndarray) -> list[Row]:
     return [pybase64.b64encode(row.tobytes()).decode("ascii") for row in little]
 
 
+def serialized(rows: np.ndarray, *, base64: bool) -> list[Row]:
+    """Converted rows (see `convert`), each as JSON numbers or a base64 string."""
+    return as_base64(rows) if base64 else as_json(rows)
+
+
 def encoded(vectors: np.ndarray, kind: str, *, base64: bool, where: str) -> list[Row]:
     """Rows as `kind`, each as JSON numbers or a base64 string."""
-    rows = convert(vectors, kind, where)
-    return as_base64(rows) if base64 else as_json(rows)
+    return serialized(convert(vectors, kind, where), base64=base64)
 
 
 def normalize_for(kind: str, normalize: bool | None) -> bool:

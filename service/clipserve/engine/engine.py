@@ -34,11 +34,13 @@ from clipserve.schemas import (
     ModelInfo,
     ModelsResponse,
     PreprocessInfo,
+    SpaceInfo,
     TokenizerInfo,
 )
 from clipserve.settings import Settings
 from clipserve.sources.byte_budget import ByteBudget
 from clipserve.sources.fetch import FetchPolicy, ImageFetcher
+from clipserve.tracing import OFF, Tracing
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,17 @@ class Classified:
 class Engine:
     """Owns models, batchers, the preprocessing pool and the image fetcher."""
 
-    def __init__(self, settings: Settings, specs: list[ModelSpec], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ModelSpec],
+        metrics: Metrics,
+        tracing: Tracing = OFF,
+    ) -> None:
         self.settings = settings
         self.specs = specs
         self.metrics = metrics
+        self.tracing = tracing
         self.models: dict[str, ClipModel] = {}
         self.batchers: dict[str, ModelBatcher] = {}
         self.loaded_at: dict[str, int] = {}  # spec -> Unix time it became ready
@@ -94,6 +103,7 @@ class Engine:
                 allow=settings.fetch_allow,
             ),
             budget=ByteBudget(settings.fetch_buffer_bytes),
+            tracing=tracing,
         )
         self._decoder = InputDecoder(
             fetcher=self._fetcher,
@@ -105,6 +115,7 @@ class Engine:
             cache=self.cache,
             metrics=metrics,
             fetches_per_request=settings.fetch_concurrency,
+            tracing=tracing,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -117,7 +128,7 @@ class Engine:
 
     def load(self) -> None:
         """Load and warm every model, then start its batcher (blocking; run in a thread)."""
-        startup.load_all(self.settings, self.specs, self.metrics, self._serve)
+        startup.load_all(self.settings, self.specs, self.metrics, self._serve, self.tracing)
 
     def _serve(self, name: str, model: ClipModel, batcher: ModelBatcher) -> None:
         """Take a loaded model and its started batcher into service (in the loader thread)."""
@@ -164,7 +175,11 @@ class Engine:
         return Embedded(served.spec.raw, l2_normalize(vectors) if normalize else vectors, tokens)
 
     async def rank(
-        self, queries: list[Item], candidates: list[Item], *, model: str | None
+        self,
+        queries: Sequence[Item | Tokens],
+        candidates: Sequence[Item | Tokens],
+        *,
+        model: str | None,
     ) -> Ranked:
         """Cosines, softmax probabilities over the candidates and the model's own scores,
         one row per query."""
@@ -245,6 +260,10 @@ class Engine:
     def served(self, name: str | None) -> str:
         """The spec of the model a request names; UnknownModel (404) if none matches."""
         return self._model(name).spec.raw
+
+    def space(self, spec: str) -> str:
+        """The embedding-space digest of the served model `spec` (X-Clip-Space)."""
+        return self.models[spec].space.digest
 
     def gpu_memory(self) -> dict[str, int]:
         """Bytes torch has allocated on each CUDA device a model runs on."""
@@ -329,4 +348,5 @@ def _model_info(model: ClipModel) -> dict[str, Any]:
         **info,
         "preprocess": PreprocessInfo(**info["preprocess"]),
         "tokenizer": TokenizerInfo(**info["tokenizer"]),
+        "space": SpaceInfo(**info["space"]),
     }

@@ -31,6 +31,7 @@ from clipserve.models.images import (
 )
 from clipserve.schemas import Item
 from clipserve.sources.fetch import ImageFetcher
+from clipserve.tracing import OFF, Tracing
 
 TEXT, IMAGE = "text", "image"
 _FIELDS = ("text", "img_uri", "img_blob")
@@ -80,6 +81,7 @@ class InputDecoder:
         cache: EmbeddingCache,
         metrics: Metrics,
         fetches_per_request: int,
+        tracing: Tracing = OFF,
     ) -> None:
         if fetches_per_request < 1:
             raise ValueError(f"fetch_concurrency must be at least 1, not {fetches_per_request}")
@@ -90,6 +92,7 @@ class InputDecoder:
         self._pool = pool
         self._cache = cache
         self._metrics = metrics
+        self._tracing = tracing
 
     def fetch_turns(self) -> FetchTurns:
         """A new request's turns at fetching (one per request: share it between its lists)."""
@@ -154,7 +157,7 @@ class InputDecoder:
                 async with turns.slots:
                     return await self._fetched_image(model, value, turns.since)
             # base64 decoding of a large blob is CPU work too: keep it off the loop
-            job = partial(self._inline_image, model, name, value)
+            job = partial(self._inline_image, model, name, value, self._tracing.capture())
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
         except ClipServeError as exc:
             raise type(exc)(f"{where}.{name}: {exc.message}") from exc
@@ -164,19 +167,23 @@ class InputDecoder:
         cached = self._cache.get(key) if key else None
         return Prepared(TEXT, payload, key, cached)
 
-    def _inline_image(self, model: ClipModel, name: str, value: str) -> Prepared:
+    def _inline_image(self, model: ClipModel, name: str, value: str, trace: object) -> Prepared:
         """In the pool: base64 (a blob or a data: URI) -> bytes, then as `_image`."""
         start = time.perf_counter()
         decode = decode_base64 if name == "img_blob" else decode_data_uri
-        return self._image(model, decode(value, self._limits), start)
+        return self._image(model, decode(value, self._limits), trace, start)
 
-    def _image(self, model: ClipModel, data: bytes, start: float | None = None) -> Prepared:
-        """In the pool: a cache lookup by the image's bytes, then (on a miss) its pixels."""
+    def _image(
+        self, model: ClipModel, data: bytes, trace: object, start: float | None = None
+    ) -> Prepared:
+        """In the pool: a cache lookup by the image's bytes, then (on a miss) its pixels; the
+        decode span a child of `trace`, the request's context on the loop."""
         start = start or time.perf_counter()
         key = self._key(model, IMAGE, data)
         if key and (cached := self._cache.get(key)) is not None:
             return Prepared(IMAGE, None, key, cached)
-        pixels = prepare_image(data, model.preprocessing.geometry, self._limits)
+        with self._tracing.span("decode", parent=trace):
+            pixels = prepare_image(data, model.preprocessing.geometry, self._limits)
         self._metrics.decode.labels(model.spec.raw).observe(time.perf_counter() - start)
         return Prepared(IMAGE, pixels, key)
 
@@ -201,5 +208,5 @@ class InputDecoder:
         start = time.perf_counter()
         async with self._fetcher.fetching(url, since) as data:
             self._metrics.fetch.observe(time.perf_counter() - start)
-            job = partial(self._image, model, data)
+            job = partial(self._image, model, data, self._tracing.capture())
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)

@@ -19,6 +19,7 @@ from clipserve.engine.inputs import IMAGE, TEXT
 from clipserve.metrics import Metrics
 from clipserve.models import ClipModel, ModelLoadError, ModelSpec, load_model
 from clipserve.settings import Settings
+from clipserve.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,13 @@ class Row(NamedTuple):
     tokens: int  # tokens of a text, counting start and end; 0 for an image
 
 
-def load_all(settings: Settings, specs: list[ModelSpec], metrics: Metrics, ready: Ready) -> None:
+def load_all(
+    settings: Settings,
+    specs: list[ModelSpec],
+    metrics: Metrics,
+    ready: Ready,
+    tracing: Tracing = OFF,
+) -> None:
     """Load and warm every model, start its batcher and hand both to `ready` (blocking; run in
     a thread)."""
     # In a thread of its own that then exits. torch's OpenMP runtime (libgomp) keeps a team
@@ -42,7 +49,7 @@ def load_all(settings: Settings, specs: list[ModelSpec], metrics: Metrics, ready
     # caller's thread (asyncio.to_thread's) lives on, and so would its team.
     with ThreadPoolExecutor(1, thread_name_prefix="load") as loader:
         try:
-            loader.submit(_load_each, settings, specs, metrics, ready).result()
+            loader.submit(_load_each, settings, specs, metrics, ready, tracing).result()
         except ModelLoadError:
             # start-up reports the message alone; the causes under it are for --log-level debug
             log.debug("model loading failed", exc_info=True)
@@ -55,12 +62,14 @@ def load_all(settings: Settings, specs: list[ModelSpec], metrics: Metrics, ready
     gc.freeze()
 
 
-def _load_each(settings: Settings, specs: list[ModelSpec], metrics: Metrics, ready: Ready) -> None:
+def _load_each(
+    settings: Settings, specs: list[ModelSpec], metrics: Metrics, ready: Ready, tracing: Tracing
+) -> None:
     """What `load_all` does, in the loader thread."""
     threads = settings.threads()
     torch.set_num_threads(threads)
     for spec in specs:
-        model, batcher = _start(spec, settings, metrics, threads)
+        model, batcher = _start(spec, settings, metrics, threads, tracing)
         ready(spec.raw, model, batcher)
         log.info(
             "%s ready on %s (%s: %s), max batch %d, %d compute workers",
@@ -74,7 +83,7 @@ def _load_each(settings: Settings, specs: list[ModelSpec], metrics: Metrics, rea
 
 
 def _start(
-    spec: ModelSpec, s: Settings, metrics: Metrics, threads: int
+    spec: ModelSpec, s: Settings, metrics: Metrics, threads: int, tracing: Tracing
 ) -> tuple[ClipModel, ModelBatcher]:
     """One model loaded, compiled and warmed, and its batcher started."""
     model = load_model(
@@ -101,6 +110,7 @@ def _start(
         workers=workers,
         threads=threads,
         fail_after=s.device_failures,
+        tracing=tracing,
     )
     batcher.start()
     return model, batcher

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,24 +19,31 @@ from clipserve.http.middleware import (
     cancel_on_disconnect,
     default_model_header,
     request_metrics,
+    request_tracing,
 )
 from clipserve.http.pages import openapi_config, page_routes
 from clipserve.http.routes import ROUTES
 from clipserve.metrics import Metrics
 from clipserve.models import ModelLoadError, add_model_configs, parse_spec
 from clipserve.settings import Settings
+from clipserve.tracing import Tracing
+from clipserve.tracing_config import from_env as tracing_from_env
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litestar:
-    """Build the app; models load in the background once it starts (see /readyz)."""
+def create_app(
+    settings: Settings, lifecycle: Lifecycle | None = None, tracing: Tracing | None = None
+) -> Litestar:
+    """Build the app; models load in the background once it starts (see /readyz). Tracing as
+    the OTEL_* variables say unless given; ValueError for a setting that cannot work."""
+    tracing = tracing or tracing_from_env(os.environ)
     if settings.model_config_dir:
         add_model_configs(settings.model_config_dir)
     specs = [parse_spec(s) for s in settings.model]
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics()
-    engine = Engine(settings, specs, metrics)
+    engine = Engine(settings, specs, metrics, tracing)
     api_keys = settings.api_keys()
 
     @asynccontextmanager
@@ -48,6 +56,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
             loading.cancel()
             await asyncio.to_thread(engine.stop)
             await engine.aclose()
+            await asyncio.to_thread(tracing.shutdown)  # the drained requests' last spans
 
     return Litestar(
         route_handlers=[*ROUTES, *page_routes(settings.playground)],
@@ -59,6 +68,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> Litest
         },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
+            *request_tracing(tracing),
             request_metrics(metrics),
             *bearer_auth(api_keys, settings.open_paths),
             # inside auth: a 401 names no model to a client without a key

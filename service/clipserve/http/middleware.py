@@ -1,4 +1,4 @@
-"""ASGI middleware: request metrics, bearer-key auth, the X-Clip-Model header, and
+"""ASGI middleware: request traces and metrics, bearer-key auth, the X-Clip-Model header, and
 cancelling the work of clients that went away."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 from litestar.connection import ASGIConnection
 from litestar.middleware import (
@@ -16,6 +17,7 @@ from litestar.middleware import (
 )
 from litestar.types import (
     ASGIApp,
+    HTTPScope,
     Message,
     Receive,
     ReceiveMessage,
@@ -27,12 +29,16 @@ from clipserve.errors import Unauthorized
 from clipserve.http.auth import authorized
 from clipserve.http.exceptions import to_http
 from clipserve.metrics import Metrics
+from clipserve.tracing import Tracing
 
 MODEL_HEADER = "X-Clip-Model"
+# The digest of the embedding space (models/space.py) beside it, on responses made by a model.
+SPACE_HEADER = "X-Clip-Space"
 _MODEL_HEADER_KEY = MODEL_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 # Route opt (litestar's own key): served without an API key (the pages, which ask for the key
 # themselves).
 PUBLIC = "exclude_from_auth"
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
@@ -67,6 +73,38 @@ def request_metrics(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
         return wrapped
 
     return middleware
+
+
+def request_tracing(tracing: Tracing) -> list[Callable[[ASGIApp], ASGIApp]]:
+    """A server span per request (a child of the caller's `traceparent`), current while the
+    handler runs, so the engine's spans land in its trace; nothing at all when tracing is off.
+    Probes and scrapes are not traced: a trace every few seconds per pod that says nothing."""
+    if not tracing.enabled:
+        return []
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or scope["path"] in _UNTRACED:
+                await app(scope, receive, send)
+                return
+            route = scope.get("path_template") or scope["path"]
+            method = cast("HTTPScope", scope)["method"]
+            with tracing.request(method, route, scope["headers"]) as span:
+
+                async def send_wrapper(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        span.respond(message["status"])
+                    await send(message)
+
+                try:
+                    await app(scope, receive, send_wrapper)
+                except Exception as exc:  # answered outside (as in request_metrics)
+                    span.respond(to_http(exc).status)
+                    raise
+
+        return wrapped
+
+    return [middleware]
 
 
 def default_model_header(model: Callable[[], str]) -> Callable[[ASGIApp], ASGIApp]:

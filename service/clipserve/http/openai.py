@@ -9,12 +9,13 @@ Images come through the same route as NVIDIA's NV-CLIP takes them: an input stri
 
 from __future__ import annotations
 
-import numpy as np
+from litestar import Response
 
 from clipserve.engine import embedding_types
 from clipserve.engine.engine import Engine
 from clipserve.engine.inputs import Tokens
 from clipserve.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from clipserve.http import media
 from clipserve.schemas import (
     EmbeddingData,
     EmbeddingsRequest,
@@ -22,6 +23,8 @@ from clipserve.schemas import (
     Item,
     OpenAIModel,
     OpenAIModels,
+    RawEmbeddingData,
+    RawEmbeddingsResponse,
     Usage,
 )
 
@@ -30,16 +33,29 @@ IMAGE_URI = "data:image/"
 MAX_TOKEN_IDS = 8192
 
 
-async def embeddings(engine: Engine, request: EmbeddingsRequest) -> EmbeddingsResponse:
-    """/v1/embeddings: L2-normalized like OpenAI's, as numbers or base64 of the type asked."""
+async def embeddings(engine: Engine, request: EmbeddingsRequest, media_type: str) -> Response:
+    """/v1/embeddings: L2-normalized like OpenAI's, of the type asked, in `media_type` (JSON:
+    numbers or base64 by encoding_format; see http/media.py for the others)."""
     out = await engine.encode(
         inputs(request.input), model=request.model, normalize=True, where="input"
     )
     check_dimensions(request.dimensions, out.model, out.vectors.shape[1])
-    return EmbeddingsResponse(
-        data=embedding_data(out.vectors.numpy(), request.embedding_type, request.encoding_format),
-        model=out.model,
-        usage=Usage(prompt_tokens=out.tokens, total_tokens=out.tokens),
+    rows = embedding_types.convert(out.vectors.numpy(), request.embedding_type, "embedding_type")
+    usage = Usage(prompt_tokens=out.tokens, total_tokens=out.tokens)
+    space = engine.space(out.model)
+    headers = media.embedding_headers(out.model, space, request.embedding_type, rows) | {
+        media.PROMPT_TOKENS_HEADER: str(usage.prompt_tokens),
+        media.TOTAL_TOKENS_HEADER: str(usage.total_tokens),
+    }
+
+    if media_type == media.JSON:
+        base64 = request.encoding_format == "base64"
+        rows_out = embedding_types.serialized(rows, base64=base64)
+        data = [EmbeddingData(embedding=e, index=i) for i, e in enumerate(rows_out)]
+        return Response(EmbeddingsResponse(data, out.model, usage), headers=headers)
+    raw = [RawEmbeddingData(embedding=e, index=i) for i, e in enumerate(media.raw_rows(rows))]
+    return media.binary_response(
+        media_type, rows, RawEmbeddingsResponse(raw, out.model, usage), headers
     )
 
 
@@ -86,22 +102,14 @@ def _tokens(ids: list[int], where: str) -> Tokens:
     return Tokens(tuple(ids))
 
 
-def check_dimensions(dimensions: int | None, model: str, embed_dim: int) -> None:
-    """Only the model's own size: CLIP was not trained for truncated (Matryoshka) vectors."""
+def check_dimensions(
+    dimensions: int | None, model: str, embed_dim: int, where: str = "dimensions"
+) -> None:
+    """Only the model's own size: CLIP was not trained for truncated (Matryoshka) vectors.
+    (Cohere's `output_dimension` takes the same answer.)"""
     if dimensions is not None and dimensions != embed_dim:
         raise InvalidInput(
-            f"dimensions: {dimensions} is not available; {model} makes {embed_dim}-dimensional "
+            f"{where}: {dimensions} is not available; {model} makes {embed_dim}-dimensional "
             "embeddings and CLIP models are not trained to be truncated, so only "
-            f"{embed_dim} (or leaving dimensions out) is accepted"
+            f"{embed_dim} (or leaving {where} out) is accepted"
         )
-
-
-def embedding_data(
-    vectors: np.ndarray, embedding_type: str, encoding_format: str
-) -> list[EmbeddingData]:
-    """One entry per row: numbers, or base64 of the little-endian bytes (float32 by default,
-    as OpenAI's)."""
-    rows = embedding_types.encoded(
-        vectors, embedding_type, base64=encoding_format == "base64", where="embedding_type"
-    )
-    return [EmbeddingData(embedding=e, index=i) for i, e in enumerate(rows)]

@@ -6,7 +6,9 @@ dependency injection, wired in app.py; errors become HTTP responses in http/exce
 
 from __future__ import annotations
 
-from litestar import Response, Router, get, post
+from typing import Any
+
+from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -14,14 +16,21 @@ from litestar.types import ControllerRouterHandler
 
 from clipserve.engine import embedding_types
 from clipserve.engine.engine import Engine
-from clipserve.errors import OPENAI_PREFIX
+from clipserve.errors import COHERE_PREFIX, OPENAI_PREFIX
+from clipserve.http import cohere as cohere_compat
+from clipserve.http import media
 from clipserve.http import openai as openai_compat
+from clipserve.http.cohere_schemas import EmbedRequest as CohereEmbedRequest
+from clipserve.http.cohere_schemas import EmbedResponse as CohereEmbedResponse
+from clipserve.http.cohere_schemas import RerankRequest as CohereRerankRequest
+from clipserve.http.cohere_schemas import RerankResponse as CohereRerankResponse
 from clipserve.http.lifecycle import Lifecycle
-from clipserve.http.middleware import MODEL_HEADER
+from clipserve.http.middleware import MODEL_HEADER, SPACE_HEADER
 from clipserve.metrics import Metrics
 from clipserve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
+    CohereErrorBody,
     Embeddings,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -44,6 +53,7 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         400: "invalid input (the detail names the field)",
         401: "missing or bad API key",
         404: "unknown model",
+        406: "Accept admits none of the media types the route answers in",
         413: "over a size or count limit",
         500: "the model failed on an item",
         502: "an image URL could not be fetched",
@@ -54,6 +64,8 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
 
 
 WORK_ERRORS = _errors(400, 401, 404, 413, 500, 502, 503, 504)
+# /encode answers in JSON, .npy or msgpack, by Accept
+ENCODE_ERRORS = _errors(400, 401, 404, 406, 413, 500, 502, 503, 504)
 
 
 def _openai_errors(*codes: int) -> dict[int, ResponseSpec]:
@@ -64,27 +76,44 @@ def _openai_errors(*codes: int) -> dict[int, ResponseSpec]:
     }
 
 
-def _from(model: str, content: object) -> Response:
-    """A response that names the model which produced it."""
-    return Response(content, headers={MODEL_HEADER: model})
+def _cohere_errors(*codes: int) -> dict[int, ResponseSpec]:
+    """The same statuses in Cohere's error shape, for the /v2/* routes."""
+    return {
+        c: ResponseSpec(CohereErrorBody, description=spec.description)
+        for c, spec in _errors(*codes).items()
+    }
 
 
-@post("/encode", status_code=200, summary="Embed texts and images", responses=WORK_ERRORS)
+def _from(engine: Engine, model: str, content: object) -> Response:
+    """A response that names the model which produced it and that model's embedding space."""
+    return Response(content, headers={MODEL_HEADER: model, SPACE_HEADER: engine.space(model)})
+
+
+@post(
+    "/encode",
+    status_code=200,
+    summary="Embed texts and images",
+    responses=ENCODE_ERRORS,
+    operation_class=media.EmbeddingsOperation,
+)
 async def encode(
-    data: JSONBody[EncodeRequest], engine: NamedDependency[Engine]
+    data: JSONBody[EncodeRequest], engine: NamedDependency[Engine], request: Request
 ) -> Response[Embeddings]:
     """A JSON array of items, or `{"items": [...], "model", "normalize", "embedding_type",
-    "encoding"}`: vectors as float32 numbers, or another type, as numbers or base64."""
+    "encoding"}`: vectors as float32 numbers, or another type, as numbers or base64; with
+    `Accept: application/x-npy` or msgpack, one array or msgpack bins instead."""
+    media_type = media.negotiate(request.headers.get("accept"))  # a 406 before any work
     opts = data if isinstance(data, EncodeOptions) else EncodeOptions(items=data)
     normalize = embedding_types.normalize_for(opts.embedding_type, opts.normalize)
     out = await engine.encode(opts.items, model=opts.model, normalize=normalize, where="items")
-    vectors = embedding_types.encoded(
-        out.vectors.numpy(),
-        opts.embedding_type,
-        base64=opts.encoding == "base64",
-        where="embedding_type",
-    )
-    return _from(out.model, vectors)
+    rows = embedding_types.convert(out.vectors.numpy(), opts.embedding_type, "embedding_type")
+    space = engine.space(out.model)
+    headers = media.embedding_headers(out.model, space, opts.embedding_type, rows)
+    if media_type == media.JSON:
+        base64 = opts.encoding == "base64"
+        return Response[Any](embedding_types.serialized(rows, base64=base64), headers=headers)
+    # the JSON's own object, a list of rows, with each row a bin
+    return media.binary_response(media_type, rows, media.raw_rows(rows), headers)
 
 
 @post("/rank", status_code=200, summary="Score candidates against queries", responses=WORK_ERRORS)
@@ -95,6 +124,7 @@ async def rank(
     scores (sigmoid per pair for SigLIP-style models; see `objective`)."""
     out = await engine.rank(data.queries, data.candidates, model=data.model)
     return _from(
+        engine,
         out.model,
         RankResponse(
             probabilities=out.probabilities.tolist(),
@@ -113,6 +143,7 @@ async def classify(
     (softmax over the labels for CLIP, sigmoid per label for SigLIP), most likely first."""
     out = await engine.classify(data.images, data.labels, data.templates, model=data.model)
     return _from(
+        engine,
         out.model,
         ClassifyResponse(predictions=out.predictions, objective=out.objective),  # type: ignore[arg-type]
     )
@@ -122,15 +153,17 @@ async def classify(
     "/embeddings",
     status_code=200,
     summary="OpenAI-compatible embeddings (texts, token ids, data:image/ URIs)",
-    responses=_openai_errors(400, 401, 404, 413, 500, 503),
+    responses=_openai_errors(400, 401, 404, 406, 413, 500, 503),
+    operation_class=media.EmbeddingsOperation,
 )
 async def openai_embeddings(
-    data: JSONBody[EmbeddingsRequest], engine: NamedDependency[Engine]
+    data: JSONBody[EmbeddingsRequest], engine: NamedDependency[Engine], request: Request
 ) -> Response[EmbeddingsResponse]:
     """OpenAI's embeddings API: `encoding_format` float or base64, `dimensions` (the model's
-    own only), token arrays, and `data:image/...;base64,` strings as images; L2-normalized."""
-    out = await openai_compat.embeddings(engine, data)
-    return _from(out.model, out)
+    own only), token arrays, and `data:image/...;base64,` strings as images; L2-normalized.
+    `Accept: application/x-npy` or msgpack answers one array or msgpack bins instead."""
+    media_type = media.negotiate(request.headers.get("accept"))  # a 406 before any work
+    return await openai_compat.embeddings(engine, data, media_type)
 
 
 @get(
@@ -207,17 +240,49 @@ async def prometheus(
     )
 
 
+@post(
+    "/embed",
+    status_code=200,
+    summary="Cohere-compatible embed (texts, data:image/ URIs, mixed inputs)",
+    responses=_cohere_errors(400, 401, 404, 413, 500, 503),
+)
+async def cohere_embed(
+    data: JSONBody[CohereEmbedRequest], engine: NamedDependency[Engine]
+) -> Response[CohereEmbedResponse]:
+    """Cohere's v2 embed: `texts`, `images` or `inputs`, several `embedding_types` at once,
+    `truncate`; L2-normalized (see the README, "Cohere clients")."""
+    return _from(engine, *await cohere_compat.embed(engine, data))
+
+
+@post(
+    "/rerank",
+    status_code=200,
+    summary="Cohere-compatible rerank (text or data:image/ URI documents)",
+    responses=_cohere_errors(400, 401, 404, 413, 500, 503),
+)
+async def cohere_rerank(
+    data: JSONBody[CohereRerankRequest], engine: NamedDependency[Engine]
+) -> Response[CohereRerankResponse]:
+    """Cohere's v2 rerank: each document's `relevance_score` is the model's own score for the
+    query (as /rank's `scores`), best first, `top_n` of them."""
+    return _from(engine, *await cohere_compat.rerank(engine, data))
+
+
 # OpenAI's surface, under the prefix by which every error below it takes OpenAI's shape.
 OPENAI = Router(
     path=OPENAI_PREFIX.rstrip("/"),
     route_handlers=[openai_embeddings, openai_models, openai_model],
 )
 
+# Cohere's, likewise.
+COHERE = Router(path=COHERE_PREFIX.rstrip("/"), route_handlers=[cohere_embed, cohere_rerank])
+
 ROUTES: list[ControllerRouterHandler] = [
     encode,
     rank,
     classify,
     OPENAI,
+    COHERE,
     models,
     healthz,
     readyz,

@@ -11,6 +11,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from clipserve.models.recipe import Preprocessing, TokenizerInfo
+from clipserve.models.space import Space
 from clipserve.models.spec import ModelSpec
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -76,6 +77,7 @@ class ClipModel:
     logit_bias: float | None  # set for sigmoid-trained models (SigLIP)
     embed_dim: int
     quick_gelu: bool
+    space: Space  # the weights, preprocessing and tokenizer its vectors come from
     # uint8 pixels -> normalized input in one multiply-add: (x/255 - mean)/std = x*scale - shift
     _scale: torch.Tensor = field(repr=False)
     _shift: torch.Tensor = field(repr=False)
@@ -117,20 +119,38 @@ class ClipModel:
     def token_row(self, ids: Sequence[int]) -> torch.Tensor:
         """A text given as token ids (without start and end tokens, as OpenAI's token arrays)
         as one row of `tokenize`; ValueError if this model's tokenizer cannot take ids."""
-        tok = self.tokenizer
-        if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None:
-            raise ValueError(
-                f"{self.spec.raw} does not tokenize with CLIP's BPE ({type(tok).__name__}), "
-                "so token ids cannot be taken; send text"
-            )
+        tok = self._clip_bpe("token ids cannot be taken; send text")
         vocab = min(tok.vocab_size, self.vocab_size)
-        bad = next((i for i in ids if not 0 <= i < vocab), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} is not in the vocabulary (0 to {vocab - 1})")
+        if (negative := next((i for i in ids if i < 0), None)) is not None:
+            raise ValueError(f"token id {negative} is negative; ids are 0 to {vocab - 1}")
+        if (foreign := next((i for i in ids if i >= vocab), None)) is not None:
+            # OpenAI clients tokenize with tiktoken (ids up to ~200,000) before sending: such
+            # ids, embedded as CLIP's, would give vectors of some other text, silently.
+            raise ValueError(
+                f"token id {foreign} is beyond this model's vocabulary (0 to {vocab - 1}): these "
+                "look like another tokenizer's ids (e.g. tiktoken's, which LangChain's "
+                "OpenAIEmbeddings sends by default), not CLIP's. Send the texts as strings "
+                "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
+            )
         row = torch.zeros(self.context_length, dtype=torch.long)
         tokens = [tok.sot_token_id, *ids[: self.context_length - 2], tok.eot_token_id]
         row[: len(tokens)] = torch.tensor(tokens)
         return row
+
+    def text_ids(self, text: str) -> list[int]:
+        """The text's token ids without start and end tokens and not truncated (CLIP's BPE,
+        so that a caller can cut them from either side); ValueError for another tokenizer."""
+        tok = self._clip_bpe("its texts cannot be cut to a token count here")
+        return [int(i) for i in tok.encode(text)]
+
+    def _clip_bpe(self, consequence: str) -> SimpleTokenizer:
+        tok = self.tokenizer
+        if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None:
+            raise ValueError(
+                f"{self.spec.raw} does not tokenize with CLIP's BPE ({type(tok).__name__}), "
+                f"so {consequence}"
+            )
+        return tok
 
     @property
     def vocab_size(self) -> int:
@@ -236,6 +256,7 @@ class ClipModel:
             "dtype": self.precision,
             "dtype_reason": self.dtype_reason,
             "compiled": self.compiled,
+            "space": self.space.info(),
         }
 
 

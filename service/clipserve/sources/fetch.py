@@ -25,6 +25,7 @@ import httpx
 
 from clipserve.errors import InvalidInput, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from clipserve.sources.byte_budget import ByteBudget, Hold
+from clipserve.tracing import OFF, Tracing
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -207,6 +208,7 @@ class ImageFetcher:
         *,
         resolve: Resolver = system_resolve,
         budget: ByteBudget | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         if budget is not None and budget.capacity < policy.max_bytes:
             raise ValueError(
@@ -215,6 +217,7 @@ class ImageFetcher:
             )
         self.policy = policy
         self._budget = budget
+        self._tracing = tracing
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=32)
         backend = GuardedBackend(AddressGuard(policy.allow), resolve)
         self._client = httpx.AsyncClient(
@@ -252,7 +255,9 @@ class ImageFetcher:
         try:
             try:
                 async with asyncio.timeout(total) as deadline:
-                    data = await self._follow(target, held, deadline)
+                    # the host only: a URL's path and query may carry a signed token
+                    with self._tracing.span("fetch", {"server.address": target.host}):
+                        data = await self._follow(target, held, deadline)
             except TimeoutError as exc:
                 raise UpstreamTimeout(f"fetching the image took longer than {total:g} s") from exc
             yield data

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.service.corpus.conftest import BAD, Ran, embed, read_output
+from tests.support.origin import Origin
 from tests.support.server import Server
 
 
@@ -146,3 +147,29 @@ def test_a_csv_with_both_default_columns_is_refused_naming_them(tmp_path: Path):
     ran = embed(str(tmp_path / "l.csv"), "--output", str(tmp_path / "o"))
     assert ran.code == 2
     assert "both text and image" in ran.stderr and "--text-column" in ran.stderr
+
+
+def test_image_urls_are_fetched_through_the_allow_list_and_failures_are_rows(
+    tmp_path: Path, pictures: tuple[Path, list[str]], server: Server
+):
+    root, ids = pictures
+    good = root / ids[-1]
+    with Origin() as origin:  # an in-cluster image store on a private (loopback) address
+        origin.add("/a.png", good.read_bytes(), content_type="image/png")
+        origin.add("/gone.png", b"not here", status=404)
+        lines = [origin.url("/a.png"), origin.url("/gone.png"), "http://127.0.0.1:9/closed.png"]
+        (tmp_path / "urls.txt").write_text("\n".join(lines) + "\n")
+        args = (str(tmp_path / "urls.txt"), "--lines", "images", "--fetch-timeout-s", "5")
+        guarded = embed(*args, "--output", str(tmp_path / "guarded"))
+        allowed = embed(*args, "--output", str(tmp_path / "allowed"), "--fetch-allow", "127.0.0.1")
+    assert guarded.code == allowed.code == 0, guarded.stderr + allowed.stderr
+    refused = [r["error"] for r in read_output(tmp_path / "guarded")["rows"]]
+    assert all(e and "127.0.0.1" in e for e in refused), refused  # the SSRF guard, by default
+    rows = read_output(tmp_path / "allowed")["rows"]
+    assert rows[0]["error"] is None
+    assert "404" in rows[1]["error"]
+    assert rows[2]["error"] and rows[2]["embedding"] is None
+    with server.client() as client:
+        item = {"img_blob": base64.b64encode(good.read_bytes()).decode()}
+        [served] = client.post("/encode", json={"items": [item], "normalize": True}).json()
+    assert _cos(np.array(rows[0]["embedding"]), np.array(served)) >= 0.9999

@@ -69,6 +69,15 @@ def test_once_a_server_is_up_requests_and_answers_pass_unchanged(
         a, b = direct.post("/encode", json=body), through.post("/encode", json=body)
         assert (b.status_code, b.headers["x-clip-model"]) == (200, TINY)
         assert b.json() == a.json()
+        # A binary answer (Accept: .npy) too, byte for byte with the headers that describe it.
+        npy = {"Accept": "application/x-npy"}
+        a, b = (
+            direct.post("/encode", json=body, headers=npy),
+            through.post("/encode", json=body, headers=npy),
+        )
+        assert (b.status_code, b.headers["content-type"]) == (200, "application/x-npy")
+        assert b.content == a.content
+        assert b.headers["x-embedding-shape"] == a.headers["x-embedding-shape"] == "2,32"
         # Errors come back as the server wrote them, with their status and detail.
         bad = through.post("/encode", json=[{"img_blob": "not base64!"}])
         assert (
@@ -83,7 +92,7 @@ def test_once_a_server_is_up_requests_and_answers_pass_unchanged(
         )
         # /metrics is the gate's own; the server's stays on the server.
         assert "clipserve_queue_depth" not in through.get("/metrics").text
-        assert gate.requests()["proxied"] == 3
+        assert gate.requests()["proxied"] == 4
     finally:
         server.stop()
     # The server gone again: 503 once more, nothing held.

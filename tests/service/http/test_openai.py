@@ -136,6 +136,7 @@ def test_errors_reach_the_sdks_exceptions_with_our_message_and_field(server: Ser
     assert "text-embedding-3-small" in missing.value.message
     assert missing.value.code == "model_not_found" and missing.value.param == "model"
     assert "49500" in tokens.value.message and tokens.value.param == "input[0]"
+    assert "another tokenizer" in tokens.value.message
 
 
 def test_the_openai_error_shape_stays_on_the_openai_routes(server: Server):

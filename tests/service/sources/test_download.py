@@ -259,6 +259,8 @@ def test_hub_files_land_in_the_hub_cache_layout_verified(tmp_path, tiny, origin)
     origin.close()
     model = load_model(parse_spec(f"hf-hub:{repo}"), cache_dir=str(tmp_path), offline=True)
     assert_same_text_embedding(model, src)
+    # its embedding space (X-Clip-Space) knows the weights by the blob's name and the commit
+    assert (model.space.weights, model.space.revision) == (f"sha256:{sha256(data)}", COMMIT)
 
 
 def test_a_pretrained_tags_file_is_fetched_where_open_clip_looks(tmp_path, origin):
