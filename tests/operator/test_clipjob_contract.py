@@ -75,3 +75,6 @@ def test_the_embed_clis_lines_give_the_clipjobs_counts(tmp_path: Path) -> None:
     retried["metadata"]["creationTimestamp"] = "2026-01-01T00:01:00Z"
     indexes, total = collect([*pods, retried], {**logs, "p0-retry": again.stdout}, "embed")
     assert progress_of(indexes, total) == progress
+    # ... even when the first pod's lines were never read (a pod lost with its log)
+    indexes, total = collect([retried], {"p0-retry": again.stdout}, "embed")
+    assert indexes[0].totals() == (2, 6, 0)
