@@ -257,10 +257,17 @@ async def prune(
 
 
 async def patch_status(
-    client: KubeClient, namespace: str, name: str, status: Mapping[str, Any], *, retry_delay: float
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    status: Mapping[str, Any],
+    *,
+    retry_delay: float,
+    plural: str = PLURAL,
 ) -> None:
-    """Replace the status fields the operator owns (merge patch on the status subresource)."""
-    path = f"/apis/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+    """Replace the status fields the operator owns (merge patch on the status subresource of a
+    ClipService, or of a ClipJob with `plural`)."""
+    path = f"/apis/{API_VERSION}/namespaces/{namespace}/{plural}/{name}/status"
     try:
         await client.request(
             "PATCH",

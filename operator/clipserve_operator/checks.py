@@ -10,7 +10,17 @@ from pathlib import Path
 
 import kopf
 
-from .constants import API_VERSION, CRD_NAME, CRD_REVISION, CRD_REVISION_ANNOTATION, VERSION, Obj
+from .constants import (
+    API_VERSION,
+    CRD_NAME,
+    CRD_REVISION,
+    CRD_REVISION_ANNOTATION,
+    JOB_CRD_NAME,
+    JOB_KIND,
+    KIND,
+    VERSION,
+    Obj,
+)
 from .errors import ApiError, HelmNotFound, RenderFailed
 from .kube import KubeClient, connection_info
 from .render import chart_values, helm_template
@@ -92,17 +102,21 @@ def check_chart(helm: str, chart: str) -> None:
             )
 
 
-async def _crd(client: KubeClient) -> Obj | None:
+# The CRDs this operator serves, by the kind each defines (both ship in the chart's crds/).
+_CRDS = {CRD_NAME: KIND, JOB_CRD_NAME: JOB_KIND}
+
+
+async def _crds(client: KubeClient) -> dict[str, Obj | None]:
     try:
-        return await client.request(
-            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
-        )
+        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        return {name: await client.request("GET", f"{base}/{name}") for name in _CRDS}
     finally:
         await client.close()
 
 
 def check_crd() -> None:
-    """The ClipService CRD is installed, serves this operator's version and schema revision."""
+    """The ClipService and ClipJob CRDs are installed, serve this operator's version and schema
+    revision."""
     try:
         client = KubeClient(lambda: connection_info(kopf.OperatorSettings()))
     except kopf.LoginError as exc:
@@ -113,25 +127,30 @@ def check_crd() -> None:
     except Exception as exc:  # unreadable or malformed: kopf raises whatever the parser does
         raise StartupError(f"cannot load the kubeconfig: {type(exc).__name__}: {exc}") from exc
     try:
-        crd = asyncio.run(_crd(client))
+        crds = asyncio.run(_crds(client))
     except ApiError as exc:
         if exc.status == 0:
             raise StartupError(f"cannot reach the API server: {exc}") from exc
         raise StartupError(f"cannot read the CRD {CRD_NAME}: {exc}") from exc
+    for name, crd in crds.items():
+        _check_one(name, crd)
+
+
+def _check_one(name: str, crd: Obj | None) -> None:
     install = "kubectl apply -f manifests/crd/ (helm install/upgrade never updates a CRD)"
     if crd is None:
-        raise StartupError(f"the ClipService CRD {CRD_NAME} is not installed: {install}")
+        raise StartupError(f"the {_CRDS[name]} CRD {name} is not installed: {install}")
     spec = crd.get("spec") or {}
     served = [v["name"] for v in spec.get("versions", []) if v.get("served")]
     if VERSION not in served:
         raise StartupError(
-            f"the installed CRD {CRD_NAME} serves {served}, not {API_VERSION}: {install}"
+            f"the installed CRD {name} serves {served}, not {API_VERSION}: {install}"
         )
     annotations = (crd.get("metadata") or {}).get("annotations") or {}
     revision = annotations.get(CRD_REVISION_ANNOTATION, "0")
     if revision != CRD_REVISION:
         raise StartupError(
-            f"the installed CRD {CRD_NAME} is revision {revision}, this operator needs revision "
+            f"the installed CRD {name} is revision {revision}, this operator needs revision "
             f"{CRD_REVISION}: {install}"
         )
 

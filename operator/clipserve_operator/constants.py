@@ -14,7 +14,16 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The CRD's schema revision, bumped with every change of its schema or columns: helm never
 # upgrades a CRD, so the operator checks at start-up that the installed one is the one it writes.
 CRD_REVISION_ANNOTATION = f"{GROUP}/crd-revision"
-CRD_REVISION = "6"
+CRD_REVISION = "7"
+
+# The ClipJob API (charts/clipserve-operator/crds/clipjobs.yaml): a corpus embedded by an
+# Indexed Job running `clipserve embed`, one slice of the shards per index.
+JOB_PLURAL = "clipjobs"
+JOB_KIND = "ClipJob"
+JOB_CRD_NAME = f"{JOB_PLURAL}.{GROUP}"
+# On the Job and its pods (value: the ClipJob name); distinct from OWNER_LABEL, so a ClipService
+# reconcile neither sees nor prunes them.
+CLIPJOB_LABEL = f"{GROUP}/clipjob"
 
 # Server-side apply field manager, and the app.kubernetes.io/managed-by value on every child.
 FIELD_MANAGER = "clipserve-operator"

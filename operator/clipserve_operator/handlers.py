@@ -13,7 +13,17 @@ import kopf
 from prometheus_client import start_http_server
 
 from .children import Indexes, Owner, index_entry
-from .constants import GROUP, KOPF_PREFIX, OWNER_LABEL, PLURAL, VERSION, Obj
+from .clipjob.reconcile import reconcile_clipjob
+from .constants import (
+    CLIPJOB_LABEL,
+    GROUP,
+    JOB_PLURAL,
+    KOPF_PREFIX,
+    OWNER_LABEL,
+    PLURAL,
+    VERSION,
+    Obj,
+)
 from .kube import KubeClient, connection_info
 from .metrics import Metrics
 from .reconcile import Context, reconcile, resync_forever
@@ -52,6 +62,11 @@ async def configure(
         partial(reconcile, ctx), metrics=metrics, retry_delay_s=config.retry_delay_s
     )
     ctx.requeue = memo.queue.later
+    # ClipJobs have their own queue: their names may equal a ClipService's.
+    memo.jobs = WorkQueue(
+        partial(reconcile_clipjob, ctx), metrics=metrics, retry_delay_s=config.retry_delay_s
+    )
+    ctx.requeue_jobs = memo.jobs.later
     # Set by the first watch event handled: kopf calls a handler only once every index holds
     # its first listing, and a reconcile must not read half-filled indexes.
     memo.indexed = asyncio.Event()
@@ -76,6 +91,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Stop reconciles, the resync loop and the metrics server."""
     memo.resync.cancel()
     await memo.queue.close()
+    await memo.jobs.close()
     await memo.client.close()
     if memo.get("metrics_server") is not None:
         memo.metrics_server.shutdown()
@@ -172,6 +188,38 @@ async def autoscaler_changed(
 ) -> None:
     """The HPA's view (replicas wanted, metrics, why it cannot scale) goes into the status."""
     _trigger(memo, namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event(GROUP, VERSION, JOB_PLURAL)
+async def clipjob_changed(
+    type: str, namespace: str | None, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any
+) -> None:
+    """A ClipJob created or changed is reconciled; one that declares it promotes a ClipService
+    also reconciles that ClipService (its held swap may move now, or show the failure)."""
+    if type == "DELETED" or namespace is None:
+        return
+    memo.jobs.trigger(namespace, name)
+    promotes = (spec.get("promotes") or {}).get("clipService")
+    if promotes:
+        _trigger(memo, namespace, promotes)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={CLIPJOB_LABEL: kopf.PRESENT})
+async def embed_job_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """An embedding Job's indexes completing or failing update its ClipJob."""
+    if namespace is not None:
+        memo.jobs.trigger(namespace, labels[CLIPJOB_LABEL])
+
+
+@kopf.on.event("", "v1", "pods", labels={CLIPJOB_LABEL: kopf.PRESENT})
+async def embed_pod_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """An embedding pod started, finished or failed (its words go into the ClipJob's status)."""
+    if namespace is not None:
+        memo.jobs.trigger(namespace, labels[CLIPJOB_LABEL])
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> Indexes:

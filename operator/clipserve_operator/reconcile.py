@@ -19,6 +19,7 @@ from .autoscaler import scaling
 from .children import WATCHED_KINDS, Children, Indexes
 from .constants import (
     API_VERSION,
+    JOB_KIND,
     KIND,
     MODEL_ANNOTATION,
     OWNER_LABEL,
@@ -29,12 +30,14 @@ from .constants import (
 from .errors import ApiError, ReconcileError, TransientError, as_reconcile_error
 from .kube import KubeClient
 from .metrics import Metrics
+from .promotion import MANUAL, Decision, decide, pending_service, promotion_mode
 from .render import (
     autoscaling_enabled,
     desired_objects,
     endpoint,
     helm_template,
     object_key,
+    pending_endpoint,
     render_state,
 )
 from .settings import Settings
@@ -81,6 +84,8 @@ class Context:
     # Reconcile a ClipService again after a delay (the work queue's `later`), while prefetch
     # Jobs run: their progress is in a log, which sends no event.
     requeue: Callable[[str, str, float], None] | None = None
+    # The same for ClipJobs (their own work queue): a running one's progress is in its logs.
+    requeue_jobs: Callable[[str, str, float], None] | None = None
     # Each ClipService's server pods' embedding spaces (spaces.py): a pod's log is read once.
     spaces: dict[tuple[str, str], Readings] = field(default_factory=dict)
 
@@ -116,7 +121,8 @@ def _selector(objects: list[Obj], deployment: str) -> str:
     return ""
 
 
-def _now() -> str:
+def now() -> str:
+    """The time as the API server writes it in conditions."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -127,8 +133,18 @@ def _planned(owner: Obj) -> SwapState:
     return next_state(spec["model"], spec.get("swapStrategy", BLUE_GREEN), current, False)
 
 
+async def _promotion(ctx: Context, owner: Obj, state: SwapState) -> Decision | None:
+    """With spec.swap.promotion Manual during a blue/green swap: may the Service move (the
+    ClipJobs of this namespace are asked, only then)."""
+    if not state.blue_green or promotion_mode(owner["spec"]) != MANUAL:
+        return None
+    meta = owner["metadata"]
+    clipjobs = await ctx.client.list(API_VERSION, JOB_KIND, meta["namespace"], "")
+    return decide(owner["spec"], meta["name"], state.pending_model, clipjobs)
+
+
 async def _advance_swap(
-    ctx: Context, owner: Obj, children: Children, state: SwapState
+    ctx: Context, owner: Obj, children: Children, state: SwapState, promotion: Decision | None
 ) -> SwapState:
     """The swap state for this reconcile; a promotion is persisted before the Service moves."""
     meta, spec = owner["metadata"], owner["spec"]
@@ -139,6 +155,8 @@ async def _advance_swap(
     pending = children.deployments.get(deployment_name(meta["name"], state.pending_slot))
     if not rolled_out(pending, spec["model"], MODEL_ANNOTATION):
         return state
+    if promotion is not None and not promotion.promote:
+        return state  # Manual: the new slot waits, ready, beside the serving one
     state = next_state(spec["model"], strategy, current, pending_ready=True)
     # Written first so that a crash between here and the Service move resumes forward (the new
     # slot stays active) instead of moving clients back to the old model.
@@ -153,11 +171,18 @@ async def _advance_swap(
     return state
 
 
-async def _desired(ctx: Context, owner: Obj, state: SwapState) -> list[Obj]:
-    """The objects for a swap state, rendered by helm and owned by the ClipService."""
+async def _desired(ctx: Context, owner: Obj, state: SwapState, *, held: bool = False) -> list[Obj]:
+    """The objects for a swap state, rendered by helm and owned by the ClipService; with a
+    Manual swap held (`held`), also the Service that reaches only the pending slot."""
     meta, spec = owner["metadata"], owner["spec"]
     render = partial(_render, ctx, meta["namespace"], meta["name"], spec)
     rendered = await asyncio.to_thread(render_state, render, meta["name"], spec, state)
+    if held:
+        rendered = rendered + [
+            pending_service(s, state.pending_slot, SLOT_LABEL)
+            for s in rendered
+            if s["kind"] == "Service" and SLOT_LABEL in (s["spec"].get("selector") or {})
+        ]
     return desired_objects(rendered, owner, autoscaling=autoscaling_enabled(spec))
 
 
@@ -267,12 +292,13 @@ async def _report(
     children: Children,
     failure: ReconcileError | None,
     weights: list[Weights],
+    promotion: Decision | None = None,
 ) -> ReconcileError | None:
     """Write the status computed from the pass's view of the children, post events for its
     transitions; returns the failure to raise (should observing fail, a bug now that it reads
     no API, only Degraded is updated)."""
     meta, before = owner["metadata"], owner.get("status") or {}
-    namespace, name, now = meta["namespace"], meta["name"], _now()
+    namespace, name, stamp = meta["namespace"], meta["name"], now()
     before_reads = ctx.spaces.get((namespace, name), Readings())
     reads = await read_spaces(
         ctx.client, namespace, children.pods, SLOT_LABEL, before_reads, time.monotonic()
@@ -282,7 +308,7 @@ async def _report(
         observed = replace(_observe(owner, state, children), spaces=reads.spaces)
     except Exception as exc:
         failure = failure or _reportable(exc, ctx.settings.retry_delay_s)
-        status = degraded_status(before, failure.reason, str(failure), meta["generation"], now)
+        status = degraded_status(before, failure.reason, str(failure), meta["generation"], stamp)
     else:
         if failure is not None:
             observed = replace(observed, error=str(failure), error_reason=failure.reason)
@@ -296,8 +322,12 @@ async def _report(
             selector=_selector(objects, active) or before.get("selector", ""),
             slot_label=SLOT_LABEL,
             previous=before,
-            now=now,
+            now=stamp,
             weights=weights,
+            promotion=promotion,
+            pending_endpoint=pending_endpoint(objects, namespace, ctx.settings.cluster_domain)
+            if promotion is not None
+            else "",
         )
     if status != {k: before.get(k) for k in status}:
         await patch_status(
@@ -328,20 +358,24 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     # another pass (handlers.py), which sees it.
     children = ctx.indexes.children(namespace, name)
     state, objects = _planned(owner), []
+    promotion: Decision | None = None
     weights: list[Weights] = []
     applied: list[Obj] = []
     failure: ReconcileError | None = None
     try:
         check_values(owner["spec"], ctx.settings.values_allow)  # before anything is rendered
-        state = await _advance_swap(ctx, owner, children, state)
-        objects = await _desired(ctx, owner, state)
+        promotion = await _promotion(ctx, owner, state)
+        state = await _advance_swap(ctx, owner, children, state, promotion)
+        if not state.blue_green:
+            promotion = None
+        objects = await _desired(ctx, owner, state, held=promotion is not None)
         if cache_type(owner["spec"]) == SHARED:
             objects, weights = await _prefetch(ctx, owner, state, objects, children)
         await _apply_and_prune(ctx, owner, objects, applied)
     except Exception as exc:
         failure = _reportable(exc, ctx.settings.retry_delay_s)
     children = children.with_applied(applied)
-    failure = await _report(ctx, owner, state, objects, children, failure, weights)
+    failure = await _report(ctx, owner, state, objects, children, failure, weights, promotion)
     if failure is not None:
         raise failure
 

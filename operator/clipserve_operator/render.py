@@ -172,6 +172,15 @@ def endpoint(objects: list[Obj], namespace: str, domain: str) -> str:
     return ""
 
 
+def pending_endpoint(objects: list[Obj], namespace: str, domain: str) -> str:
+    """In-cluster URL of the Service that reaches only a held swap's pending slot
+    (promotion.pending_service), or ""."""
+    pending = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-pending")
+    ]
+    return endpoint(pending, namespace, domain) if pending else ""
+
+
 def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     """(apiVersion, kind, name) identifying a rendered object within its namespace."""
     return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])

@@ -9,6 +9,7 @@ from typing import Any
 
 from .autoscaler import autoscaler_status
 from .constants import DEVICE_CONTAINER, Obj
+from .promotion import Decision
 from .redact import redact
 from .spaces import slot_space
 from .swap import SwapState
@@ -157,6 +158,8 @@ def compute_status(
     previous: Mapping[str, Any] | None,
     now: str,
     weights: Sequence[Weights] = (),
+    promotion: Decision | None = None,
+    pending_endpoint: str = "",
 ) -> dict[str, Any]:
     """The full status: swap state, counts, endpoint, Ready/Progressing/Degraded, and with a
     shared cache WeightsReady and each model's prefetch (status.weights)."""
@@ -254,6 +257,13 @@ def compute_status(
         ok, reason, msg = condition_fields(list(weights))
         conds.append(condition("WeightsReady", ok, reason, msg, generation))
     previous = previous or {}
+    held = promotion is not None and not promotion.promote
+    if promotion is not None:
+        conds.append(
+            condition("PromotionHeld", held, promotion.reason, promotion.message, generation)
+        )
+    elif any(c.get("type") == "PromotionHeld" for c in previous.get("conditions") or []):
+        conds.append(condition("PromotionHeld", False, "NotHeld", f"serving {serving}", generation))
     extra: dict[str, Any] = {}
     if weights:
         extra["weights"] = [w.to_status() for w in weights]
@@ -268,6 +278,8 @@ def compute_status(
         "replicaSummary": f"{ready}/{want}",
         "selector": selector,
         "endpoint": endpoint,
+        # None removes it (a merge patch) once no Manual swap is held.
+        "pendingEndpoint": pending_endpoint or None,
         "device": serving_device(observed.pods, slot_label, state.active_slot),
         "activeSpace": slot_space(observed.pods, observed.spaces, slot_label, state.active_slot),
         "pendingSpace": slot_space(observed.pods, observed.spaces, slot_label, state.pending_slot)
@@ -319,7 +331,10 @@ def transitions(
     for cond in current.get("conditions") or []:
         old = before.get(cond["type"]) or {}
         flipped = old.get("status") != cond["status"]
-        if cond["type"] == "Degraded" and cond["status"] == "True":
+        if cond["type"] == "PromotionHeld" and cond["reason"] == "ClipJobFailed":
+            if old.get("reason") != cond["reason"]:
+                events.append(("Warning", cond["reason"], cond["message"]))
+        elif cond["type"] == "Degraded" and cond["status"] == "True":
             if flipped or old.get("reason") != cond["reason"]:  # degraded, or for a new cause
                 events.append(("Warning", cond["reason"], cond["message"]))
         elif cond["type"] == "Ready" and flipped and (old or cond["status"] == "True"):

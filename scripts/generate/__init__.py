@@ -7,9 +7,14 @@ hack/update-* and hack/verify-* scripts. A test that guards an artefact calls `s
 
 from __future__ import annotations
 
-from . import manifests, metrics, tables
+from . import clipjob_crd, manifests, metrics, tables
 from .artefact import Artefact, stale, write
 
-ARTEFACTS: list[Artefact] = [*manifests.ARTEFACTS, *metrics.ARTEFACTS, *tables.ARTEFACTS]
+ARTEFACTS: list[Artefact] = [
+    *clipjob_crd.ARTEFACTS,
+    *manifests.ARTEFACTS,
+    *metrics.ARTEFACTS,
+    *tables.ARTEFACTS,
+]
 
 __all__ = ["ARTEFACTS", "Artefact", "stale", "write"]

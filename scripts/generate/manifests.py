@@ -63,9 +63,11 @@ def operator() -> str:
 # The CRD and the dashboard are copied byte for byte, without a header (JSON has no comments);
 # the CRD's own comment names the file to edit.
 CRD_COPY = Artefact("manifests/crd/clipservices.yaml", CRD, copy(CRD))
+JOB_CRD = f"{OPERATOR_CHART}/crds/clipjobs.yaml"
+JOB_CRD_COPY = Artefact("manifests/crd/clipjobs.yaml", JOB_CRD, copy(JOB_CRD))
 DASHBOARD_COPY = Artefact("manifests/grafana/clipserve.json", DASHBOARD, copy(DASHBOARD))
 RENDERED = [
     Artefact("manifests/rbac/clipserve-operator.yaml", OPERATOR_CHART, rbac),
     Artefact("manifests/operator/clipserve-operator.yaml", OPERATOR_CHART, operator),
 ]
-ARTEFACTS = [CRD_COPY, *RENDERED, DASHBOARD_COPY]
+ARTEFACTS = [CRD_COPY, JOB_CRD_COPY, *RENDERED, DASHBOARD_COPY]

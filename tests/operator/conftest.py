@@ -43,7 +43,11 @@ def operator(
         "apply", "--server-side", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects)
     )
     cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/clipservices.clipserve.io", "--timeout=60s"
+        "wait",
+        "--for=condition=Established",
+        "crd/clipservices.clipserve.io",
+        "crd/clipjobs.clipserve.io",
+        "--timeout=60s",
     )
     token = cluster.kubectl("create", "token", RELEASE, "-n", OPERATOR_NS, "--duration=6h").strip()
     state = tmp_path_factory.mktemp("operator")

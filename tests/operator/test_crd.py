@@ -112,8 +112,13 @@ def test_operator_chart_installs_the_crd_and_a_least_privilege_role(helm_bin: st
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert not {"secrets", "roles", "rolebindings", "clusterroles"} & set(rule["resources"])
-    crd_rules = [r for r in rules if r["resources"] == ["clipservices"]]
-    assert crd_rules[0]["verbs"] == ["get", "list", "watch"]  # spec is the user's: never written
+    crd_rules = [r for r in rules if r["apiGroups"] == ["clipserve.io"]]
+    # spec is the user's: never written
+    assert crd_rules[0]["resources"] == ["clipservices", "clipjobs"]
+    assert crd_rules[0]["verbs"] == ["get", "list", "watch"]
+    assert {"clipjobs/status"} <= {r for rule in crd_rules for r in rule["resources"]}
+    job_crd = yaml.safe_load((REPO / "charts/clipserve-operator/crds/clipjobs.yaml").read_text())
+    assert docs[("CustomResourceDefinition", "clipjobs.clipserve.io")] == job_crd
     assert ("Service", "op-clipserve-operator-metrics") in docs
     assert ("ServiceMonitor", "op-clipserve-operator") in docs
 
@@ -147,7 +152,7 @@ def test_watch_namespaces_binds_the_rules_only_in_those_namespaces(helm_bin: str
     assert bindings == {
         ("RoleBinding", "ml", "op-clipserve-operator"),
         ("RoleBinding", "search", "op-clipserve-operator"),
-        # The one CRD's read for the start-up check is cluster-scoped, so bound cluster-wide.
+        # The two CRDs' reads for the start-up check is cluster-scoped, so bound cluster-wide.
         ("ClusterRoleBinding", None, "op-clipserve-operator-crd"),
     }
     container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
@@ -160,7 +165,7 @@ def test_watch_namespaces_binds_the_rules_only_in_those_namespaces(helm_bin: str
         {
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
-            "resourceNames": ["clipservices.clipserve.io"],
+            "resourceNames": ["clipservices.clipserve.io", "clipjobs.clipserve.io"],
             "verbs": ["get"],
         }
     ]
@@ -176,3 +181,22 @@ def test_without_watch_namespaces_the_rules_are_bound_cluster_wide(helm_bin: str
         "containers"
     ][0]
     assert "CLIPSERVE_OPERATOR_NAMESPACE" not in {e["name"] for e in container["env"]}
+
+
+def test_the_clipjob_crd_is_generated_from_the_clipservice_fields_it_shares() -> None:
+    problems = generate.stale([*generate.clipjob_crd.ARTEFACTS, generate.manifests.JOB_CRD_COPY])
+    assert not problems, "\n".join(problems)
+    job = yaml.safe_load((REPO / "charts/clipserve-operator/crds/clipjobs.yaml").read_text())
+    version = job["spec"]["versions"][0]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    service = _version()["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for shared in ("gpu", "nodePool", "resources", "image"):
+        assert spec[shared] == service[shared], shared
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Model", "Phase", "Progress", "Rate", "Age",
+    ]  # fmt: skip
+    assert job["metadata"]["annotations"][CRD_REVISION_ANNOTATION] == CRD_REVISION
+    problems_found: list[str] = []
+    for top in ("spec", "status"):
+        _walk(version["schema"]["openAPIV3Schema"]["properties"][top], top, problems_found)
+    assert not problems_found, problems_found

@@ -13,17 +13,23 @@ from uuid import uuid4
 import pytest
 import yaml
 
+from tests.support.clipservices import fully_ready
 from tests.support.cluster import monitoring
 from tests.support.cluster.harness import REPO, Cluster
 from tests.support.cluster.node_config import POOL_LABEL, TOLERATION
 from tests.support.cluster.node_images import import_chart_images
 from tests.support.cluster.node_join import joined
+from tests.support.cluster.probe import Result
 from tests.support.cluster.realnode import RealNode, cache_root
+from tests.support.polling import eventually
 from tests.support.rendering import Helm
+from tests.support.volumes import Volume
 
 OPERATOR_NS = "clipserve-real"
 # Not the in-process tests' release name: both install cluster-wide RBAC named after it.
 OPERATOR_RELEASE = "clipserve-op-real"
+# Bounds on waits for model loads on a shared 2-core machine; they measure nothing.
+LOAD_S = 600
 # Models the pods load: random weights (no download), small enough for a shared 2-core machine.
 A, B = "ViT-B-32:random", "ViT-B-16:random"
 
@@ -149,3 +155,38 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("measured on the real node")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def volume(cluster: Cluster, ns: str) -> Iterator[Callable[..., Volume]]:
+    """Make volumes for this test (named after its namespace); removed afterwards."""
+    made: list[Volume] = []
+
+    def make(size_mb: int | None = None) -> Volume:
+        made.append(Volume(cluster, f"{ns}-{len(made)}", size_mb))
+        return made[-1]
+
+    yield make
+    for v in made:
+        v.remove()
+
+
+def ready_with(cluster: Cluster, ns: str, name: str, model: str, replicas: int) -> dict[str, Any]:
+    """Wait until the ClipService serves model from `replicas` ready pods."""
+    return eventually(
+        lambda: (
+            (o := fully_ready(cluster, ns, name))
+            and o["status"]["activeModel"] == model
+            and o["status"]["readyReplicas"] == replicas
+            and o
+        ),
+        f"{name} serving {model} from {replicas} pods",
+        LOAD_S,
+    )
+
+
+def assert_all_served(results: list[Result], models: set[str]) -> None:
+    """Every request answered 200 with one embedding, by one of models."""
+    failed = [r for r in results if not (r.ok and r.items == 1)]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed, first: {failed[:3]}"
+    assert {r.model for r in results} <= models

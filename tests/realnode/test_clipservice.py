@@ -16,18 +16,17 @@ import pytest
 from clipserve_operator.constants import OWNER_LABEL
 
 from tests.operator.test_operator_cluster import Watch, slice_slots
-from tests.realnode.conftest import A, B, pinned_values
+from tests.realnode.conftest import LOAD_S, A, B, assert_all_served, pinned_values, ready_with
 from tests.support.clipservices import (
     clip,
     condition,
     epoch_seconds,
-    fully_ready,
     get,
     items,
     patch,
 )
 from tests.support.cluster.harness import Cluster
-from tests.support.cluster.probe import LoadRun, Result
+from tests.support.cluster.probe import LoadRun
 from tests.support.cluster.realnode import RealNode
 from tests.support.polling import eventually
 
@@ -41,8 +40,6 @@ pytestmark = [
     pytest.mark.timeout(3600),
 ]
 
-# Bounds on waits for model loads on a shared 2-core machine; they measure nothing.
-LOAD_S = 600
 TEXT = json.dumps([{"text": "a photo of a dog"}])
 
 
@@ -57,27 +54,6 @@ def spec(model: str, replicas: int = 1) -> dict[str, Any]:
         "batching": {"maxBatchSize": 8, "computeWorkers": 1},
         "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
     }
-
-
-def ready_with(cluster: Cluster, ns: str, name: str, model: str, replicas: int) -> dict[str, Any]:
-    """Wait until the ClipService serves model from `replicas` ready pods."""
-    return eventually(
-        lambda: (
-            (o := fully_ready(cluster, ns, name))
-            and o["status"]["activeModel"] == model
-            and o["status"]["readyReplicas"] == replicas
-            and o
-        ),
-        f"{name} serving {model} from {replicas} pods",
-        LOAD_S,
-    )
-
-
-def assert_all_served(results: list[Result], models: set[str]) -> None:
-    """Every request answered 200 with one embedding, by one of models."""
-    failed = [r for r in results if not (r.ok and r.items == 1)]
-    assert not failed, f"{len(failed)} of {len(results)} requests failed, first: {failed[:3]}"
-    assert {r.model for r in results} <= models
 
 
 def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(

@@ -13,12 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -32,6 +29,7 @@ from tests.support.cluster.realnode import RealNode
 from tests.support.origin import Origin
 from tests.support.polling import eventually
 from tests.support.rendering import Helm
+from tests.support.volumes import Volume
 
 pytestmark = [
     pytest.mark.cluster,
@@ -90,58 +88,6 @@ def models(mirror: Origin) -> dict[str, str]:
         data = checkpoint(ARCH, seed)
         found[name] = f"{ARCH}:{spec_for(data, serve(mirror, f'/{name}.pt', data))}"
     return found
-
-
-class Volume:
-    """A host folder behind a static PersistentVolume of storage class `name`."""
-
-    def __init__(self, cluster: Cluster, name: str, size_mb: int | None = None) -> None:
-        self.cluster, self.name = cluster, name
-        self.path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/var/tmp"))
-        self.tmpfs = size_mb is not None
-        if self.tmpfs:  # a volume that really fills up
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0777", "tmpfs", self.path],
-                check=True,
-            )
-        self.path.chmod(0o777)  # hostPath: no fsGroup ownership change
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": name},
-            "spec": {
-                "capacity": {"storage": f"{size_mb or 1024}Mi"},
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": name,
-                "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": str(self.path), "type": "Directory"},
-            },
-        }
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
-
-    def files(self) -> list[Path]:
-        """Every file in the volume."""
-        return [p for p in self.path.rglob("*") if p.is_file()]
-
-    def remove(self) -> None:
-        self.cluster.kubectl("delete", "pv", self.name, "--wait=false")
-        if self.tmpfs:
-            subprocess.run(["umount", "-l", self.path], check=False)
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-@pytest.fixture
-def volume(cluster: Cluster, ns: str) -> Iterator[Callable[..., Volume]]:
-    """Make volumes for this test (named after its namespace); removed afterwards."""
-    made: list[Volume] = []
-
-    def make(size_mb: int | None = None) -> Volume:
-        made.append(Volume(cluster, f"{ns}-{len(made)}", size_mb))
-        return made[-1]
-
-    yield make
-    for v in made:
-        v.remove()
 
 
 def spec(model: str, replicas: int = 1, cache: dict[str, Any] | None = None) -> dict[str, Any]:

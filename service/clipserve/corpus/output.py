@@ -83,6 +83,15 @@ class Output:
                 found.add(int(m.group(1)))
         return found
 
+    def counted(self, shards: list[int]) -> tuple[int, int]:
+        """(items, failed) of published shards, from their manifests: what a resumed slice
+        reports for the shards it skipped (the ClipJob operator's counts)."""
+        items = failed = 0
+        for k in shards:
+            manifest = json.loads(self.store.read(f"{MANIFESTS}/{shard_name(k)}.json"))
+            items, failed = items + int(manifest["items"]), failed + int(manifest["failed"])
+        return items, failed
+
     def publish(self, k: int, result: ShardResult, seconds: float) -> dict[str, Any]:
         """Write shard k, then its manifest (the commit marker); the manifest's content."""
         self.store.publish(f"{SHARDS}/{shard_name(k)}.parquet", self._parquet(result))

@@ -198,10 +198,13 @@ def _run(
         asyncio.run(main())
     finally:
         progress.finish()
+    skipped_items, skipped_failed = output.counted([k for k in mine if k in published])
     progress.event(
         "done",
         shards=len(todo),
         skipped=len(mine) - len(todo),
+        skipped_items=skipped_items,
+        skipped_failed=skipped_failed,
         items=progress.items,
         failed=progress.failed,
         seconds=round(progress.seconds, 2),
