@@ -30,7 +30,7 @@ def _pool(example: Path) -> str:
 
 POOL = "clipserve.io/node-pool"
 # The kwok pools' examples; the real node's (the README's walkthrough) runs in
-# tests/realnode/test_walkthrough.py, on a cluster that has that node.
+# tests/walkthrough/test_walkthrough.py, on a cluster that has that node.
 EXAMPLES = [p for p in sorted((REPO / "manifests/examples").glob("*.yaml")) if _pool(p) != "real"]
 CPU_POOL = {"clipserve.io/node-pool": "cpu"}
 OWNER_LABEL = "clipserve.io/clipservice"

@@ -105,7 +105,9 @@ def operator_pod(
         yield OPERATOR_NS
     finally:
         helm_on(cluster, helm, "uninstall", OPERATOR_RELEASE, "-n", OPERATOR_NS, "--wait")
-        cluster.kubectl("delete", "namespace", OPERATOR_NS, "--wait=false")
+        # Wait for the namespace to be gone: the next module installs the operator into the
+        # same namespace, and helm cannot create objects in one that is still terminating.
+        cluster.kubectl("delete", "namespace", OPERATOR_NS, "--timeout=180s", timeout=200)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ Ctrl-C ends them (SIGINT to their process group).
 
 `make cluster` starts its own control plane and real node here (in a state dir of the test's,
 so a cluster a person keeps in the default one is left alone), so this test takes none of the
-package's cluster fixtures; it runs alone under the real-node lock like the others.
+cluster fixtures of tests/realnode (whose package holds the node: see conftest.py here).
 """
 
 from __future__ import annotations
