@@ -56,6 +56,12 @@ def readme_blocks() -> dict[str, str]:
     return blocks
 
 
+def _terminal_signals() -> None:
+    """Ctrl-C as a terminal delivers it: a test run started in the background (`cmd &` in a
+    script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Shell:
     """Runs blocks as a person does in a shell where the `export` line was pasted."""
 
@@ -84,7 +90,7 @@ class Shell:
         with (self.logs / f"{name}.log").open("wb") as out:
             proc = subprocess.Popen(
                 self._argv(block), cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_terminal_signals,
             )  # fmt: skip
         self.background.append(proc)
         return proc
