@@ -21,11 +21,12 @@ INPUT is one of:
   a WebDataset .tar, or a folder/prefix of them: each sample's image member; id: __key__
 
 --output DIR or s3://bucket/prefix receives
-  run.json                        the model, dimension, dtypes, normalization,
-                                  preprocessing, shard size, totals, input (every run agrees)
+  run.json                        the model, its space digest (X-Clip-Space), dimension,
+                                  dtypes, normalization, preprocessing, shard size, totals,
+                                  input (every run agrees)
   shards/shard-00000.parquet      columns id, embedding (fixed-size list), error
-  manifest/shard-00000.json       {"shard","items","failed","model","seconds"}: the commit
-                                  marker; a shard without one is not published
+  manifest/shard-00000.json       {"shard","items","failed","model","space","seconds"}:
+                                  the commit marker; a shard without one is not published
 Shards hold --shard-size items each, in sorted input order (one per input .tar for
 WebDataset). A re-run skips published shards and never writes an item twice. --slice I/N
 (or JOB_COMPLETION_INDEX with CLIPSERVE_EMBED_SLICES) owns only shards with shard % N == I.

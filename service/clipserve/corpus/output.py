@@ -58,7 +58,7 @@ class Output:
         self._metadata = {
             f"clipserve.{key}": value if isinstance(value, str) else json.dumps(value)
             for key, value in run.items()
-            if key in ("model", "dimension", "normalization", "preprocessing", "dtype")
+            if key in ("model", "space", "dimension", "normalization", "preprocessing", "dtype")
         }
 
     def claim(self) -> None:
@@ -100,6 +100,7 @@ class Output:
             "items": len(result.ids),
             "failed": result.failed,
             "model": self.run["model"],
+            "space": self.run["space"],
             "seconds": round(seconds, 3),
         }
         self.store.publish(f"{MANIFESTS}/{shard_name(k)}.json", _json(manifest))

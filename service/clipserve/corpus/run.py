@@ -89,6 +89,9 @@ def run_info(model: ClipModel, corpus: Corpus, args: argparse.Namespace) -> dict
     info = model.info()
     return {
         "model": model.spec.raw,
+        # The spec names weights that can change under it (a moved hub tag, a replaced file);
+        # the digest does not, so a resume with other weights is refused, not mixed in.
+        "space": model.space.digest,
         "dimension": model.embed_dim,
         "dtype": model.precision,
         "output_dtype": args.output_dtype,

@@ -23,7 +23,7 @@ from tests.support.server import MODEL_CONFIGS, TINY
 # What every run here adds: the tiny model, offline, in fp32 (as the test server: the vectors
 # are compared with its /encode), a small image-size cap for the oversized picture.
 MODEL_ARGS = (
-    "--model", TINY, "--model-config-dir", str(MODEL_CONFIGS), "--offline",
+    "--model-config-dir", str(MODEL_CONFIGS), "--offline",
     "--dtype", "fp32", "--max-image-bytes", "150000",
 )  # fmt: skip
 GOOD = 300
@@ -107,11 +107,12 @@ class Ran:
         return next(e for e in self.events if e["event"] == name)
 
 
-def embed(*args: str) -> Ran:
-    """`clipserve embed ARGS` with the tiny model, in this process (no torch import per run)."""
+def embed(*args: str, model: str = TINY) -> Ran:
+    """`clipserve embed ARGS` with the tiny model (or `model`), in this process (no torch
+    import per run)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["embed", *args, *MODEL_ARGS, "--progress", "lines"])
+        code = main(["embed", *args, "--model", model, *MODEL_ARGS, "--progress", "lines"])
     events = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
     return Ran(code, events, err.getvalue())
 
@@ -124,6 +125,8 @@ def embed_command(*args: str) -> list[str]:
         "clipserve.cli",
         "embed",
         *args,
+        "--model",
+        TINY,
         *MODEL_ARGS,
         "--progress",
         "lines",

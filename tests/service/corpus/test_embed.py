@@ -63,6 +63,8 @@ def test_shards_manifests_and_run_json_follow_the_contract(folder_run: tuple[Ran
     assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[32]"
     meta = table.schema.metadata
     assert meta[b"clipserve.model"] == b"Tiny-ViT-T:random"
+    assert run["space"].startswith("random:") and meta[b"clipserve.space"] == run["space"].encode()
+    assert {m["space"] for m in got["manifests"].values()} == {run["space"]}
     assert json.loads(meta[b"clipserve.preprocessing"]) == run["preprocessing"]
     shard_events = [e for e in ran.events if e["event"] == "shard"]
     assert sorted(e["shard"] for e in shard_events) == [0, 1, 2, 3, 4]
@@ -77,7 +79,10 @@ def test_vectors_equal_the_servers_encode(
     rows = [r for r in read_output(folder_run[1])["rows"] if r["error"] is None][::15]
     items = [{"img_blob": base64.b64encode((root / r["id"]).read_bytes()).decode()} for r in rows]
     with server.client() as client:
-        served = client.post("/encode", json={"items": items, "normalize": True}).json()
+        response = client.post("/encode", json={"items": items, "normalize": True})
+    served = response.json()
+    # the digest a client compares with the server's, to know these vectors are comparable
+    assert read_output(folder_run[1])["run"]["space"] == response.headers["X-Clip-Space"]
     for row, vector in zip(rows, served, strict=True):
         assert _cos(np.array(row["embedding"]), np.array(vector)) >= 0.9999, row["id"]
         assert np.linalg.norm(row["embedding"]) == pytest.approx(1.0, abs=1e-5)

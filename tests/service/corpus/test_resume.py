@@ -12,8 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.service.corpus.conftest import embed, embed_command, read_output
+from tests.support.checkpoints import ARCH, tiny_state
 
 
 def test_a_run_killed_midway_resumes_with_no_duplicate_and_no_gap(
@@ -110,6 +112,26 @@ def test_another_model_into_the_same_output_is_refused_naming_the_difference(
     assert other.code == 2
     assert "shard_size is 200 there, 100 here" in other.stderr
     assert "--no-normalize" not in other.stderr
+
+
+def test_other_weights_under_the_same_spec_are_refused_naming_the_space(
+    pictures: tuple[Path, list[str]], tmp_path: Path
+):
+    """A checkpoint replaced between a crash and the resume (as a moved hub tag): the spec is
+    the same, the vectors would not be comparable, so the resume stops before mixing them."""
+    root, _ = pictures
+    checkpoint, out = tmp_path / "ckpt.pt", tmp_path / "out"
+    torch.save(tiny_state(seed=1), checkpoint)
+    spec, args = f"{ARCH}:{checkpoint}", (str(root), "--output", str(out), "--shard-size", "200")
+    first = embed(*args, model=spec)
+    assert first.code == 0, first.stderr
+    space = read_output(out)["run"]["space"]
+    assert space.startswith("sha256:")
+    torch.save(tiny_state(seed=2), checkpoint)
+    again = embed(*args, model=spec)
+    assert again.code == 2
+    assert f"space is {space!r} there, 'sha256:" in again.stderr
+    assert read_output(out)["run"]["space"] == space
 
 
 def test_unreadable_input_fails_at_once_naming_it(tmp_path: Path):

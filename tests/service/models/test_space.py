@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import open_clip
 import pytest
 import torch
 from clipserve.models.recipe import TokenizerInfo
@@ -22,18 +21,8 @@ from clipserve.models.space import file_sha256, hub_revision, tokenizer_identity
 from clipserve_operator.spaces import reported_space
 from safetensors.torch import save_file
 
-from tests.support.server import MODEL_CONFIGS, TINY, Server, start_server
-
-ARCH = "Tiny-ViT-T"
-TINY_CFG = json.loads((MODEL_CONFIGS / f"{ARCH}.json").read_text())
-
-
-def tiny_state(seed: int) -> dict[str, torch.Tensor]:
-    open_clip.add_model_config(MODEL_CONFIGS)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(ARCH, pretrained=None)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}
+from tests.support.checkpoints import ARCH, TINY_CFG, tiny_state
+from tests.support.server import TINY, Server, start_server
 
 
 def local_dir(path: Path, weights: dict[str, torch.Tensor], mean: float) -> Path:
