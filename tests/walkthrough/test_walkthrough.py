@@ -62,11 +62,19 @@ def _terminal_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+MAKE_VARIABLES = frozenset(
+    {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKE_TERMOUT", "MAKE_TERMERR"}
+)
+
+
 class Shell:
     """Runs blocks as a person does in a shell where the `export` line was pasted."""
 
     def __init__(self, state_dir: Path, logs: Path) -> None:
-        self.env = {**os.environ, "CLIPSERVE_CLUSTER_STATE": str(state_dir)}
+        # A person's terminal is not inside make: under `make test` the inherited MAKELEVEL and
+        # MAKEFLAGS would make the README's `make cluster` print "Entering/Leaving directory".
+        inherited = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
+        self.env = {**inherited, "CLIPSERVE_CLUSTER_STATE": str(state_dir)}
         self.exports = ""
         self.logs = logs
         self.background: list[subprocess.Popen[bytes]] = []
