@@ -31,6 +31,7 @@ from clipserve_client.results import (
 )
 
 MODEL_HEADER = "X-Clip-Model"
+SPACE_HEADER = "X-Clip-Space"  # the digest of the weights, preprocessing and tokenizer
 JSON = "application/json"
 # encode's arrays come as one .npy body: no JSON numbers to format or parse. A server that
 # answers JSON all the same (one from before .npy responses) is read from its JSON.
@@ -50,6 +51,7 @@ class _Core:
         api_key: str | None = None,
         model: str | None = None,
         expect_model: str | None = None,
+        expect_space: str | None = None,
         timeout: float = 60.0,
         retries: int = 3,
         max_retry_wait_s: float = 10.0,
@@ -57,7 +59,8 @@ class _Core:
         transport: Any = None,
     ) -> None:
         """`model` picks a served model for every call (default: the server's default);
-        `expect_model` is the spec stored vectors came from (checked on the first call);
+        `expect_model` is the spec stored vectors came from, `expect_space` their space digest
+        (`X-Clip-Space`, `clipserve embed`'s run.json "space"; both checked on the first call);
         `api_key` defaults to $CLIPSERVE_API_KEY; a 503 or a refused connection is retried
         `retries` times, waiting at most `max_retry_wait_s`; `transport` goes to httpx."""
         self.base_url = base_url.rstrip("/")
@@ -66,8 +69,11 @@ class _Core:
         self.max_retry_wait_s = max_retry_wait_s
         self.on_model_change = on_model_change
         self._seen: dict[str | None, str] = {}
+        self._spaces: dict[str | None, str] = {}
         if expect_model is not None:
             self._seen[model] = expect_model
+        if expect_space is not None:
+            self._spaces[model] = expect_space
         api_key = api_key if api_key is not None else os.environ.get("CLIPSERVE_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = self._open(
@@ -85,9 +91,14 @@ class _Core:
         """The spec that last answered for `model` (None: the default model), if any yet."""
         return self._seen.get(model if model is not None else self.model)
 
+    def seen_space(self, model: str | None = None) -> str | None:
+        """The space digest that last answered for `model` (None: the default model), if any."""
+        return self._spaces.get(model if model is not None else self.model)
+
     def reset(self) -> None:
-        """Forget which models answered (after re-embedding what was stored)."""
+        """Forget which models and spaces answered (after re-embedding what was stored)."""
         self._seen.clear()
+        self._spaces.clear()
 
     def _encode_body(
         self,
@@ -142,18 +153,28 @@ class _Core:
     def _checked(
         self, response: httpx.Response, model: str | None, *, track: bool
     ) -> httpx.Response:
-        """A success, as it came; APIError otherwise; ModelChanged if the model moved."""
+        """A success, as it came; APIError otherwise; ModelChanged if the model or its space
+        moved (the same spec with other weights is as incomparable as another model)."""
         if response.status_code >= 400:
             raise APIError(response.status_code, detail_of(response))
-        served = response.headers.get(MODEL_HEADER)
+        if not track:
+            return response
         key = model if model is not None else self.model
-        if track and served is not None:
-            previous = self._seen.get(key)
-            if previous is not None and previous != served:
-                if self.on_model_change == "raise":
-                    raise ModelChanged(key, previous, served)
-                warnings.warn(str(ModelChanged(key, previous, served)), stacklevel=4)
+        served, space = response.headers.get(MODEL_HEADER), response.headers.get(SPACE_HEADER)
+        previous, previous_space = self._seen.get(key), self._spaces.get(key)
+        changed = None
+        if served is not None and previous is not None and previous != served:
+            changed = ModelChanged(key, previous, served)
+        elif space is not None and previous_space is not None and previous_space != space:
+            changed = ModelChanged(key, previous or str(served), str(served), previous_space, space)
+        if changed is not None:
+            if self.on_model_change == "raise":
+                raise changed
+            warnings.warn(str(changed), stacklevel=4)
+        if served is not None:
             self._seen[key] = served
+        if space is not None:  # a server from before X-Clip-Space: the spec alone is checked
+            self._spaces[key] = space
         return response
 
     def _retry_delay(self, response: httpx.Response | None, attempt: int) -> float | None:

@@ -28,16 +28,29 @@ class RequestTimeout(ClientError, TimeoutError):
 
 
 class ModelChanged(ClientError):
-    """The model answering is not the one that answered before: the embedding space changed."""
+    """The model answering is not the one that answered before, or the same spec answers
+    from another embedding space (new weights under its name): vectors are not comparable."""
 
-    def __init__(self, requested: str | None, previous: str, current: str) -> None:
+    def __init__(
+        self,
+        requested: str | None,
+        previous: str,
+        current: str,
+        previous_space: str | None = None,
+        current_space: str | None = None,
+    ) -> None:
         which = f"model {requested!r}" if requested else "the default model"
+        was, now = repr(previous), repr(current)
+        if previous_space != current_space:
+            was, now = f"{was} (space {previous_space})", f"{now} (space {current_space})"
         super().__init__(
-            f"{which} was {previous!r} and is now {current!r}: embeddings from the two are not "
+            f"{which} was {was} and is now {now}: embeddings from the two are not "
             "comparable; re-embed what you stored, then call reset() to go on"
         )
         self.previous = previous
         self.current = current
+        self.previous_space = previous_space
+        self.current_space = current_space
 
 
 class Prediction(NamedTuple):

@@ -25,6 +25,7 @@ from clipserve_client import (
 )
 from PIL import Image
 
+from tests.support.checkpoints import ARCH, tiny_state
 from tests.support.origin import Origin
 from tests.support.pictures import png_bytes
 from tests.support.server import TINY, Server, free_port, start_server
@@ -235,6 +236,41 @@ def test_a_model_swap_behind_the_same_url_raises_model_changed(checkpoint: Path)
         loop.run(aclip.aclose())
         loop.close()
         second.stop()
+
+
+def test_new_weights_under_the_same_spec_raise_model_changed_naming_both_spaces(tmp_path: Path):
+    """The checkpoint file replaced and the server restarted: X-Clip-Model is the same, the
+    space is not; `expect_space` (a digest stored with the vectors) is checked at once."""
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny_state(seed=1), weights)
+    spec, port = f"{ARCH}:{weights}", free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = start_server(port=port, model=spec)
+    try:
+        with Client(url) as clip:
+            clip.encode(texts="a dog")
+            before = clip.seen_space()
+            assert before is not None and before.startswith("sha256:")
+            torch.save(tiny_state(seed=2), weights)
+            first.stop()
+            second = start_server(port=port, model=spec)
+            try:
+                with pytest.raises(ModelChanged) as err:
+                    clip.encode(texts="a dog")
+                assert err.value.previous == err.value.current == spec
+                assert err.value.previous_space == before != err.value.current_space
+                assert f"(space {before}) and is now" in str(err.value)
+                clip.reset()
+                assert clip.encode(texts="a dog").shape == (1, 32)
+                assert clip.seen_space() == err.value.current_space
+                with Client(url, expect_space=before) as stored, pytest.raises(ModelChanged):
+                    stored.encode(texts="a dog")  # vectors stored from the old weights
+                with Client(url, expect_space=err.value.current_space) as current:
+                    current.encode(texts="a dog")
+            finally:
+                second.stop()
+    finally:
+        first.stop()
 
 
 # --- AsyncClient -----------------------------------------------------------------------------
