@@ -186,12 +186,13 @@ def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
 
 
-def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The ownerReference that lets the garbage collector delete children with their ClipService."""
+def owner_reference(owner: Mapping[str, Any], kind: str = KIND) -> dict[str, Any]:
+    """The ownerReference that lets the garbage collector delete children with their owner (a
+    ClipService, or a ClipJob with `kind`)."""
     meta = owner["metadata"]
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,

@@ -14,8 +14,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from ..constants import API_VERSION, CLIPJOB_LABEL, JOB_KIND, MODEL_ANNOTATION, Obj
+from ..constants import CLIPJOB_LABEL, JOB_KIND, MODEL_ANNOTATION, Obj
 from ..errors import InvalidSpec
+from ..render import owner_reference
 
 CONTAINER = "embed"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -102,19 +103,6 @@ def embed_command(spec: Mapping[str, Any], model: str, source: str, target: str)
     return command
 
 
-def owner_reference(clipjob: Mapping[str, Any]) -> Obj:
-    """Deleting the ClipJob deletes its Job and so its pods (the garbage collector)."""
-    meta = clipjob["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": JOB_KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def embed_job(clipjob: Mapping[str, Any], deployment: Mapping[str, Any], model: str) -> Obj:
     """The Indexed Job embedding clipjob's input with `deployment`'s server pod and `model`."""
     meta, spec = clipjob["metadata"], clipjob["spec"]
@@ -194,7 +182,8 @@ def embed_job(clipjob: Mapping[str, Any], deployment: Mapping[str, Any], model: 
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": {MODEL_ANNOTATION: model},
-            "ownerReferences": [owner_reference(clipjob)],
+            # deleting the ClipJob deletes its Job and so its pods (the garbage collector)
+            "ownerReferences": [owner_reference(clipjob, JOB_KIND)],
         },
         "spec": job_spec,
     }
