@@ -106,6 +106,9 @@ def test_pages_work_behind_a_prefix_stripping_proxy(proxy: Proxy):
     assert ranked.status_code == 200 and len(ranked.json()["probabilities"][0]) == 2
 
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # the default --open-paths
+
+
 def test_pages_open_without_the_key_while_the_api_needs_it(keyed_server: Server):
     with keyed_server.client() as c:
         assert_page_and_its_files_load(c, keyed_server.url + "/")
@@ -113,6 +116,7 @@ def test_pages_open_without_the_key_while_the_api_needs_it(keyed_server: Server)
         spec = c.get("/schema/openapi.json")
         assert c.post("/encode", json=[{"text": "a"}]).status_code == 401
         assert c.get("/models").status_code == 401
+        open_codes = {path: c.get(path).status_code for path in OPEN_PATHS}
         authorized = c.post(
             "/encode", json=[{"text": "a"}], headers={"Authorization": f"Bearer {API_KEY}"}
         )
@@ -122,6 +126,11 @@ def test_pages_open_without_the_key_while_the_api_needs_it(keyed_server: Server)
     schema = spec.json()
     assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert schema["security"] == [{"bearer": []}]
+    # ... but not by the open paths: their operations say so, as the server does
+    assert open_codes == dict.fromkeys(OPEN_PATHS, 200)
+    for path in OPEN_PATHS:
+        assert schema["paths"][path]["get"]["security"] == [], path
+    assert "security" not in schema["paths"]["/encode"]["post"]
 
 
 def test_no_playground_turns_the_page_and_its_files_off():

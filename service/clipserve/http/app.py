@@ -21,7 +21,7 @@ from clipserve.http.middleware import (
     request_metrics,
     request_tracing,
 )
-from clipserve.http.pages import openapi_config, page_routes
+from clipserve.http.pages import open_in_schema, openapi_config, page_routes
 from clipserve.http.routes import ROUTES
 from clipserve.metrics import Metrics
 from clipserve.models import ModelLoadError, add_model_configs, parse_spec
@@ -58,7 +58,7 @@ def create_app(
             await engine.aclose()
             await asyncio.to_thread(tracing.shutdown)  # the drained requests' last spans
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*ROUTES, *page_routes(settings.playground)],
         lifespan=[lifespan],
         dependencies={
@@ -78,6 +78,9 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         openapi_config=openapi_config(auth=bool(api_keys), playground=settings.playground),
     )
+    if api_keys:
+        open_in_schema(app, settings.open_paths)
+    return app
 
 
 def _provide(value: object) -> Provide:

@@ -8,10 +8,11 @@ document are served without an API key: they ask for the key and send it with ea
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Response, Router, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
@@ -93,6 +94,20 @@ def openapi_config(auth: bool, playground: bool) -> OpenAPIConfig:
         ),
         security=[{_BEARER: []}] if auth else None,
     )
+
+
+def open_in_schema(app: Litestar, open_paths: Iterable[str]) -> None:
+    """Say in the schema that the open paths need no key: an operation's empty `security`
+    overrides the document's bearer requirement (litestar drops an empty one per handler, and
+    which paths are open is a setting, so it is set on the built schema)."""
+    schema = app.openapi_schema
+    for path in open_paths:
+        item = (schema.paths or {}).get(path)
+        if item is None:
+            continue
+        for method in ("get", "put", "post", "delete", "options", "head", "patch", "trace"):
+            if (operation := getattr(item, method)) is not None:
+                operation.security = []
 
 
 def _files(prefix: str, folder: Path, names: tuple[str, ...]) -> HTTPRouteHandler:
