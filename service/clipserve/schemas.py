@@ -361,6 +361,9 @@ class RawEmbeddingsResponse(msgspec.Struct):
 class OpenAIModel(msgspec.Struct):
     id: str
     created: int
+    # an extension (OpenAI's SDK keeps unknown fields): the embedding-space digest, as
+    # X-Clip-Space and /models' space.digest, for a client that lists models to check it
+    space: str
     owned_by: str = "clipserve"
     object: str = "model"
 

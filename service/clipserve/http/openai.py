@@ -62,7 +62,10 @@ async def embeddings(engine: Engine, request: EmbeddingsRequest, media_type: str
 def models(engine: Engine) -> OpenAIModels:
     """/v1/models: every served model, as OpenAI lists its own."""
     return OpenAIModels(
-        data=[OpenAIModel(id=spec, created=t) for spec, t in engine.loaded_at.items()]
+        data=[
+            OpenAIModel(id=spec, created=t, space=engine.space(spec))
+            for spec, t in engine.loaded_at.items()
+        ]
     )
 
 
@@ -71,7 +74,7 @@ def model(engine: Engine, name: str) -> OpenAIModel:
     if name not in engine.loaded_at:
         engine.served(name)  # 503 while loading
         raise UnknownModel(f"model: {name!r} is not served here (see /v1/models)")
-    return OpenAIModel(id=name, created=engine.loaded_at[name])
+    return OpenAIModel(id=name, created=engine.loaded_at[name], space=engine.space(name))
 
 
 def inputs(raw: str | list[str | int | list[int]]) -> list[Item | Tokens]:

@@ -153,6 +153,9 @@ def test_models_are_listed_and_retrieved_in_openais_shape(server: Server):
     assert [m.id for m in listed.data] == [TINY]
     assert listed.data[0].object == "model" and listed.data[0].owned_by == "clipserve"
     assert one.id == TINY and one.created == listed.data[0].created > 0
+    # the space digest rides along as an extension field, the one X-Clip-Space carries
+    space = httpx.post(f"{server.url}/encode", json=[{"text": "a"}], timeout=30).headers
+    assert one.model_extra == listed.data[0].model_extra == {"space": space["X-Clip-Space"]}
     assert "hf-hub:org/not-served" in missing.value.message
 
 
