@@ -7,6 +7,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from .checks import StartupError, run_checks
+from .redact import redact_logs
 from .settings import Settings, add_arguments, from_args
 
 EPILOG = """\
@@ -55,6 +56,7 @@ def run(settings: Settings) -> None:
 
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    redact_logs()  # kopf's own lines too: an exception it logs may quote a checkpoint URL
     kopf.configure(verbose=settings.verbose)
     kopf.run(
         clusterwide=not settings.namespace,

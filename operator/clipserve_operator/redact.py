@@ -1,15 +1,20 @@
-"""Credentials out of what the status and events show: a URL's `user:password@` and query.
+"""Credentials out of the status, events and logs: a URL's `user:password@` and query.
 
 A model spec may be a checkpoint URL with credentials (`https://user:token@host/ckpt.pt`, a
 presigned `?X-Amz-Signature=...`), and a failed download's last words quote it. Conditions,
 events and status.weights are read far more widely than the ClipService's spec (events by
-anyone who may list them in the namespace), so each shows `redact(text)`. The same rule as the
-server's clipserve.redact, copied: the operator's image does not install the service package.
+anyone who may list them in the namespace), so each shows `redact(text)`; the operator's log
+lines (a spec in "created Job ... with", an exception quoting a URL) are redacted as a whole.
+The same rule as the server's clipserve.redact, copied: the operator's image does not install
+the service package.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import traceback
+from typing import Any
 
 HIDDEN = "***"
 # A URL inside any text: scheme://, then up to whitespace, a quote or an angle bracket, less
@@ -33,3 +38,22 @@ def _redact_url(match: re.Match[str]) -> str:
         authority = f"{HIDDEN}@{authority.rpartition('@')[2]}"
     query = f"?{HIDDEN}" if question else ""
     return f"{scheme}://{authority}{slash}{path}{query}{hash_}{fragment}"
+
+
+class _RedactedRecord(logging.LogRecord):
+    """A log record whose message and traceback are redacted, whichever handlers and
+    formatters kopf sets up write it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.exc_info and self.exc_info[1] is not None:
+            # Formatters print exc_text when it is set, and format exc_info only when it is not.
+            self.exc_text = redact("".join(traceback.format_exception(*self.exc_info)).rstrip())
+
+    def getMessage(self) -> str:
+        return redact(super().getMessage())
+
+
+def redact_logs() -> None:
+    """From now on, every log record of the process is redacted."""
+    logging.setLogRecordFactory(_RedactedRecord)

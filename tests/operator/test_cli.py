@@ -169,3 +169,40 @@ def test_an_unsupported_helm_version_is_refused(tmp_path: Path) -> None:
     proc = _run("--helm", str(old))
     assert proc.returncode == 1
     assert "is helm v2.17.0; clipserve-operator needs helm 3.8 or newer" in _one_line_error(proc)
+
+
+# A presigned checkpoint URL with a password: what no operator log line may show.
+SECRET_URL = "https://alice7:s3cr3tpass@models.example/ckpt.pt?X-Amz-Signature=sig0nly4me"
+LOGS = """
+import logging, kopf
+from clipserve_operator import cli
+from clipserve_operator.settings import Settings
+
+def operator_loop(**kwargs):  # what the reconciles log, in place of kopf's loop over a cluster
+    log = logging.getLogger("clipserve_operator")
+    log.warning("ml/search: created Job search-embed with ViT-B-32:%s", URL)
+    try:
+        raise RuntimeError(f"{URL} answered 403")
+    except RuntimeError:
+        log.exception("ml/search: reconcile failed")
+
+kopf.run = operator_loop
+cli.run(Settings())
+"""
+
+
+def test_the_operators_log_lines_and_tracebacks_are_redacted() -> None:
+    """cli.run sets kopf's logging up, then redacts every record: a spec in a message and an
+    exception quoting a URL show the host and path, never the password or the signature."""
+    proc = subprocess.run(
+        [sys.executable, "-c", f"URL = {SECRET_URL!r}\n{LOGS}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    shown = "https://***@models.example/ckpt.pt?***"
+    assert f"created Job search-embed with ViT-B-32:{shown}" in proc.stderr, proc.stderr
+    assert f"RuntimeError: {shown} answered 403" in proc.stderr, proc.stderr
+    for secret in ("alice7", "s3cr3tpass", "sig0nly4me", "X-Amz-Signature"):
+        assert secret not in proc.stderr + proc.stdout, secret
