@@ -72,7 +72,9 @@ class Settings:
     )
     max_queue: int = _doc("Items waiting per (model, modality) before requests get 503.", 2048)
     max_items: int = _doc(
-        "Most items in one request (encode, or queries+candidates in rank).", 1024
+        "Most items in one request (encode, or queries+candidates in rank); a JSON body with "
+        "more than 1,024 values per item (+4,096) is refused (413) before it is decoded.",
+        1024,
     )
     max_body_bytes: int = _doc("Largest request body accepted (413 above).", 64 * 2**20)
     max_text_chars: int = _doc(

@@ -8,11 +8,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.di import Provide
 
 from clipserve.engine.engine import Engine
 from clipserve.http.exceptions import EXCEPTION_HANDLERS
+from clipserve.http.json_values import check_values
 from clipserve.http.lifecycle import Lifecycle
 from clipserve.http.middleware import (
     bearer_auth,
@@ -58,8 +59,13 @@ def create_app(
             await engine.aclose()
             await asyncio.to_thread(tracing.shutdown)  # the drained requests' last spans
 
+    async def bound_json_values(request: Request) -> None:
+        if request.method == "POST":  # read once here; the handler's decode reuses it
+            await check_values(await request.body(), settings.max_items)
+
     app = Litestar(
         route_handlers=[*ROUTES, *page_routes(settings.playground)],
+        before_request=bound_json_values,
         lifespan=[lifespan],
         dependencies={
             "engine": _provide(engine),

@@ -20,6 +20,9 @@ def to_http(exc: BaseException) -> HTTPError:
     """Status, message and headers the client sees for `exc`."""
     if isinstance(exc, ClipServeError):
         return HTTPError(exc.status_code, exc.message, exc.headers)
+    if isinstance(exc, RecursionError) and "deserializing" in str(exc):
+        # msgspec's depth limit on a body like [[[[...]]]]: the body's fault, not the server's
+        return HTTPError(400, f"request body is not valid JSON: nested too deeply ({exc})")
     if isinstance(exc, ValidationException):
         return HTTPError(400, f"invalid request body: {_validation_detail(exc)}")
     if isinstance(exc, HTTPException):

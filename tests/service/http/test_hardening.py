@@ -10,6 +10,7 @@ import httpx
 import pytest
 from clipserve.bench.scrape import MetricsPage
 
+from tests.support.memory import MB, measured
 from tests.support.origin import Origin
 from tests.support.pictures import png_b64, png_bytes
 from tests.support.server import Server, start_server
@@ -105,6 +106,46 @@ def test_request_limits_answer_413_naming_the_limit(allowing):
     assert big_body.status_code == 413
     assert rank.status_code == 413 and "queries+candidates" in rank.json()["detail"]
     assert ok.status_code == 200
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_body_of_millions_of_tiny_values_is_refused_before_it_is_decoded():
+    """64 MiB of `{},` is 22 million objects once decoded (+3.2 GB of RSS without the bound):
+    counted and refused first, the server grows by little more than the body, and a body
+    whose many commas are inside its texts is still served."""
+    srv = start_server("--max-items", "2")  # at most 2 x 1024 + 4096 values
+    try:
+        tiny = b"[" + b"{}," * (64 * 2**20 // 3 - 1) + b"{}]"
+        url = f"{srv.url}/encode"
+        r, growth = measured(srv, lambda: httpx.post(url, content=tiny, headers=JSON, timeout=120))
+        print(f"64 MiB of {{}}: HTTP {r.status_code}, server {growth}")
+        assert r.status_code == 413, r.text
+        assert "more than 6144 JSON values" in r.json()["detail"]
+        assert growth.peak_growth < 400 * MB, str(growth)  # the body itself, twice at most
+        commas = [{"text": "," * 9_000}, {"text": "a, b, " * 1_500}]  # 13,500 commas
+        assert httpx.post(url, json=commas, timeout=60).status_code == 200
+        few = b"[" + b"{}," * 7_000 + b"{}]"  # 7,000 values: over the bound on every route
+        openai = httpx.post(f"{srv.url}/v1/embeddings", content=few, headers=JSON, timeout=60)
+        assert openai.status_code == 413 and "JSON values" in openai.json()["error"]["message"]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("path", ["/encode", "/v1/embeddings", "/v2/embed", "/rank"])
+def test_json_nested_too_deeply_is_a_400_in_the_routes_shape(server: Server, path: str):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    r = httpx.post(f"{server.url}{path}", content=deep, headers=JSON, timeout=60)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    if path.startswith("/v1/"):
+        message = body["error"]["message"]
+    elif path.startswith("/v2/"):
+        message = body["message"]
+    else:
+        message = body["detail"]
+    assert message.startswith("request body is not valid JSON: nested too deeply"), message
 
 
 def test_api_keys_guard_everything_but_the_open_paths(tmp_path):
