@@ -107,6 +107,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="L2-normalize the vectors (default on)",
     )
     p.add_argument(
+        "--in-flight",
+        type=int,
+        metavar="N",
+        help="items read and embedding at once: with their bytes, the run's memory beside the "
+        "model (default max(256, 4 x --max-batch-size), enough to fill every batch)",
+    )
+    p.add_argument(
         "--lines",
         choices=("texts", "images"),
         default="texts",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,6 +24,7 @@ from clipserve.engine.engine import Engine
 from clipserve.errors import ClipServeError
 from clipserve.schemas import Item as Request
 
+Row = tuple[np.ndarray | None, str | None]  # an item's vector, or why it has none
 # Shards in flight at once: the next shard's items fill the batcher while the last items of
 # the one before finish, so the device does not idle at every shard boundary.
 SHARDS_AT_ONCE = 2
@@ -73,16 +75,12 @@ class Embedder:
 
     async def _shard(self, corpus: Corpus, k: int) -> None:
         start = time.monotonic()
-        loop = asyncio.get_running_loop()
-        items = await loop.run_in_executor(self._io, lambda: list(corpus.items(k)))
-        rows = await asyncio.gather(*(self._item(item) for item in items))
+        ids, rows = await self._stream(corpus.items(k))
         if (why := self._engine.failure) is not None:
             # every item after the failure got an error row: publishing them would pass a
             # broken device off as bad input
             raise RunFailed(f"shard {k}: {why}")
-        result = ShardResult(
-            [item.id for item in items], [v for v, _ in rows], [e for _, e in rows]
-        )
+        result = ShardResult(ids, [v for v, _ in rows], [e for _, e in rows])
         seconds = time.monotonic() - start
         try:
             manifest = await asyncio.to_thread(self._output.publish, k, result, seconds)
@@ -100,14 +98,45 @@ class Embedder:
             items_per_s=round(self._progress.rate, 1),
         )
 
-    async def _item(self, item: Item) -> tuple[np.ndarray | None, str | None]:
-        """One item's vector, or why it has none."""
-        async with self._slots:
+    async def _stream(self, source: Generator[Item, None, None]) -> tuple[list[str], list[Row]]:
+        """Every item of `source` embedded, in order. An item is read only once a slot is free,
+        so a shard's bytes (a WebDataset .tar of gigabytes) are never all in memory: only
+        the items in flight, and each is dropped once embedded."""
+        loop = asyncio.get_running_loop()
+        ids: list[str] = []
+        tasks: list[asyncio.Task[Row]] = []
+        try:
+            while True:
+                await self._slots.acquire()
+                try:
+                    item = await loop.run_in_executor(self._io, next, source, None)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if item is None:
+                    self._slots.release()
+                    break
+                ids.append(item.id)
+                tasks.append(asyncio.create_task(self._item(item)))
+            return ids, list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # done ones stay done; on a failure the others stop
+                task.cancel()
+            # closes the shard's file now; if a reader thread is still in it (this shard was
+            # cancelled meanwhile), when the generator is collected
+            with contextlib.suppress(ValueError):
+                source.close()
+
+    async def _item(self, item: Item) -> Row:
+        """One item's vector, or why it has none; gives back the slot taken to read it."""
+        try:
             vector, error = await self._embed(item)
+        finally:
+            self._slots.release()
         self._progress.item(error is not None)
         return vector, error
 
-    async def _embed(self, item: Item) -> tuple[np.ndarray | None, str | None]:
+    async def _embed(self, item: Item) -> Row:
         if item.error is not None:
             return None, item.error
         try:

@@ -9,7 +9,7 @@ round trip.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ class Corpus:
     description: dict[str, Any]  # run.json's "input": what was read, and how
     shards: int
     total_items: int | None  # None for WebDataset: counting would read every .tar
-    items: Callable[[int], Iterator[Item]]
+    items: Callable[[int], Generator[Item, None, None]]  # read lazily: a shard may be gigabytes
 
 
 def extension(name: str) -> str:
@@ -73,7 +73,7 @@ def folder_of_images(store: Store, shard_size: int) -> Corpus:
     if not paths:
         raise Unreadable(f"{store.url}: no images found (by extension or content)")
 
-    def items(k: int) -> Iterator[Item]:
+    def items(k: int) -> Generator[Item, None, None]:
         for rel in paths[k * shard_size : (k + 1) * shard_size]:
             yield Item(rel, load=reader(store, rel))
 
@@ -88,7 +88,7 @@ def folder_of_images(store: Store, shard_size: int) -> Corpus:
 def webdataset(store: Store, tars: list[str]) -> Corpus:
     """WebDataset shards: one output shard per `.tar`, one item per sample (its image)."""
 
-    def items(k: int) -> Iterator[Item]:
+    def items(k: int) -> Generator[Item, None, None]:
         with store.open(tars[k]) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             yield from samples(tar)
 

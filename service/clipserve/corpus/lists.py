@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ def list_file(store: Store, rel: str, columns: Columns, shard_size: int) -> Corp
         raise Unreadable(f"{shown}: {exc}") from exc
     folder = rel.rpartition("/")[0]
 
-    def items(k: int) -> Iterator[Item]:
+    def items(k: int) -> Generator[Item, None, None]:
         part = slice(k * shard_size, (k + 1) * shard_size)
         for row, (id_, value) in enumerate(zip(ids[part], values[part], strict=True)):
             if id_ is None:  # a row without an id (or a line that is not JSON) still has a row
@@ -59,9 +59,13 @@ def _rows(
         return [str(i) for i in range(1, len(lines) + 1)], lines, modality, "line", "line"
     if ext == "parquet":
         with store.open(rel) as fh:
-            table = pq.read_table(fh)
+            parquet = pq.ParquetFile(fh)
+            names = list(parquet.schema_arrow.names)
+            # only the columns an item can come from: a dataset's metadata (LAION's) has many
+            # more, some of them vectors, read for nothing otherwise
+            usable = {c.id, c.text, c.image, "id", "text", "image"}
+            table = parquet.read(columns=[n for n in names if n in usable])
         records = table.to_pydict()
-        names = list(table.column_names)
         count = table.num_rows
     elif ext == "csv":
         reader = csv.DictReader(io.StringIO(data.decode("utf-8", "replace")))

@@ -131,6 +131,8 @@ def _embed(args: argparse.Namespace, settings: Settings) -> int:
         raise Usage(f"--model: give one model, not {len(settings.model)}")
     if args.shard_size < 1:
         raise Usage(f"--shard-size: {args.shard_size} is not a positive number")
+    if args.in_flight is not None and args.in_flight < 1:
+        raise Usage(f"--in-flight: {args.in_flight} is not a positive number")
     in_store = open_store(args.input, endpoint=args.s3_endpoint)
     in_store.check_bucket()
     corpus = open_corpus(in_store, args)
@@ -139,7 +141,7 @@ def _embed(args: argparse.Namespace, settings: Settings) -> int:
     out_store.names(MANIFESTS)
 
     # No embedding cache (a corpus is read once); a queue that holds what is in flight.
-    in_flight = max(256, 4 * (settings.max_batch_size or 128))
+    in_flight = args.in_flight or max(256, 4 * (settings.max_batch_size or 128))
     settings = replace(settings, cache_mb=0, max_queue=in_flight + 1)
     if settings.model_config_dir:
         add_model_configs(settings.model_config_dir)
