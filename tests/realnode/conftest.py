@@ -76,9 +76,38 @@ def node_images(real_node: RealNode) -> list[str]:
     return import_chart_images(real_node)
 
 
+# Every test here runs pods on the real node; all but test_node.py also install charts.
+NODE_MARKS = [
+    pytest.mark.cluster,
+    pytest.mark.realnode,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+]
+CHART_MARKS = [*NODE_MARKS, pytest.mark.helm]
+# What a test's server pod asks for: a sliver of the 2 cores, room for a small model.
+SMALL = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+
+
 def pinned_values() -> dict[str, Any]:
     """Chart values that put pods on the real node (its pool label and taint)."""
     return {"nodeSelector": POOL_LABEL, "tolerations": [TOLERATION]}
+
+
+def small_clip(model: str, replicas: int | None = 1, **fields: Any) -> dict[str, Any]:
+    """A small CPU ClipService spec pinned to the real node: batches of 8 on one compute
+    worker, so one pod saturates; `replicas=None` leaves the count to an autoscaler."""
+    spec: dict[str, Any] = {
+        "model": model,
+        "device": "cpu",
+        "dtype": "fp32",
+        "nodePool": pinned_values(),
+        "batching": {"maxBatchSize": 8, "computeWorkers": 1},
+        "resources": SMALL,
+        **fields,
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return spec
 
 
 def helm_on(cluster: Cluster, helm: Helm, *args: str, values: dict[str, Any] | None = None) -> str:

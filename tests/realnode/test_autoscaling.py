@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.operator.test_operator_cluster import OWNER_LABEL, Watch
-from tests.realnode.conftest import A, pinned_values
+from tests.realnode.conftest import CHART_MARKS, A, small_clip
 from tests.support.clipservices import clip, condition, get, items
 from tests.support.cluster.harness import Cluster, KubectlError
 from tests.support.cluster.monitoring import Prometheus
@@ -26,14 +26,7 @@ from tests.support.cluster.probe import LoadRun, Result
 from tests.support.cluster.realnode import RealNode
 from tests.support.running import wait_for
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.prometheus,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = [*CHART_MARKS, pytest.mark.prometheus]
 
 # Bounds on waits on a shared 2-core machine; they measure nothing.
 LOAD_S = 600
@@ -50,16 +43,7 @@ def spec(values: dict[str, Any], **autoscaling: Any) -> dict[str, Any]:
     # The load repeats its texts: with the embedding cache on, every request after the first is
     # a cache hit that never queues, and the queue depth the HPA reads stays 0.
     no_cache = {"embeddingCache": {"sizeMB": 0}}
-    return {
-        "model": A,
-        "device": "cpu",
-        "dtype": "fp32",
-        "nodePool": pinned_values(),
-        "batching": {"maxBatchSize": 8, "computeWorkers": 1},
-        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
-        "values": {**no_cache, **values},
-        **autoscaling,
-    }
+    return small_clip(A, None, values={**no_cache, **values}, **autoscaling)
 
 
 # Fast for the test (a user's scale-down window is minutes): add a pod at once, remove one after

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.realnode.conftest import A, helm_on, pinned_values
+from tests.realnode.conftest import CHART_MARKS, SMALL, A, helm_on, pinned_values
 from tests.support.cluster.harness import REPO, Cluster
 from tests.support.cluster.realnode import RealNode
 from tests.support.rendering import Helm
 
 # The first test may wait for another session's real node to stop (one per machine), and for
 # the images to be built and imported into the node (minutes).
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = CHART_MARKS
 
 
 def test_helm_install_serves_from_its_service_by_dns(
@@ -35,7 +27,7 @@ def test_helm_install_serves_from_its_service_by_dns(
         "model": A,
         "device": "cpu",
         "batching": {"computeWorkers": 1},
-        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "resources": SMALL,
     }
     # No image override: the chart's default image, present in the node's runtime.
     helm_on(

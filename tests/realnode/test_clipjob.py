@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
-from tests.realnode.conftest import LOAD_S, A, B, assert_all_served, pinned_values, ready_with
+from tests.realnode.conftest import (
+    CHART_MARKS,
+    LOAD_S,
+    SMALL,
+    A,
+    B,
+    assert_all_served,
+    pinned_values,
+    ready_with,
+    small_clip,
+)
 from tests.support.clipservices import clip, condition, get, items, patch
 from tests.support.cluster.harness import Cluster
 from tests.support.cluster.probe import LoadRun
@@ -23,17 +32,10 @@ from tests.support.cluster.realnode import RealNode
 from tests.support.polling import eventually
 from tests.support.volumes import Volume
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = CHART_MARKS
 
 JOB_LABEL = "clipserve.io/clipjob"
 TEXT = json.dumps([{"text": "a photo of a dog"}])
-SMALL = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 
 
 def _pictures(folder: Path, good: int, corrupt: int) -> None:
@@ -198,16 +200,7 @@ def test_a_manual_swap_serves_the_old_model_until_the_clipjob_completes_then_onl
     volume: Callable[..., Volume],
     measure: Callable[[str, float], None],
 ) -> None:
-    service = {
-        "model": A,
-        "device": "cpu",
-        "dtype": "fp32",
-        "nodePool": pinned_values(),
-        "batching": {"maxBatchSize": 8, "computeWorkers": 1},
-        "resources": SMALL,
-        "swap": {"promotion": "Manual"},
-    }
-    clip(cluster, ns, "swap", service)
+    clip(cluster, ns, "swap", small_clip(A, None, swap={"promotion": "Manual"}))
     obj = ready_with(cluster, ns, "swap", A, 1)
     source, target = volume(), volume()
     _pictures(source.path, 16, 0)

@@ -10,13 +10,19 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
-import pytest
 from clipserve_operator.constants import OWNER_LABEL
 
 from tests.operator.test_operator_cluster import Watch, slice_slots
-from tests.realnode.conftest import LOAD_S, A, B, assert_all_served, pinned_values, ready_with
+from tests.realnode.conftest import (
+    CHART_MARKS,
+    LOAD_S,
+    A,
+    B,
+    assert_all_served,
+    ready_with,
+    small_clip,
+)
 from tests.support.clipservices import (
     clip,
     condition,
@@ -32,28 +38,9 @@ from tests.support.polling import eventually
 
 # The first test may wait for another session's real node to stop (one per machine), and for
 # the images to be built and imported into the node (minutes).
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = CHART_MARKS
 
 TEXT = json.dumps([{"text": "a photo of a dog"}])
-
-
-def spec(model: str, replicas: int = 1) -> dict[str, Any]:
-    """A small CPU ClipService pinned to the real node."""
-    return {
-        "model": model,
-        "replicas": replicas,
-        "device": "cpu",
-        "dtype": "fp32",
-        "nodePool": pinned_values(),
-        "batching": {"maxBatchSize": 8, "computeWorkers": 1},
-        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
-    }
 
 
 def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(
@@ -65,7 +52,7 @@ def test_apply_serves_from_the_endpoint_by_dns_once_the_model_is_warm(
     measure: Callable[[str, float], None],
 ) -> None:
     t0 = time.monotonic()
-    clip(cluster, ns, "search", spec(A))
+    clip(cluster, ns, "search", small_clip(A))
     obj = ready_with(cluster, ns, "search", A, 1)
     measure(
         "kubectl apply -> ClipService Ready (1 pod, ViT-B-32:random on CPU)", time.monotonic() - t0
@@ -113,7 +100,7 @@ def test_swap_under_load_fails_nothing_and_never_mixes_models(
     client: str,
     measure: Callable[[str, float], None],
 ) -> None:
-    clip(cluster, ns, "swap", spec(A))
+    clip(cluster, ns, "swap", small_clip(A))
     obj = ready_with(cluster, ns, "swap", A, 1)
     slices = Watch(cluster, "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=swap")
     pods = Watch(cluster, "pods", "-n", ns, "-l", f"{OWNER_LABEL}=swap")
@@ -160,7 +147,7 @@ def test_swap_under_load_fails_nothing_and_never_mixes_models(
 def test_pod_loss_and_scale_down_under_load_fail_nothing(
     cluster: Cluster, real_node: RealNode, operator_pod: str, ns: str, client: str
 ) -> None:
-    clip(cluster, ns, "loss", spec(A, replicas=2))
+    clip(cluster, ns, "loss", small_clip(A, replicas=2))
     obj = ready_with(cluster, ns, "loss", A, 2)
     with LoadRun(real_node, ns, client, obj["status"]["endpoint"] + "/encode", TEXT) as load:
         load.wait_for(20)
@@ -185,7 +172,7 @@ def test_pod_loss_and_scale_down_under_load_fail_nothing(
 def test_a_model_that_cannot_load_degrades_with_the_servers_error_while_the_old_one_serves(
     cluster: Cluster, real_node: RealNode, operator_pod: str, ns: str, client: str
 ) -> None:
-    clip(cluster, ns, "broken", spec(A))
+    clip(cluster, ns, "broken", small_clip(A))
     obj = ready_with(cluster, ns, "broken", A, 1)
     missing = "ViT-B-32:/models/does-not-exist.pt"
     with LoadRun(real_node, ns, client, obj["status"]["endpoint"] + "/encode", TEXT) as load:

@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.realnode.conftest import A, helm_on, pinned_values
+from tests.realnode.conftest import CHART_MARKS, SMALL, A, helm_on, pinned_values
 from tests.support.cluster import monitoring
 from tests.support.cluster.harness import REPO, Cluster, KubectlError
 from tests.support.cluster.realnode import PROBE_IMAGE, RealNode
 from tests.support.polling import eventually
 from tests.support.rendering import Helm
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = CHART_MARKS
 
 # run_pod labels a pod app=<its name>: the policy admits the client named "admitted" only.
 ADMITTED, OTHER = "admitted", "other"
@@ -109,7 +101,7 @@ def test_the_gate_and_servers_admit_only_the_listed_peers_and_the_gate_reaches_t
         "model": A,
         "device": "cpu",
         "batching": {"computeWorkers": 1},
-        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "resources": SMALL,
         "keda": {"enabled": True, "minReplicas": 0, "maxReplicas": 1},
         "networkPolicy": {
             "enabled": True,

@@ -7,18 +7,14 @@ import json
 import pytest
 
 from tests.cluster.test_cluster import apply_available_deployment, get_json
+from tests.realnode.conftest import NODE_MARKS
 from tests.support.cluster.harness import Cluster, KubectlError, _versions
 from tests.support.cluster.node_config import NODE_NAME, POOL_LABEL, TAINT
 from tests.support.cluster.realnode import PROBE_IMAGE, RealNode
 from tests.support.polling import eventually
 
 # The first test may wait for another session's real node to stop (one per machine).
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = NODE_MARKS
 
 
 def web_service(cluster: Cluster, node: RealNode, ns: str, replicas: int = 2) -> None:

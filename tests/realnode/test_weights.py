@@ -22,7 +22,7 @@ import open_clip
 import pytest
 import torch
 
-from tests.realnode.conftest import helm_on, pinned_values
+from tests.realnode.conftest import CHART_MARKS, helm_on, pinned_values, small_clip
 from tests.support.clipservices import clip, condition, epoch_seconds, get, items, patch
 from tests.support.cluster.harness import REPO, Cluster
 from tests.support.cluster.realnode import RealNode
@@ -31,13 +31,7 @@ from tests.support.polling import eventually
 from tests.support.rendering import Helm
 from tests.support.volumes import Volume
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = CHART_MARKS
 
 OWNER_LABEL = "clipserve.io/clipservice"
 LOAD_S = 600  # bounds waits for model loads on a shared 2-core machine; measures nothing
@@ -92,15 +86,7 @@ def models(mirror: Origin) -> dict[str, str]:
 
 def spec(model: str, replicas: int = 1, cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """A small CPU ClipService pinned to the real node."""
-    out: dict[str, Any] = {
-        "model": model,
-        "replicas": replicas,
-        "device": "cpu",
-        "dtype": "fp32",
-        "nodePool": pinned_values(),
-        "batching": {"maxBatchSize": 8, "computeWorkers": 1},
-        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
-    }
+    out = small_clip(model, replicas)
     if cache is not None:
         out["modelCache"] = cache
     return out

@@ -24,18 +24,13 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.realnode.conftest import CHART_MARKS
 from tests.support.cluster.harness import REPO
 from tests.support.cluster.pipeline import STATE_FILE
 from tests.support.cluster.processes import Proc, is_running
 from tests.support.polling import eventually
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.realnode,
-    pytest.mark.helm,
-    pytest.mark.slow,
-    pytest.mark.timeout(3600),
-]
+pytestmark = CHART_MARKS  # the real node, by `make cluster`
 
 BLOCK = re.compile(r"<!-- walkthrough-autoscale: ([\w-]+) -->\n```bash\n(.*?)```", re.DOTALL)
 # Bounds on waits on a shared 2-core machine (the first `make cluster` builds for an hour); they
