@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.clipservices import clip, condition, fully_ready, get, items, patch
+from tests.support.clipservices import clip, clipjob, condition, fully_ready, get, items, patch
 from tests.support.cluster.harness import Cluster, KubectlError
 from tests.support.running import OperatorRun, wait_for
 
@@ -28,17 +28,9 @@ S3 = {"url": "s3://corpus/photos", "endpoint": "http://minio.store:9000", "secre
 
 
 def _clipjob(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
-    doc = {
-        "apiVersion": "clipserve.io/v1alpha1",
-        "kind": "ClipJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "input": {"s3": S3},
-            "output": {"s3": {**S3, "url": "s3://corpus/vectors"}},
-            **spec,
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    """A ClipJob over the S3 store unless `spec` says otherwise."""
+    s3 = {"input": {"s3": S3}, "output": {"s3": {**S3, "url": "s3://corpus/vectors"}}}
+    clipjob(cluster, ns, name, {**s3, **spec})
 
 
 def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from tests.realnode.conftest import (
     ready_with,
     small_clip,
 )
-from tests.support.clipservices import clip, condition, get, items, patch
+from tests.support.clipservices import clip, clipjob, condition, get, items, patch
 from tests.support.cluster.harness import Cluster
 from tests.support.cluster.probe import LoadRun
 from tests.support.cluster.realnode import RealNode
@@ -46,16 +46,6 @@ def _pictures(folder: Path, good: int, corrupt: int) -> None:
         (folder / f"img-{i:04d}.png").write_bytes(buf.getvalue())
     for i in range(corrupt):
         (folder / f"bad-{i:02d}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg at all")
-
-
-def _clipjob(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
-    doc = {
-        "apiVersion": "clipserve.io/v1alpha1",
-        "kind": "ClipJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
 
 def _claim(cluster: Cluster, ns: str, volume: Volume) -> str:
@@ -79,7 +69,7 @@ def _corpus_job(
     """A ClipJob of model A over a folder of pictures on one claim, into another."""
     source, target = volume(), volume()
     _pictures(source.path, good, corrupt)
-    _clipjob(
+    clipjob(
         cluster,
         ns,
         "corpus",
@@ -214,7 +204,7 @@ def test_a_manual_swap_serves_the_old_model_until_the_clipjob_completes_then_onl
             return found if cond.get("reason") == "AwaitingPromotion" else None
 
         eventually(held, "the new slot ready and held", LOAD_S)
-        _clipjob(
+        clipjob(
             cluster,
             ns,
             "reembed",

@@ -40,9 +40,18 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 def clip(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
     """kubectl apply a ClipService."""
+    _apply(cluster, "ClipService", ns, name, spec)
+
+
+def clipjob(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
+    """kubectl apply a ClipJob."""
+    _apply(cluster, "ClipJob", ns, name, spec)
+
+
+def _apply(cluster: Cluster, kind: str, ns: str, name: str, spec: dict[str, Any]) -> None:
     doc = {
         "apiVersion": "clipserve.io/v1alpha1",
-        "kind": "ClipService",
+        "kind": kind,
         "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     }
