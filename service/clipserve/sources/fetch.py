@@ -316,6 +316,8 @@ class ImageFetcher:
         except zlib.error as exc:
             raise UpstreamError(f"origin sent a corrupt {encoding} body") from exc
         held.shrink(len(body))
+        # The copy outside the budget is momentary: nothing awaits between it and the
+        # bytearray's release, so at most one body, process-wide, is ever held twice.
         return bytes(body)
 
 
