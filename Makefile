@@ -32,7 +32,7 @@ $(VENV)/.runtime: service/pyproject.toml service/requirements.lock
 $(VENV)/.dev: pyproject.toml $(DISTS) $(LOCKS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c requirements-dev.lock -e './service[bench]' -e ./operator -e ./client --group dev
+	$(PIP) install -q -c requirements-dev.lock -e './service[bench,lancedb]' -e ./operator -e ./client --group dev
 	touch $(VENV)/.runtime $(VENV)/.bench $@
 
 # uv resolves for every platform (--universal: markers, not this machine's wheels) and Python 3.11.

@@ -27,6 +27,8 @@ INPUT is one of:
   shards/shard-00000.parquet      columns id, embedding (fixed-size list), error
   manifest/shard-00000.json       {"shard","items","failed","model","space","seconds"}:
                                   the commit marker; a shard without one is not published
+--lancedb URI also upserts each shard's vectors (id, vector) into a LanceDB table, by id,
+before its manifest (exactly once); the table holds one embedding space.
 Shards hold --shard-size items each, in sorted input order (one per input .tar for
 WebDataset). A re-run skips published shards and never writes an item twice. --slice I/N
 (or JOB_COMPLETION_INDEX with CLIPSERVE_EMBED_SLICES) owns only shards with shard % N == I.
@@ -105,6 +107,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action=argparse.BooleanOptionalAction,
         default=True,
         help="L2-normalize the vectors (default on)",
+    )
+    p.add_argument(
+        "--lancedb",
+        metavar="URI",
+        help="also upsert each shard's vectors (id, vector) into a LanceDB table at URI (a "
+        "folder); one table holds one embedding space (needs clipserve[lancedb])",
+    )
+    p.add_argument(
+        "--lancedb-table",
+        default="clipserve",
+        metavar="NAME",
+        help="the LanceDB table (default clipserve)",
     )
     p.add_argument(
         "--in-flight",

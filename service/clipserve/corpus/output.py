@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipserve.corpus.lance import LanceTable
 from clipserve.corpus.store import Store, Unreadable
 
 SHARDS, MANIFESTS, RUN = "shards", "manifest", "run.json"
@@ -26,6 +27,11 @@ _MANIFEST = re.compile(r"shard-(\d{5,})\.json")
 
 class RunMismatch(Unreadable):
     """The output folder holds another run (another model, shard size or input)."""
+
+
+def vector_type(dtype: str) -> pa.DataType:
+    """The Arrow type of one stored number: `--output-dtype` float32 or float16."""
+    return pa.float16() if dtype == "float16" else pa.float32()
 
 
 def shard_name(k: int) -> str:
@@ -53,7 +59,8 @@ class Output:
     def __init__(self, store: Store, run: dict[str, Any], dtype: str) -> None:
         self.store = store
         self.run = run
-        self._dtype = pa.float16() if dtype == "float16" else pa.float32()
+        self.lance: LanceTable | None = None  # set once the run has claimed the folder
+        self._dtype = vector_type(dtype)
         self._np_dtype = np.float16 if dtype == "float16" else np.float32
         self._metadata = {
             f"clipserve.{key}": value if isinstance(value, str) else json.dumps(value)
@@ -93,8 +100,13 @@ class Output:
         return items, failed
 
     def publish(self, k: int, result: ShardResult, seconds: float) -> dict[str, Any]:
-        """Write shard k, then its manifest (the commit marker); the manifest's content."""
-        self.store.publish(f"{SHARDS}/{shard_name(k)}.parquet", self._parquet(result))
+        """Write shard k (and upsert it into the LanceDB table), then its manifest (the commit
+        marker); the manifest's content."""
+        vectors, missing = self._vectors(result)
+        parquet = self._parquet(result, vectors, missing)
+        self.store.publish(f"{SHARDS}/{shard_name(k)}.parquet", parquet)
+        if self.lance is not None:
+            self.lance.upsert(result.ids, vectors, missing)
         manifest = {
             "shard": k,
             "items": len(result.ids),
@@ -106,15 +118,18 @@ class Output:
         self.store.publish(f"{MANIFESTS}/{shard_name(k)}.json", _json(manifest))
         return manifest
 
-    def _parquet(self, r: ShardResult) -> bytes:
-        dim = int(self.run["dimension"])
-        flat = np.zeros((len(r.ids), dim), dtype=self._np_dtype)
+    def _vectors(self, r: ShardResult) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) vectors in the output dtype (zeros where missing), and which are missing."""
+        flat = np.zeros((len(r.ids), int(self.run["dimension"])), dtype=self._np_dtype)
         for i, v in enumerate(r.vectors):
             if v is not None:
                 flat[i] = v
-        missing = np.array([v is None for v in r.vectors], dtype=bool)
+        return flat, np.array([v is None for v in r.vectors], dtype=bool)
+
+    def _parquet(self, r: ShardResult, vectors: np.ndarray, missing: np.ndarray) -> bytes:
+        flat = pa.array(vectors.reshape(-1), type=self._dtype)
         embedding = pa.FixedSizeListArray.from_arrays(
-            pa.array(flat.reshape(-1), type=self._dtype), dim, mask=pa.array(missing)
+            flat, vectors.shape[1], mask=pa.array(missing)
         )
         table = pa.table(
             {

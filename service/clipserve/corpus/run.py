@@ -19,8 +19,9 @@ from clipserve.corpus.items import (
     folder_of_images,
     webdataset,
 )
+from clipserve.corpus.lance import LanceTable
 from clipserve.corpus.lists import Columns, list_file
-from clipserve.corpus.output import MANIFESTS, SHARDS, Output
+from clipserve.corpus.output import MANIFESTS, SHARDS, Output, vector_type
 from clipserve.corpus.progress import Progress
 from clipserve.corpus.store import Store, Unreadable, open_store
 from clipserve.engine.engine import Engine
@@ -101,6 +102,8 @@ def run_info(model: ClipModel, corpus: Corpus, args: argparse.Namespace) -> dict
         "total_shards": corpus.shards,
         "total_items": corpus.total_items,
         "input": corpus.description,
+        # a resume without the table (or with another) would leave its shards out of it
+        "lancedb": {"uri": args.lancedb, "table": args.lancedb_table} if args.lancedb else None,
     }
 
 
@@ -133,6 +136,8 @@ def _embed(args: argparse.Namespace, settings: Settings) -> int:
         raise Usage(f"--shard-size: {args.shard_size} is not a positive number")
     if args.in_flight is not None and args.in_flight < 1:
         raise Usage(f"--in-flight: {args.in_flight} is not a positive number")
+    if args.lancedb and part.count > 1:
+        raise Usage(f"--lancedb: one process writes the table, not slice {part} of several")
     in_store = open_store(args.input, endpoint=args.s3_endpoint)
     in_store.check_bucket()
     corpus = open_corpus(in_store, args)
@@ -170,6 +175,9 @@ def _run(
         output.claim()
     except OSError as exc:
         raise Unreadable(f"{out_store.url}: cannot write: {exc.strerror or exc}") from exc
+    if args.lancedb:  # after the claim: a run refused there creates no table
+        dtype = vector_type(args.output_dtype)
+        output.lance = LanceTable(args.lancedb, args.lancedb_table, output.run, dtype)
     out_store.clear_temporaries(SHARDS)
     out_store.clear_temporaries(MANIFESTS)
     out_store.clear_temporaries("")
