@@ -112,7 +112,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--lancedb",
         metavar="URI",
         help="also upsert each shard's vectors (id, vector) into a LanceDB table at URI (a "
-        "folder); one table holds one embedding space (needs clipserve[lancedb])",
+        "folder or s3://bucket/prefix); one table holds one embedding space (needs "
+        "clipserve[lancedb])",
     )
     p.add_argument(
         "--lancedb-table",

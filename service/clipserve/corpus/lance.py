@@ -15,12 +15,13 @@ lancedb is an optional dependency (`pip install 'clipserve[lancedb]'`), imported
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from clipserve.corpus.store import Unreadable
+from clipserve.corpus.store import S3, Unreadable
 
 SPACE_KEY = b"clipserve.space"
 MODEL_KEY = b"clipserve.model"
@@ -29,7 +30,16 @@ MODEL_KEY = b"clipserve.model"
 class LanceTable:
     """One LanceDB table that this run's vectors go into."""
 
-    def __init__(self, uri: str, name: str, run: dict[str, Any], vector_type: pa.DataType) -> None:
+    def __init__(
+        self,
+        uri: str,
+        name: str,
+        run: dict[str, Any],
+        vector_type: pa.DataType,
+        endpoint: str | None = None,
+    ) -> None:
+        """The table `name` at `uri` (a folder, or s3://bucket/prefix with the S3 endpoint from
+        `endpoint` or AWS_ENDPOINT_URL and credentials from the AWS_* variables)."""
         try:
             import lancedb
         except ImportError as exc:
@@ -45,7 +55,7 @@ class LanceTable:
             metadata={SPACE_KEY: run["space"], MODEL_KEY: run["model"]},
         )
         try:
-            db = lancedb.connect(uri)
+            db = lancedb.connect(uri, storage_options=_s3_options(uri, endpoint))
             try:
                 self._table = db.open_table(name)
             except ValueError:  # "Table ... was not found"
@@ -90,3 +100,12 @@ class LanceTable:
             .when_not_matched_insert_all()
             .execute(rows)
         )
+
+
+def _s3_options(uri: str, endpoint: str | None) -> dict[str, str] | None:
+    """Lance's object-store options for an S3-compatible endpoint (it reads the AWS_*
+    credentials itself); None for a folder or AWS's own endpoints."""
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+    if not uri.startswith(S3) or endpoint is None:
+        return None
+    return {"endpoint": endpoint, "allow_http": str(endpoint.startswith("http://")).lower()}

@@ -177,7 +177,9 @@ def _run(
         raise Unreadable(f"{out_store.url}: cannot write: {exc.strerror or exc}") from exc
     if args.lancedb:  # after the claim: a run refused there creates no table
         dtype = vector_type(args.output_dtype)
-        output.lance = LanceTable(args.lancedb, args.lancedb_table, output.run, dtype)
+        output.lance = LanceTable(
+            args.lancedb, args.lancedb_table, output.run, dtype, endpoint=args.s3_endpoint
+        )
     out_store.clear_temporaries(SHARDS)
     out_store.clear_temporaries(MANIFESTS)
     out_store.clear_temporaries("")

@@ -11,6 +11,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import lancedb
 import pyarrow.parquet as pq
 import pytest
 from pyarrow.fs import FileSelector
@@ -154,3 +155,21 @@ def test_a_missing_bucket_fails_at_once_naming_it(s3_env: S3, tmp_path: Path):
     (tmp_path / "a.txt").write_text("hello\n")
     out = embed(str(tmp_path / "a.txt"), "--output", "s3://no-such-bucket/out")
     assert out.code == 2 and "no such bucket" in out.stderr
+
+
+def test_a_lancedb_table_on_s3_takes_the_vectors_once(
+    s3_env: S3, pictures: tuple[Path, list[str]], tmp_path: Path
+):
+    """--lancedb s3://...: LanceDB's own S3 client against the same S3Proxy (endpoint and
+    credentials from the AWS_* variables), upserting again when a shard is redone."""
+    bucket = s3_env.bucket("tables")
+    args = (str(pictures[0]), "--output", str(tmp_path / "out"), "--shard-size", "128",
+            "--lancedb", f"s3://{bucket}/db")  # fmt: skip
+    assert embed(*args).code == 0
+    (tmp_path / "out" / "manifest" / "shard-00001.json").unlink()  # killed before this manifest
+    assert embed(*args).code == 0
+    options = {"endpoint": s3_env.endpoint, "allow_http": "true"}
+    table = lancedb.connect(f"s3://{bucket}/db", storage_options=options).open_table("clipserve")
+    ids = table.to_arrow().column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 310 - len(BAD)
+    assert any((s3_env.data / bucket / "db").rglob("*.lance"))  # the data is in the bucket
