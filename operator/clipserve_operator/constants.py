@@ -14,7 +14,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The CRD's schema revision, bumped with every change of its schema or columns: helm never
 # upgrades a CRD, so the operator checks at start-up that the installed one is the one it writes.
 CRD_REVISION_ANNOTATION = f"{GROUP}/crd-revision"
-CRD_REVISION = "7"
+CRD_REVISION = "8"
 
 # The ClipJob API (charts/clipserve-operator/crds/clipjobs.yaml): a corpus embedded by an
 # Indexed Job running `clipserve embed`, one slice of the shards per index.

@@ -4,7 +4,9 @@ Automatic (the default) moves it once the new slot is ready. Manual holds it the
 slot serving everything and the new one reachable alone through status.pendingEndpoint, until
 the user names the pending model in spec.swap.promote, or a ClipJob that declares
 spec.promotes.clipService for this ClipService completes with the pending model: the stored
-vectors are then in the new space, and the Service may follow. A failed ClipJob never promotes.
+vectors are then in the new space, and the Service may follow. A failed ClipJob never promotes,
+nor does one whose embedding space (its pods' digest) differs from the pending slot's: the same
+spec can load other weights when a hub tag moved between the two loads.
 """
 
 from __future__ import annotations
@@ -43,15 +45,31 @@ class Decision:
 
 
 def decide(
-    spec: Mapping[str, Any], name: str, pending_model: str, clipjobs: Iterable[Obj]
+    spec: Mapping[str, Any],
+    name: str,
+    pending_model: str,
+    clipjobs: Iterable[Obj],
+    pending_space: str = "",
 ) -> Decision:
-    """Decide for a swap whose pending slot is ready."""
+    """Decide for a swap whose pending slot is ready; `pending_space` is its pods' space digest
+    (status.pendingSpace; "" while not read yet: then the model spec alone is compared)."""
     if promotion_mode(spec) != MANUAL:
         return Decision(True, "Automatic", "the Service moves once the new slot is ready")
     if (spec.get("swap") or {}).get("promote") == pending_model:
         return Decision(True, "Promoted", f"spec.swap.promote names {pending_model}")
     jobs = promoting_jobs(clipjobs, name, pending_model)
     done = [j for j in jobs if (j.get("status") or {}).get("phase") == "Succeeded"]
+    elsewhere = [j for j in done if not _same_space(j, pending_space)]
+    done = [j for j in done if j not in elsewhere]
+    if elsewhere and not done:
+        job = elsewhere[0]
+        return Decision(
+            False,
+            "ClipJobOtherSpace",
+            f"ClipJob {job['metadata']['name']} re-embedded in space {job['status']['space']}, "
+            f"the pending slot serves {pending_space} (other weights under {pending_model}): "
+            "its vectors would not match the new model's; not promoting, run it again",
+        )
     if done:
         return Decision(
             True,
@@ -79,6 +97,12 @@ def decide(
         f"{pending_model} is ready beside the serving model; set spec.swap.promote to it, or "
         "run a ClipJob with spec.promotes.clipService naming this ClipService",
     )
+
+
+def _same_space(clipjob: Obj, pending_space: str) -> bool:
+    """True unless both spaces are known and differ."""
+    space = (clipjob.get("status") or {}).get("space") or ""
+    return not (space and pending_space) or space == pending_space
 
 
 def _failed_words(clipjob: Obj) -> str:

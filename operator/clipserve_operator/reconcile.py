@@ -140,7 +140,8 @@ async def _promotion(ctx: Context, owner: Obj, state: SwapState) -> Decision | N
         return None
     meta = owner["metadata"]
     clipjobs = await ctx.client.list(API_VERSION, JOB_KIND, meta["namespace"], "")
-    return decide(owner["spec"], meta["name"], state.pending_model, clipjobs)
+    pending_space = (owner.get("status") or {}).get("pendingSpace") or ""
+    return decide(owner["spec"], meta["name"], state.pending_model, clipjobs, pending_space)
 
 
 async def _advance_swap(

@@ -15,6 +15,9 @@ from .spaces import slot_space
 from .swap import SwapState
 from .weights import COMPONENT, COMPONENT_LABEL, Weights, condition_fields
 
+# PromotionHeld reasons a Warning event announces: holds only a new ClipJob can lift.
+HELD_BY_A_CLIPJOB = frozenset({"ClipJobFailed", "ClipJobOtherSpace"})
+
 # What a device report may say (torch device types: cuda, cpu, ...); anything else is ignored.
 _DEVICE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 # Container waiting reasons that will not fix themselves.
@@ -331,7 +334,8 @@ def transitions(
     for cond in current.get("conditions") or []:
         old = before.get(cond["type"]) or {}
         flipped = old.get("status") != cond["status"]
-        if cond["type"] == "PromotionHeld" and cond["reason"] == "ClipJobFailed":
+        # once per cause
+        if cond["type"] == "PromotionHeld" and cond["reason"] in HELD_BY_A_CLIPJOB:
             if old.get("reason") != cond["reason"]:
                 events.append(("Warning", cond["reason"], cond["message"]))
         elif cond["type"] == "Degraded" and cond["status"] == "True":

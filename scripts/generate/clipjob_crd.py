@@ -218,6 +218,14 @@ def _status(service: dict[str, Any]) -> dict[str, Any]:
                 "description": "Where the ClipJob stands.",
             },
             "model": {**text, "description": "The model the Job embeds with (fixed at creation)."},
+            "space": {
+                **text,
+                "description": (
+                    "The embedding-space digest its pods embed in (as X-Clip-Space and run.json); "
+                    "a held swap is promoted by this ClipJob only when it equals the "
+                    "ClipService's pendingSpace."
+                ),
+            },
             "job": {**text, "description": "The Indexed Job running clipserve embed."},
             "shardsDone": _int("Shards published."),
             "shardsTotal": _int("Shards of the whole input (0 until a pod has said)."),
@@ -291,6 +299,12 @@ def crd() -> str:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
                         {"name": "Rate", "type": "string", "jsonPath": ".status.rate"},
+                        {
+                            "name": "Space",
+                            "type": "string",
+                            "jsonPath": ".status.space",
+                            "priority": 1,
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

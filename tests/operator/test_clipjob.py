@@ -212,6 +212,11 @@ def test_a_running_job_shows_progress_rate_and_eta() -> None:
     assert status["etaSeconds"] == 1800 and status["rate"] == "25.0 items/s, ETA 30m00s"
     assert _cond(status, "Complete")["status"] == "False"
     assert status["model"] == A and status["job"] == "reembed-embed"
+    # the space a pod said is kept when a later reading has none (its log rotated)
+    assert status["space"] == ""
+    said = _status(_job(active=2), [], {}, space="sha256:" + "c" * 64)["space"]
+    kept = _status(_job(active=2), [], {}, previous={"space": said})
+    assert kept["space"] == said == "sha256:" + "c" * 64
 
 
 def test_a_failed_job_quotes_its_pods_and_posts_a_warning() -> None:

@@ -5,6 +5,7 @@ an Indexed Job), its stdout given to the operator's progress reader (a tiny rand
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from clipserve_operator.clipjob.job import embed_command
-from clipserve_operator.clipjob.progress import collect, progress_of
+from clipserve_operator.clipjob.progress import collect, progress_of, space_of
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +66,10 @@ def test_the_embed_clis_lines_give_the_clipjobs_counts(tmp_path: Path) -> None:
     progress = progress_of(indexes, total)
     assert (progress.shards_done, progress.shards_total) == (4, 4)
     assert (progress.items_done, progress.items_failed) == (11, 1)
+    # the space the vectors are in, as the output's run.json says, from the lines alone
+    run = json.loads((target / "run.json").read_text())
+    assert run["space"].startswith("random:") and space_of(pods, logs, "embed") == run["space"]
+    assert space_of(pods, {}, "embed") == ""  # nothing read yet: unknown, not a guess
     # a re-run of slice 0 publishes nothing and says so: its shards count as skipped
     env = {**env, "JOB_COMPLETION_INDEX": "0"}
     again = subprocess.run(

@@ -193,8 +193,10 @@ def test_the_clipjob_crd_is_generated_from_the_clipservice_fields_it_shares() ->
     for shared in ("gpu", "nodePool", "resources", "image"):
         assert spec[shared] == service[shared], shared
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Model", "Phase", "Progress", "Rate", "Age",
+        "Model", "Phase", "Progress", "Rate", "Space", "Age",
     ]  # fmt: skip
+    # the space digest is long: `kubectl get clipjob -o wide` only
+    assert [c.get("priority", 0) for c in version["additionalPrinterColumns"]] == [0] * 4 + [1, 0]
     assert job["metadata"]["annotations"][CRD_REVISION_ANNOTATION] == CRD_REVISION
     problems_found: list[str] = []
     for top in ("spec", "status"):

@@ -13,8 +13,15 @@ A, B = "ViT-B-32:openai", "ViT-B-16:openai"
 MANUAL = {"model": B, "swap": {"promotion": "Manual"}}
 
 
-def _clipjob(name: str, phase: str, model: str = B, promotes: str = "search") -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": phase, "model": model, "progress": "3/8 shards (37%)"}
+def _clipjob(
+    name: str, phase: str, model: str = B, promotes: str = "search", space: str = ""
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": phase,
+        "model": model,
+        "space": space,
+        "progress": "3/8 shards (37%)",
+    }
     if phase == "Failed":
         status["conditions"] = [
             {"type": "Failed", "status": "True", "message": "index 0: no such bucket"}
@@ -51,6 +58,22 @@ def test_a_completed_clipjob_of_the_pending_model_promotes_and_nothing_else_does
     assert not decide(MANUAL, "search", B, others).promote
     done = decide(MANUAL, "search", B, [*others, _clipjob("re", "Succeeded")])
     assert (done.promote, done.reason) == (True, "ClipJobComplete")
+
+
+def test_a_clipjob_of_another_space_under_the_same_spec_never_promotes() -> None:
+    """The hub tag moved between the pending slot's load and the job's: same spec, other
+    weights. Once both spaces are known they must be equal; unknown on either side, the
+    spec alone decides (as before the digest)."""
+    here, there = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    moved = decide(MANUAL, "search", B, [_clipjob("re", "Succeeded", space=there)], here)
+    assert (moved.promote, moved.reason) == (False, "ClipJobOtherSpace")
+    assert f"re-embedded in space {there}, the pending slot serves {here}" in moved.message
+    cond = {"type": "PromotionHeld", "status": "True", "reason": moved.reason, "message": "x"}
+    assert transitions({}, {"conditions": [cond]}) == [("Warning", "ClipJobOtherSpace", "x")]
+    jobs = [_clipjob("re", "Succeeded", space=there), _clipjob("re2", "Succeeded", space=here)]
+    assert decide(MANUAL, "search", B, jobs, here).promote  # a run in the right space
+    assert decide(MANUAL, "search", B, [_clipjob("re", "Succeeded", space=there)], "").promote
+    assert decide(MANUAL, "search", B, [_clipjob("re", "Succeeded")], here).promote
 
 
 def test_a_failed_clipjob_never_promotes_and_says_why() -> None:

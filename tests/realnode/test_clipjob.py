@@ -236,4 +236,12 @@ def test_a_manual_swap_serves_the_old_model_until_the_clipjob_completes_then_onl
     last_a = max(r.start + r.ms / 1000 for r in results if r.model == A)
     measure("manual swap: ClipJob Succeeded -> old slot's pods gone", done - job_done)
     measure("manual swap: responses of both models interleaved for", max(0.0, last_a - first_b))
-    assert (target.path / "run.json").exists()
+    # the stored vectors' space is the one the promoted slot serves, as both statuses say
+    space = json.loads((target.path / "run.json").read_text())["space"]
+    assert (get(cluster, "clipjob", "reembed", ns) or {})["status"]["space"] == space
+
+    def serving_space() -> bool:
+        found = get(cluster, "clip", "swap", ns) or {}
+        return (found.get("status") or {}).get("activeSpace") == space
+
+    eventually(serving_space, f"activeSpace {space}", LOAD_S)

@@ -152,6 +152,18 @@ def collect(
     return indexes, total
 
 
+def space_of(pods: Iterable[Obj], logs: Mapping[str, str], container: str) -> str:
+    """The embedding space the pods say they embed in (`clipserve embed`'s `start` and `done`
+    lines carry its digest), "" until one has said it. run.json makes every slice of one
+    output agree, so the first found is the job's."""
+    for pod in pods:
+        message = str(terminated(pod, container).get("message") or "")
+        for event in events(logs.get(pod["metadata"]["name"], "")) + events(message):
+            if isinstance(event.get("space"), str) and event["space"]:
+                return str(event["space"])
+    return ""
+
+
 def slices(
     indexes: Mapping[int, IndexProgress], previous: Iterable[Mapping[str, Any]] = ()
 ) -> list[dict[str, int]]:

@@ -29,7 +29,7 @@ from ..errors import ApiError, InvalidSpec, TransientError, as_reconcile_error
 from ..reconcile import Context, deployment_name, now
 from ..render import chart_values, helm_template
 from .job import CONTAINER, embed_job, job_name
-from .progress import collect, progress_of, slices
+from .progress import collect, progress_of, slices, space_of
 from .status import FAILED, SUCCEEDED, compute_status, transitions
 
 logger = logging.getLogger("clipserve_operator")
@@ -155,7 +155,8 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
     model = ((job or {}).get("metadata") or {}).get("annotations", {}).get(MODEL_ANNOTATION, "")
     pods = await ctx.client.list("v1", "Pod", namespace, f"{CLIPJOB_LABEL}={name}") if job else []
     finished = before.get("phase") in (SUCCEEDED, FAILED)
-    indexes, total = collect(pods, await _logs(ctx, namespace, pods, finished), CONTAINER)
+    logs = await _logs(ctx, namespace, pods, finished)
+    indexes, total = collect(pods, logs, CONTAINER)
     status = compute_status(
         generation=meta["generation"],
         model=model or before.get("model") or "",
@@ -166,6 +167,7 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
         previous=before,
         now=now(),
         waiting=waiting,
+        space=space_of(pods, logs, CONTAINER),
     )
     if finished:
         return  # what it published was counted when it finished; its pods may be gone since

@@ -105,9 +105,11 @@ def compute_status(
     now: str,
     waiting: str = "",
     slice_progress: list[dict[str, int]] | None = None,
+    space: str = "",
 ) -> dict[str, Any]:
     """The ClipJob's status; `waiting` says why no Job exists yet (its model source),
-    `slice_progress` each slice's counts (progress.slices)."""
+    `slice_progress` each slice's counts (progress.slices), `space` the embedding space its
+    pods said (progress.space_of; kept once seen)."""
     pods = list(pods)
     job_status = (job or {}).get("status") or {}
     phase = _phase(job, pods)
@@ -132,6 +134,7 @@ def compute_status(
         "observedGeneration": generation,
         "phase": phase,
         "model": redact(model),
+        "space": space or (previous or {}).get("space") or "",
         "job": ((job or {}).get("metadata") or {}).get("name", ""),
         "shardsDone": progress.shards_done,
         "shardsTotal": total,

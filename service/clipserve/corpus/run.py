@@ -199,6 +199,7 @@ def _run(
         slice=str(part),
         todo=len(todo),
         skipped=len(mine) - len(todo),
+        space=output.run["space"],
     )
     embedder = Embedder(engine, output, progress, normalize=args.normalize, in_flight=in_flight)
 
@@ -225,5 +226,8 @@ def _run(
         seconds=round(progress.seconds, 2),
         cpu_seconds=round(progress.cpu_seconds, 2),
         items_per_s=round(progress.rate, 1),
+        # the ClipJob operator checks it against the ClipService's pending slot before a
+        # promotion; the termination message holds this line when the log is long
+        space=output.run["space"],
     )
     return 0
