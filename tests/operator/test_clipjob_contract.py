@@ -68,8 +68,8 @@ def test_the_embed_clis_lines_give_the_clipjobs_counts(tmp_path: Path) -> None:
     assert (progress.items_done, progress.items_failed) == (11, 1)
     # the space the vectors are in, as the output's run.json says, from the lines alone
     run = json.loads((target / "run.json").read_text())
-    assert run["space"].startswith("random:") and space_of(pods, logs, "embed") == run["space"]
-    assert space_of(pods, {}, "embed") == ""  # nothing read yet: unknown, not a guess
+    assert run["space"].startswith("random:") and space_of(indexes) == run["space"]
+    assert space_of(collect(pods, {}, "embed")[0]) == ""  # nothing read: unknown, not a guess
     # a re-run of slice 0 publishes nothing and says so: its shards count as skipped
     env = {**env, "JOB_COMPLETION_INDEX": "0"}
     again = subprocess.run(

@@ -41,6 +41,7 @@ class IndexProgress:
     summary_pod: str = ""
     by_pod: dict[str, set[int]] = field(default_factory=dict)  # shards each pod reported
     rate: float = 0.0  # items/s of its running pod's last shard
+    space: str = ""  # the embedding space its pods' start/done lines name
 
     def totals(self) -> tuple[int, int, int]:
         """(shards, items, failed items). The shard lines seen, by shard; once the index's pod
@@ -137,6 +138,8 @@ def collect(
         running = (pod.get("status") or {}).get("phase") == "Running"
         for event in found:
             total = max(total, int(event.get("total_shards") or 0))
+            if isinstance(event.get("space"), str) and event["space"]:
+                progress.space = event["space"]
             if event["event"] == "shard" and "shard" in event:
                 shard = int(event["shard"])
                 progress.shards[shard] = Shard(
@@ -152,16 +155,11 @@ def collect(
     return indexes, total
 
 
-def space_of(pods: Iterable[Obj], logs: Mapping[str, str], container: str) -> str:
+def space_of(indexes: Mapping[int, IndexProgress]) -> str:
     """The embedding space the pods say they embed in (`clipserve embed`'s `start` and `done`
     lines carry its digest), "" until one has said it. run.json makes every slice of one
     output agree, so the first found is the job's."""
-    for pod in pods:
-        message = str(terminated(pod, container).get("message") or "")
-        for event in events(logs.get(pod["metadata"]["name"], "")) + events(message):
-            if isinstance(event.get("space"), str) and event["space"]:
-                return str(event["space"])
-    return ""
+    return next((p.space for p in indexes.values() if p.space), "")
 
 
 def slices(

@@ -155,8 +155,7 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
     model = ((job or {}).get("metadata") or {}).get("annotations", {}).get(MODEL_ANNOTATION, "")
     pods = await ctx.client.list("v1", "Pod", namespace, f"{CLIPJOB_LABEL}={name}") if job else []
     finished = before.get("phase") in (SUCCEEDED, FAILED)
-    logs = await _logs(ctx, namespace, pods, finished)
-    indexes, total = collect(pods, logs, CONTAINER)
+    indexes, total = collect(pods, await _logs(ctx, namespace, pods, finished), CONTAINER)
     status = compute_status(
         generation=meta["generation"],
         model=model or before.get("model") or "",
@@ -167,7 +166,7 @@ async def reconcile_clipjob(ctx: Context, namespace: str, name: str) -> None:
         previous=before,
         now=now(),
         waiting=waiting,
-        space=space_of(pods, logs, CONTAINER),
+        space=space_of(indexes),
     )
     if finished:
         return  # what it published was counted when it finished; its pods may be gone since
